@@ -1,0 +1,191 @@
+"""Base classes of the resilient-averaging core.
+
+Everything here is plain :mod:`torch`: a rule maps a stacked input ``x`` of shape ``(n, d)`` to one
+vector ``(d,)`` on the same device and with the same dtype; a pre-aggregator maps ``(n, d)`` to
+``(n', d)``. Nothing here knows about Flower.
+
+Conventions shared by every component
+-------------------------------------
+* ``f`` is the number of Byzantine inputs the component must tolerate. It is fixed when the component
+  is built (bad values raise :class:`ValueError` at build time) and checked against ``n`` at call
+  time: a call with too few inputs raises :class:`ValueError` naming ``n``, ``f`` and the condition.
+* Non-finite rows (any NaN or infinity, or a row whose squared norm overflows) are certainly faulty.
+  Every rule and pre-aggregator drops them before computing, and continues with ``f - k`` where ``k``
+  is the number dropped (the dropped rows were Byzantine, so at most ``f - k`` of the rest are).
+  If ``k > f`` the input violates the threat model and :class:`NonFiniteInputError` is raised: a
+  robust rule never returns a silent NaN. ``last_info["nonfinite_rows"]`` reports ``k``.
+* ``last_info`` holds diagnostics of the latest call (e.g. the index Krum selected, whether the
+  geometric median converged). ``state_dict()``/``load_state_dict()`` carry state that must survive a
+  checkpoint (only stateful rules such as centered clipping and seeded pre-aggregators have any).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = [
+    "Aggregator",
+    "PreAggregator",
+    "NonFiniteInputError",
+    "check_int",
+    "check_float",
+]
+
+
+class NonFiniteInputError(ValueError):
+    """More than ``f`` input rows are non-finite: no rule can give a meaningful answer."""
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as an ``int`` or raise a :class:`ValueError` naming the value and the bound."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite ``float`` or raise a :class:`ValueError` naming value and bound."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+class _Component(ABC):
+    """What rules and pre-aggregators share: ``f``, the input condition, diagnostics and state."""
+
+    #: Short registry name (``"cwtm"``, ``"nnm"``...).
+    name: ClassVar[str] = ""
+    #: Human-readable input condition, e.g. ``"n > 2f"``.
+    requirement: ClassVar[str] = "n >= 1"
+
+    def __init__(self, f: int = 0) -> None:
+        self.f = check_int("f", f, low=0)
+        self.last_info: dict[str, Any] = {}
+
+    # -- input condition -------------------------------------------------------------------------
+    def min_inputs(self, f: int | None = None) -> int:
+        """Smallest number of inputs ``n`` this component accepts when tolerating ``f``."""
+        return 1
+
+    def check(self, n: int, f: int | None = None) -> None:
+        """Raise :class:`ValueError` if ``n`` inputs do not satisfy :attr:`requirement` for ``f``."""
+        f = self.f if f is None else f
+        if n < self.min_inputs(f):
+            raise ValueError(
+                f"{self.name} needs {self.requirement} (at least {self.min_inputs(f)} inputs for "
+                f"f={f}), got n={n}"
+            )
+
+    # -- state ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget state carried across calls (no-op for stateless components)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (empty for stateless components)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    # -- presentation -----------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters other than ``f`` (used by ``repr`` and summaries)."""
+        return {}
+
+    @property
+    def spec(self) -> str:
+        """Registry spec that rebuilds this component, e.g. ``"krum(m=2)"``."""
+        p = self.params()
+        if not p:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in p.items()) + ")"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(f={self.f}" + "".join(
+            f", {k}={v!r}" for k, v in self.params().items()
+        ) + ")"
+
+    # -- input handling ---------------------------------------------------------------------------
+    def _validate(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.name} expects a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 2:
+            raise ValueError(f"{self.name} expects an (n, d) tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{self.name} expects a floating-point tensor, got {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self.name} got no inputs (n=0)")
+        return x
+
+
+class Aggregator(_Component):
+    """A resilient averaging rule ``F: (n, d) -> (d,)``.
+
+    Subclasses implement :meth:`_aggregate` with the *effective* ``f`` (after non-finite rows were
+    dropped upstream). :meth:`__call__` validates the input and checks the input condition.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._validate(x)
+        self.last_info = {}
+        return self._aggregate(x, self.f)
+
+    def aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        """Aggregate ``x`` tolerating ``f`` (used by pipelines, where ``f`` may have shrunk)."""
+        x = self._validate(x)
+        return self._aggregate(x, f)
+
+    @abstractmethod
+    def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        """Aggregate a validated ``(n, d)`` tensor tolerating ``f`` Byzantine rows."""
+
+    def kappa(self, n: int, f: int | None = None) -> float | None:
+        """Proven (f, κ)-resilient-averaging constant for ``n`` inputs, or ``None`` if none is known."""
+        return None
+
+
+class PreAggregator(_Component):
+    """A pre-aggregation step ``(n, d) -> (n', d)`` composable in front of any rule."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._validate(x)
+        self.last_info = {}
+        return self._apply(x, self.f)[0]
+
+    def apply(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+        """Apply to ``x`` tolerating ``f``; return the new inputs and the ``f`` that holds for them."""
+        x = self._validate(x)
+        return self._apply(x, f)
+
+    @abstractmethod
+    def _apply(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+        """Map validated ``(n, d)`` inputs to ``(n', d)`` and the Byzantine count ``f'`` among them."""
+
+    def output_shape(self, n: int, f: int) -> tuple[int, int]:
+        """``(n', f')`` produced from ``n`` finite inputs with ``f`` Byzantine (default: unchanged)."""
+        return n, f
