@@ -164,8 +164,13 @@ class Aggregator(_Component):
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         """Aggregate a validated ``(n, d)`` tensor tolerating ``f`` Byzantine rows."""
 
-    def kappa(self, n: int, f: int | None = None) -> float | None:
-        """Proven (f, κ)-resilient-averaging constant for ``n`` inputs, or ``None`` if none is known."""
+    def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
+        """Proven (f, κ)-resilient-averaging constant, or ``None`` if none is known.
+
+        The definition is RESAM's (Farhadkhani et al., 2022): for every honest subset ``S`` of size
+        ``n - f``, ``||F(x) - mean(x_S)|| <= κ * max_{i,j in S} ||x_i - x_j||``. Coordinate-wise rules
+        have constants that grow with the dimension ``d`` (pass it; ``None`` without it).
+        """
         return None
 
 

@@ -25,6 +25,6 @@ class Mean(Aggregator):
         self.last_info["nonfinite_rows"] = k
         return x.mean(dim=0)
 
-    def kappa(self, n: int, f: int | None = None) -> float | None:
+    def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
         f = self.f if f is None else f
         return 0.0 if f == 0 else None

@@ -61,8 +61,8 @@ class Pipeline(Aggregator):
                 return n
         raise ValueError(f"{self.spec} accepts no input size below {_MAX_SEARCH} for f={f}")
 
-    def kappa(self, n: int, f: int | None = None) -> float | None:
-        return self.rule.kappa(n, f) if not self.pre else None
+    def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
+        return self.rule.kappa(n, f, d) if not self.pre else None
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         self.check(x.shape[0], f)
