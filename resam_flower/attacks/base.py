@@ -1,0 +1,155 @@
+"""Base class of the Byzantine attacks: honest vectors ``(h, d)`` in, Byzantine vectors ``(f, d)`` out.
+
+Everything here is plain :mod:`torch`, on any device, preserving the input's dtype. Nothing here knows
+about Flower: the simulated adversary (:mod:`.adversary`) calls an attack on the flattened honest
+replies of a round, and a Byzantine client calls :meth:`Attack.corrupt_own` on its own update.
+
+Conventions shared by every attack
+----------------------------------
+* ``f`` is the number of Byzantine vectors an attack forges per call (and, for the attacks whose
+  formula depends on it, such as ALIE's classic ``z``, the number of Byzantine workers among
+  ``n = h + f``). It is fixed at build time (bad values raise :class:`ValueError`); a call may ask for
+  another count with ``attack(honest, f=k)`` when fewer Byzantine workers were sampled in a round.
+* ``mu`` and ``sigma`` denote the coordinate-wise mean and standard deviation of the honest vectors.
+  The standard deviation is the unbiased one (``1/(h-1)``), as in Baruch et al.'s, Shejwalkar &
+  Houmansadr's and ByzFL's implementations (``1/h`` when a single honest vector is given).
+* ``needs_honest``: the attack is omniscient, it needs the other workers' vectors (ALIE, IPM, MinMax...).
+  Attacks without it can be run by a Byzantine node alone on its own vector (``client_side``).
+* ``data_attack``: the attack poisons the training data, not the vector (label flipping); it is executed
+  by the Byzantine client itself.
+* ``last_info`` holds diagnostics of the latest call (e.g. the factor an optimal attack chose);
+  ``state_dict()``/``load_state_dict()`` carry what must survive a checkpoint (e.g. the Gaussian attack's
+  call counter, so that a resumed run draws the same noise).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from ..aggregators.base import check_float, check_int
+
+__all__ = ["Attack", "check_int", "check_float", "honest_mean", "honest_std", "replicate"]
+
+
+def honest_mean(honest: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise mean ``mu`` of ``(h, d)`` honest vectors, shape ``(d,)``, input dtype."""
+    return honest.mean(dim=0)
+
+
+def honest_std(honest: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise unbiased standard deviation ``sigma`` (``1/(h-1)``; ``1/h`` when ``h = 1``)."""
+    return honest.std(dim=0, correction=1 if honest.shape[0] > 1 else 0)
+
+
+class Attack(ABC):
+    """A Byzantine attack ``A: (h, d) -> (f, d)``.
+
+    Subclasses implement :meth:`_forge` on a validated input; :meth:`__call__` validates the input,
+    handles ``f = 0`` and checks the output's shape, dtype and device.
+    """
+
+    #: Short registry name (``"alie"``, ``"ipm"``...).
+    name: ClassVar[str] = ""
+    #: Omniscient: needs the honest workers' vectors (cannot run on a single node's own update).
+    needs_honest: ClassVar[bool] = True
+    #: Poisons data rather than vectors (executed by the Byzantine client).
+    data_attack: ClassVar[bool] = False
+    #: Other accepted names of constructor parameters (e.g. ByzFL's ``tau``) -> the canonical name.
+    param_aliases: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, f: int = 1) -> None:
+        self.f = check_int("f", f, low=0)
+        self.last_info: dict[str, Any] = {}
+
+    @property
+    def client_side(self) -> bool:
+        """Whether a Byzantine node can run this attack on its own update (see :meth:`corrupt_own`)."""
+        return not self.needs_honest
+
+    # -- forging ----------------------------------------------------------------------------------
+    def __call__(self, honest: torch.Tensor, f: int | None = None) -> torch.Tensor:
+        """Forge ``f`` Byzantine vectors (default: the ``f`` given at build time) from ``honest``."""
+        honest = self._validate(honest)
+        k = self.f if f is None else check_int("f", f, low=0)
+        self.last_info = {}
+        h, d = honest.shape
+        if k == 0:
+            return honest.new_empty((0, d))
+        if h == 0 and self.needs_honest:
+            raise ValueError(f"{self.name} needs at least one honest vector, got h=0")
+        out = self._forge(honest, k)
+        if out.shape != (k, d) or out.dtype != honest.dtype or out.device != honest.device:
+            raise RuntimeError(  # a bug in the attack, not a user error
+                f"{self.name} returned {tuple(out.shape)} {out.dtype} on {out.device}, "
+                f"expected {(k, d)} {honest.dtype} on {honest.device}"
+            )
+        return out
+
+    @abstractmethod
+    def _forge(self, honest: torch.Tensor, f: int) -> torch.Tensor:
+        """Forge ``(f, d)`` vectors from a validated ``(h, d)`` honest tensor (``f >= 1``)."""
+
+    def corrupt_own(self, own: torch.Tensor) -> torch.Tensor:
+        """Corrupt a Byzantine node's own update (any shape), for attacks with :attr:`client_side`.
+
+        The node's own vector plays the role of the honest mean: ``sf`` sends ``-own``, ``gaussian``
+        sends ``own + sigma * N(0, I)``, ``inf`` sends ``+inf``; a data attack returns ``own``
+        unchanged (the poisoning happened in the data).
+        """
+        if not self.client_side:
+            raise ValueError(
+                f"{self.name} is omniscient (needs the honest workers' vectors); it cannot run on a "
+                f"Byzantine node's own update"
+            )
+        if not isinstance(own, torch.Tensor) or not own.is_floating_point():
+            raise TypeError(f"{self.name} expects a floating-point torch.Tensor, got {own!r:.80}")
+        return self(own.reshape(1, -1), f=1).reshape(own.shape)
+
+    # -- state ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget state carried across calls (no-op for stateless attacks)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (empty for stateless attacks)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        return None
+
+    # -- presentation -----------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters other than ``f`` (used by ``repr``, ``spec`` and client configs)."""
+        return {}
+
+    @property
+    def spec(self) -> str:
+        """Registry spec that rebuilds this attack, e.g. ``"alie(z=1.5)"``."""
+        p = self.params()
+        if not p:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in p.items()) + ")"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(f={self.f}" + "".join(
+            f", {k}={v!r}" for k, v in self.params().items()
+        ) + ")"
+
+    # -- input handling ---------------------------------------------------------------------------
+    def _validate(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.name} expects a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 2:
+            raise ValueError(f"{self.name} expects an (h, d) tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{self.name} expects a floating-point tensor, got {x.dtype}")
+        return x
+
+
+def replicate(v: torch.Tensor, f: int) -> torch.Tensor:
+    """``f`` copies of the vector ``v``, as a contiguous ``(f, d)`` tensor."""
+    return v.unsqueeze(0).expand(f, -1).contiguous()
