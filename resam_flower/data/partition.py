@@ -1,0 +1,214 @@
+"""Split a data set among clients with flwr-datasets partitioners.
+
+``partition(labels, num_partitions, "dirichlet", alpha=0.5, seed=0)`` returns one int64 index tensor
+per partition (indices into the data set); ``load_partition("mnist", i, n, "iid", seed=0)`` returns the
+:class:`~resam_flower.data.base.DataSplit` of client ``i``, computing the split once per process.
+
+The partitioners are flwr-datasets' own, applied to a :class:`datasets.Dataset` built from the labels
+(plus a row-index column, so that no image is copied into Arrow):
+
+==================  =============================================================================
+``iid``             :class:`~flwr_datasets.partitioner.IidPartitioner` on the data set shuffled with
+                    ``seed`` (as ``FederatedDataset(shuffle=True)`` does): near-equal random parts
+``dirichlet``       :class:`~flwr_datasets.partitioner.DirichletPartitioner`: for every class, the
+                    fractions given to the ``K`` partitions are drawn from ``Dir(alpha * 1_K)``
+                    (smaller ``alpha``, more skew); ``min_partition_size`` (10), ``self_balancing``
+``pathological``    :class:`~flwr_datasets.partitioner.PathologicalPartitioner`: each partition holds
+                    exactly ``classes_per_partition`` classes (``class_assignment``:
+                    ``"first-deterministic"`` by default, so that every class is used when
+                    ``K >= num_classes``; also ``"random"``, ``"deterministic"``)
+``gamma-similarity`` :class:`~resam_flower.data.gamma_similarity.GammaSimilarityPartitioner`: a
+                    fraction ``gamma`` IID, the rest sorted by label in contiguous shards (ByzFL)
+==================  =============================================================================
+
+The same arguments give the same partitions in every process (each Ray worker recomputes the split
+from ``seed``; nothing random is shared).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    PathologicalPartitioner,
+)
+
+from ..aggregators.base import check_float, check_int
+from .base import DataSplit
+from .gamma_similarity import GammaSimilarityPartitioner
+from .sources import _canonical, _freeze, load_dataset
+
+__all__ = ["PARTITIONERS", "build_partitioner", "partition", "load_partition", "label_histogram"]
+
+PARTITIONERS = ("iid", "dirichlet", "pathological", "gamma-similarity")
+_ALIASES = {"gamma": "gamma-similarity", "gamma-similarity-niid": "gamma-similarity", "shard": "pathological"}
+_LABEL, _ROW = "label", "row"
+
+
+def _canonical_partitioner(name: str) -> str:
+    key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in PARTITIONERS:
+        raise ValueError(f"unknown partitioner {name!r}; available: {', '.join(PARTITIONERS)}")
+    return key
+
+
+def build_partitioner(
+    name: str,
+    num_partitions: int,
+    *,
+    seed: int = 0,
+    alpha: float = 0.5,
+    classes_per_partition: int = 2,
+    gamma: float = 0.5,
+    min_partition_size: int = 10,
+    self_balancing: bool = False,
+    class_assignment: str = "first-deterministic",
+    partition_by: str = _LABEL,
+) -> Partitioner:
+    """A flwr-datasets partitioner by name (parameters not used by that partitioner are ignored).
+
+    For ``"iid"`` the caller must shuffle the data set first (``IidPartitioner`` cuts contiguous
+    shards); :func:`partition` does.
+    """
+    key = _canonical_partitioner(name)
+    num_partitions = check_int("num_partitions", num_partitions, low=1)
+    seed = check_int("seed", seed, low=0)
+    if key == "iid":
+        return IidPartitioner(num_partitions)
+    if key == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions,
+            partition_by,
+            alpha=check_float("alpha", alpha, low=0.0, low_open=True),
+            min_partition_size=check_int("min_partition_size", min_partition_size, low=0),
+            self_balancing=bool(self_balancing),
+            shuffle=True,
+            seed=seed,
+        )
+    if key == "pathological":
+        if class_assignment not in ("random", "deterministic", "first-deterministic"):
+            raise ValueError(
+                "class_assignment must be 'random', 'deterministic' or 'first-deterministic', "
+                f"got {class_assignment!r}"
+            )
+        return PathologicalPartitioner(
+            num_partitions,
+            partition_by,
+            num_classes_per_partition=check_int("classes_per_partition", classes_per_partition, low=1),
+            class_assignment_mode=class_assignment,  # type: ignore[arg-type]
+            shuffle=True,
+            seed=seed,
+        )
+    return GammaSimilarityPartitioner(num_partitions, partition_by, gamma=gamma, shuffle=True, seed=seed)
+
+
+def _labels_array(data: DataSplit | torch.Tensor | np.ndarray | Dataset, partition_by: str) -> np.ndarray:
+    if isinstance(data, DataSplit):
+        data = data.labels
+    if isinstance(data, Dataset):
+        return np.asarray(data.with_format("numpy")[partition_by])
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    labels = np.asarray(data)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+    return labels
+
+
+def partition(
+    data: DataSplit | torch.Tensor | np.ndarray | Dataset,
+    num_partitions: int,
+    partitioner: str = "iid",
+    *,
+    seed: int = 0,
+    partition_by: str = _LABEL,
+    **params: Any,
+) -> list[torch.Tensor]:
+    """Split ``data`` into ``num_partitions`` parts; return each part's row indices (int64 tensors).
+
+    Parameters
+    ----------
+    data
+        A :class:`DataSplit`, its labels (tensor or array), or a :class:`datasets.Dataset` with a
+        ``partition_by`` column.
+    num_partitions
+        Number of parts ``K`` (``1 <= K <=`` number of rows).
+    partitioner
+        ``"iid"``, ``"dirichlet"`` (``alpha``), ``"pathological"`` (``classes_per_partition``) or
+        ``"gamma-similarity"`` (``gamma``); see the module docstring.
+    seed
+        Seeds the split: the same arguments give the same indices.
+    **params
+        Partitioner parameters (:func:`build_partitioner`); kebab-case keys are accepted.
+    """
+    labels = _labels_array(data, partition_by)
+    num_partitions = check_int("num_partitions", num_partitions, low=1, high=max(1, labels.shape[0]))
+    params = {k.replace("-", "_"): v for k, v in params.items()}
+    key = _canonical_partitioner(partitioner)
+    p = build_partitioner(key, num_partitions, seed=seed, **params)
+    ds = Dataset.from_dict({_LABEL: labels, _ROW: np.arange(labels.shape[0], dtype=np.int64)})
+    if key == "iid":
+        ds = ds.shuffle(seed=seed)
+    p.dataset = ds
+    # Each part's original row numbers, read through the public API (a view of the label/row table).
+    return [
+        torch.from_numpy(np.asarray(p.load_partition(i).with_format("numpy")[_ROW], dtype=np.int64))
+        for i in range(num_partitions)
+    ]
+
+
+@functools.lru_cache(maxsize=8)
+def _partition_cached(
+    name: str,
+    split: str,
+    normalize: bool,
+    options: tuple,
+    num_partitions: int,
+    key: str,
+    params: tuple,
+    seed: int,
+) -> tuple[torch.Tensor, ...]:
+    data = load_dataset(name, split, normalize=normalize, **dict(options))
+    return tuple(partition(data, num_partitions, key, seed=seed, **dict(params)))
+
+
+def load_partition(
+    name: str,
+    partition_id: int,
+    num_partitions: int,
+    partitioner: str = "iid",
+    *,
+    seed: int = 0,
+    split: str = "train",
+    normalize: bool = True,
+    dataset_options: dict[str, Any] | None = None,
+    **params: Any,
+) -> DataSplit:
+    """Client ``partition_id``'s share of ``split`` of data set ``name``.
+
+    The data set is loaded and split once per process (both are cached), so the many virtual clients
+    a Ray worker serves in turn cost one load and one split. ``dataset_options`` go to
+    :func:`~resam_flower.data.load_dataset`, ``params`` to :func:`partition`.
+    """
+    num_partitions = check_int("num_partitions", num_partitions, low=1)
+    partition_id = check_int("partition_id", partition_id, low=0, high=num_partitions - 1)
+    key = _canonical_partitioner(partitioner)
+    options = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in (dataset_options or {}).items()))
+    frozen = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in params.items()))
+    name = _canonical(name)
+    parts = _partition_cached(name, split, bool(normalize), options, num_partitions, key, frozen, int(seed))
+    data = load_dataset(name, split, normalize=normalize, **dict(options))
+    return data.subset(parts[partition_id], name=f"{data.name}[{partition_id}/{num_partitions}]")
+
+
+def label_histogram(labels: torch.Tensor, parts: list[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Counts of each class in each part: int64 ``(len(parts), num_classes)``."""
+    return torch.stack([torch.bincount(labels[p], minlength=num_classes) for p in parts])
