@@ -1,0 +1,158 @@
+"""ResilientAveraging on hand-made replies: aggregation, server step (both modes), screening."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from resam_flower.strategies import ResilientAveraging
+from tests.flower_helpers import FakeGrid, instruction, record, reply
+
+THETA = record(w=np.array([1.0, 2.0], dtype=np.float32), n=np.array(7, dtype=np.int64))
+
+
+def start_round(strategy, nodes, arrays=THETA, rnd=1):
+    msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(), FakeGrid(nodes)))
+    return {m.metadata.dst_node_id: m for m in msgs}
+
+
+def grad_replies(msgs, grads):
+    return [reply(msgs[n], record(w=np.asarray(g, np.float32), n=np.array(7, np.int64))) for n, g in grads.items()]
+
+
+def w(rec):
+    return rec["w"].numpy()
+
+
+def test_gradient_mode_step_with_cwmed():
+    s = ResilientAveraging("cwmed", num_byzantine=1, lr=0.5, min_train_nodes=3)
+    msgs = start_round(s, [1, 2, 3])
+    out, metrics = s.aggregate_train(1, grad_replies(msgs, {1: [1, 1], 2: [2, 4], 3: [100, -100]}))
+    # median per coordinate: [2, 1]; theta - 0.5 * [2, 1]
+    np.testing.assert_allclose(w(out), [0.0, 1.5])
+    assert int(out["n"].numpy()) == 7  # non-float arrays carried over
+    assert metrics["valid"] == 3 and metrics["excluded"] == 0 and metrics["skipped"] == 0
+
+
+def test_weight_decay_and_lr_schedule():
+    s = ResilientAveraging("mean", lr=1.0, lr_schedule="step", lr_schedule_params={"step_size": 1, "gamma": 0.5},
+                           weight_decay=0.1, min_train_nodes=1, min_available_nodes=1)
+    msgs = start_round(s, [1], rnd=2)
+    out, m = s.aggregate_train(2, grad_replies(msgs, {1: [0, 0]}))
+    # lr at round 2 = 0.5; step = 0 + 0.1 * theta
+    np.testing.assert_allclose(w(out), np.array([1.0, 2.0]) * (1 - 0.05), rtol=1e-6)
+    assert m["lr"] == pytest.approx(0.5)
+
+
+def test_model_mode_aggregates_updates():
+    s = ResilientAveraging("cwtm", num_byzantine=1, mode="model", min_train_nodes=3)
+    msgs = start_round(s, [1, 2, 3])
+    # replies are models; updates: [1,1], [3,3], [1e6,-1e6] -> trimmed mean drops extremes -> per coord middle
+    out, _ = s.aggregate_train(1, grad_replies(msgs, {1: [2, 3], 2: [4, 5], 3: [1e6 + 1, -1e6 + 2]}))
+    np.testing.assert_allclose(w(out), [1 + 3, 2 + 1])
+
+
+def test_max_update_norm_clips_the_aggregate():
+    s = ResilientAveraging("mean", lr=1.0, max_update_norm=1.0, min_train_nodes=1, min_available_nodes=1)
+    msgs = start_round(s, [1])
+    out, m = s.aggregate_train(1, grad_replies(msgs, {1: [3, 4]}))
+    np.testing.assert_allclose(w(out), [1 - 0.6, 2 - 0.8], rtol=1e-6)
+    assert m["aggregate-norm"] == pytest.approx(5.0)
+
+
+def bad_replies(msgs):
+    """One reply per kind of invalid input, from nodes 2..9; node 1 is honest."""
+    good = reply(msgs[1], record(w=np.array([1, 1], np.float32), n=np.array(7, np.int64)))
+    nan = reply(msgs[2], record(w=np.array([np.nan, 1], np.float32), n=np.array(7, np.int64)))
+    shape = reply(msgs[3], record(w=np.array([1, 1, 1], np.float32), n=np.array(7, np.int64)))
+    dtype = reply(msgs[4], record(w=np.array([1, 1], np.float64), n=np.array(7, np.int64)))
+    missing = reply(msgs[5], record(w=np.array([1, 1], np.float32)))
+    extra = reply(msgs[6], record(w=np.array([1, 1], np.float32), n=np.array(7, np.int64), x=np.zeros(1)))
+    empty = reply(msgs[7], None)
+    two = Message(content=RecordDict({"a": THETA, "b": THETA, "m": MetricRecord({"num-examples": 1})}), reply_to=msgs[8])
+    inf = reply(msgs[9], record(w=np.array([np.inf, 1], np.float32), n=np.array(7, np.int64)))
+    dup = reply(msgs[1], record(w=np.array([5, 5], np.float32), n=np.array(7, np.int64)))
+    return [good, nan, shape, dtype, missing, extra, empty, two, inf, dup]
+
+
+def test_every_kind_of_invalid_reply_is_excluded_with_its_reason():
+    s = ResilientAveraging("mean", lr=1.0, min_train_nodes=9)
+    msgs = start_round(s, list(range(1, 10)))
+    out, m = s.aggregate_train(1, bad_replies(msgs))
+    np.testing.assert_allclose(w(out), [0.0, 1.0])  # only the first honest reply was used
+    assert m["valid"] == 1 and m["excluded"] == 9
+    expected = {"nonfinite": 2, "shape": 1, "dtype": 1, "keys": 2, "records": 2, "duplicate": 1}
+    for reason, count in expected.items():
+        assert m[f"excluded-{reason}"] == count, reason
+    assert sum(s.excluded_total.values()) == 9
+    assert np.isfinite(w(out)).all()
+
+
+def test_reply_from_unsampled_node_is_excluded():
+    s = ResilientAveraging("mean", lr=1.0, min_train_nodes=1, min_available_nodes=1)
+    msgs = start_round(s, [1])
+    stranger = instruction(42, THETA)
+    replies = grad_replies(msgs, {1: [1, 1]}) + [reply(stranger, THETA)]
+    _, m = s.aggregate_train(1, replies)
+    assert m["excluded-unexpected"] == 1 and m["valid"] == 1
+
+
+def test_too_few_valid_replies_keep_the_model_and_say_why():
+    s = ResilientAveraging("cwtm", num_byzantine=2, min_train_nodes=5)
+    msgs = start_round(s, [1, 2, 3, 4, 5])
+    replies = grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1], 4: [np.nan, 0], 5: [np.inf, 0]})
+    out, m = s.aggregate_train(1, replies)
+    assert out is None and m["skipped"] == 1 and m["valid"] == 3
+    assert "needs n > 2f" in s.round_log[-1]["skipped"]
+
+
+def test_num_examples_is_never_a_weight():
+    s = ResilientAveraging("mean", lr=1.0, min_train_nodes=2)
+    msgs = start_round(s, [1, 2])
+    r1 = reply(msgs[1], record(w=np.array([0, 0], np.float32), n=np.array(7, np.int64)), {"num-examples": 1})
+    r2 = reply(msgs[2], record(w=np.array([2, 2], np.float32), n=np.array(7, np.int64)), {"num-examples": 10**9})
+    out, m = s.aggregate_train(1, [r1, r2])
+    np.testing.assert_allclose(w(out), [0.0, 1.0])
+
+
+def test_client_metrics_are_aggregated_by_median():
+    s = ResilientAveraging("mean", lr=1.0, min_train_nodes=3)
+    msgs = start_round(s, [1, 2, 3])
+    rs = [reply(msgs[n], record(w=np.zeros(2, np.float32), n=np.array(7, np.int64)), {"train-loss": v})
+          for n, v in [(1, 1.0), (2, 2.0), (3, 1e9)]]
+    _, m = s.aggregate_train(1, rs)
+    assert m["train-loss"] == 2.0
+
+
+def test_configure_train_sends_round_lr_and_mode_and_samples_reproducibly():
+    a = ResilientAveraging("mean", fraction_train=0.5, min_train_nodes=1, seed=3)
+    b = ResilientAveraging("mean", fraction_train=0.5, min_train_nodes=1, seed=3)
+    ma, mb = start_round(a, list(range(10))), start_round(b, list(range(10)))
+    assert sorted(ma) == sorted(mb) and len(ma) == 5
+    cfg = next(iter(ma.values())).content["config"]
+    assert cfg["server-round"] == 1 and cfg["lr"] == pytest.approx(0.1) and cfg["resam-mode"] == "gradient"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"aggregator": "nope"}, "unknown aggregator"),
+        ({"mode": "weights"}, "mode"),
+        ({"num_byzantine": -1}, "num_byzantine"),
+        ({"lr": 0.0}, "lr"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"fraction_train": 1.5}, "fraction_train"),
+        ({"lr_schedule": "cosine"}, "schedule"),
+    ],
+)
+def test_bad_configuration_fails_at_build_time(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResilientAveraging(**kwargs)
+
+
+def test_evaluate_metrics_use_median_and_ignore_error_replies():
+    s = ResilientAveraging("mean")
+    msgs = list(s.configure_evaluate(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3])))
+    rs = [reply(m, None, {"accuracy": v, "num-examples": 10}) for m, v in zip(msgs, [0.9, 0.8, 0.0], strict=True)]
+    assert s.aggregate_evaluate(1, rs)["accuracy"] == pytest.approx(0.8)
