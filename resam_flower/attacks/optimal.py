@@ -9,8 +9,9 @@ The idea is ByzFL's (Allouah et al., "Fixing by mixing", AISTATS 2023); the line
 
 1. evaluate ``phi`` at ``start`` (default: the base attack's default factor, so the result is never
    less damaging than the default attack);
-2. probe ``start +- delta``; if one improves, expand in that direction, doubling the step while the
-   damage grows;
+2. probe both ``start + delta`` and ``start - delta``; if the better one improves, expand in its
+   direction, doubling the step while the damage grows (the damage is often larger on one side only,
+   e.g. towards one cluster of honest vectors on heterogeneous data);
 3. contract: probe ``best +- step`` and shrink the step by ``ratio``, until ``evals`` evaluations are spent.
 
 ByzFL's search starts at 0, only moves towards larger factors and uses ``delta = 10``. Against the plain
@@ -33,8 +34,8 @@ from ..aggregators import Aggregator
 from ..aggregators import build as build_aggregator
 from ..aggregators.base import NonFiniteInputError
 from .alie import ALittleIsEnough
-from .base import Attack, check_float, check_int, honest_mean
-from .ipm import DEFAULT_EPS, InnerProductManipulation
+from .base import Attack, check_float, check_int, honest_mean, honest_std, replicate
+from .ipm import DEFAULT_EPS
 
 __all__ = ["OptimalALIE", "OptimalIPM", "line_search"]
 
@@ -47,7 +48,7 @@ def line_search(
     used = 1
     step = delta
     direction = 0.0
-    for sign in (1.0, -1.0):  # probe both directions; go the first way that improves
+    for sign in (1.0, -1.0):  # probe both directions; expand towards the better one
         if used >= evals:
             break
         t = start + sign * step
@@ -55,7 +56,6 @@ def line_search(
         used += 1
         if y > best_y:
             best_t, best_y, direction = t, y, sign
-            break
     while direction != 0.0 and used < evals:  # expansion
         step *= 2.0
         t = best_t + direction * step
@@ -108,27 +108,29 @@ class _OptimalFactor(Attack):
         """The base attack's default factor (the search's default start)."""
         raise NotImplementedError
 
-    @staticmethod
-    def forge_with(honest: torch.Tensor, f: int, t: float) -> torch.Tensor:
-        """The base attack's ``f`` vectors for factor ``t``."""
+    def affine(self, honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)``: the base attack's vector for factor ``t`` is ``a + t * b`` (computed once per call)."""
         raise NotImplementedError
 
-    def damage(self, honest: torch.Tensor, byzantine: torch.Tensor) -> float:
+    def damage(self, honest: torch.Tensor, byzantine: torch.Tensor, mu: torch.Tensor | None = None) -> float:
         """``||F(honest ∪ byzantine) - mu||`` for the rule in use (``-inf`` if the rule cannot answer)."""
+        mu = honest_mean(honest) if mu is None else mu
         try:
             out = self.aggregator(torch.cat([honest, byzantine], dim=0))
         except NonFiniteInputError:
             return -math.inf
-        y = float(torch.linalg.vector_norm(out - honest_mean(honest)))
+        y = float(torch.linalg.vector_norm(out - mu))
         return y if math.isfinite(y) else -math.inf
 
     def _forge(self, honest: torch.Tensor, f: int) -> torch.Tensor:
         agg = self.aggregator
         saved_state, saved_info = copy.deepcopy(agg.state_dict()), agg.last_info
+        mu = honest_mean(honest)
+        a, b = self.affine(honest)
 
         def phi(t: float) -> float:
             agg.load_state_dict(copy.deepcopy(saved_state))
-            return self.damage(honest, self.forge_with(honest, f, t))
+            return self.damage(honest, replicate(torch.add(a, b, alpha=t), f), mu)
 
         start = self.default_factor(honest.shape[0], f) if self.start is None else self.start
         try:
@@ -137,7 +139,7 @@ class _OptimalFactor(Attack):
             agg.load_state_dict(saved_state)
             agg.last_info = saved_info
         self.last_info.update(factor=t, damage=y, evals=used, start=start)
-        return self.forge_with(honest, f, t)
+        return replicate(torch.add(a, b, alpha=t), f)
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"aggregator": self.aggregator.spec, "evals": self.evals}
@@ -171,7 +173,8 @@ class OptimalALIE(_OptimalFactor):
     def default_factor(self, h: int, f: int) -> float:
         return ALittleIsEnough(f=f).factor(h, f)
 
-    forge_with = staticmethod(ALittleIsEnough.forge_with)
+    def affine(self, honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return honest_mean(honest), honest_std(honest)
 
 
 class OptimalIPM(_OptimalFactor):
@@ -186,4 +189,6 @@ class OptimalIPM(_OptimalFactor):
     def default_factor(self, h: int, f: int) -> float:
         return DEFAULT_EPS
 
-    forge_with = staticmethod(InnerProductManipulation.forge_with)
+    def affine(self, honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = honest_mean(honest)
+        return torch.zeros_like(mu), -mu
