@@ -1,52 +1,105 @@
-"""Shared numerical kernels: Gram matrix, pairwise distances, non-finite screening.
+"""Shared numerical kernels: Gram matrix, pairwise distances with a precision guard, non-finite screening.
 
-Distance-based rules (Krum, MultiKrum, NNM, MDA, GM, Bulyan, ...) all start from the ``n x n`` matrix of
-pairwise squared distances. It is computed once, from the Gram matrix ``G = x x^T``, in one read pass
-over ``x``. ``G`` is accumulated in float64 over column blocks so that ``||x_i||^2 + ||x_j||^2 - 2 x_i.x_j``
-keeps its precision when the inputs are far from the origin but close to each other (momentum vectors of
-honest workers): a float32 Gram matrix would lose most digits to cancellation there.
+Distance-based rules (Krum, MultiKrum, NNM, MDA, MoNNA, Bulyan, GM) all start from the ``n x n`` matrix of
+pairwise squared distances ``D_ij = ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j``, computed from the Gram matrix
+``G = x x^T`` in **one read pass** over ``x`` (one matmul). Everything after that is ``O(n^2)`` work.
+
+Precision guard (:func:`pairwise_sq_distances`)
+-----------------------------------------------
+In float32, ``G`` carries an absolute error of about ``sqrt(d) * eps * (||x_i||^2 + ||x_j||^2)`` (a
+probabilistic bound on float32 dot products, Higham & Mary 2019; MKL measures about 30x below it). When the
+inputs are close to each other but far from the origin (momentums of honest workers, duplicated rows of a
+mimic attack) that error can swamp ``D_ij``. The guard estimates, for every pair,
+``psi_ij = u * (G_ii + G_jj) / max(D_ij, min(r_i, r_j))``, where ``u`` is the bound above and ``r_i`` is the
+median squared distance of row ``i`` to the others (the scale its decisions are made at; a duplicate pair,
+``D_ij = 0``, is judged against it). If ``max psi_ij > rtol`` (default ``1e-2``) the Gram matrix is
+recomputed:
+
+1. ``"centred"``: around a central row ``x_r`` (smallest median distance), in column blocks of
+   :data:`BLOCK`: ``(x - x_r)`` in the input dtype, products accumulated across blocks in float64. Errors are
+   now relative to the spread of the inputs, not to their norms (about 1.5x the cost of the fast path).
+   Checked again with the block length in place of ``d``.
+2. ``"exact"``: the same centred blocks promoted to float64 (about 4x the fast path); always accepted.
+
+``last_info["distances"]`` of every rule reports the method used and the estimated relative error.
+The fast path is taken only when float32 matmuls run in full IEEE precision (TF32/bf16 disabled, the
+PyTorch default); otherwise the first Gram matrix is computed in float64 blocks.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 
 from .base import NonFiniteInputError
 
-__all__ = ["gram", "sq_distances", "finite_rows", "drop_nonfinite", "weighted_sum", "BLOCK"]
+__all__ = [
+    "gram",
+    "sq_distances",
+    "finite_rows",
+    "drop_nonfinite",
+    "weighted_sum",
+    "pairwise_sq_distances",
+    "Pairwise",
+    "BLOCK",
+    "RTOL",
+]
 
-#: Columns per block: ``n x BLOCK`` float64 stays in the CPU's cache for n up to a few dozens.
+#: Columns per block of the centred/exact Gram on CPU (``n x BLOCK`` stays in cache for n up to ~64).
 BLOCK = 1 << 15
+#: Columns per block on accelerators (fewer, larger launches).
+GPU_BLOCK = 1 << 22
+#: Largest accepted estimated relative error of a squared distance before the Gram is recomputed.
+RTOL = 1e-2
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """Gram matrix ``x x^T`` of an ``(n, d)`` tensor, accumulated in float64, shape ``(n, n)``.
-
-    On CUDA, or for float64 input, one matmul does it; on CPU float32 input is promoted block by block so
-    that memory stays at ``O(n * BLOCK)`` beyond ``x``.
-    """
+def _full_precision_matmul(x: torch.Tensor) -> bool:
+    """True when a float32 matmul on ``x``'s device is computed in IEEE float32 (no TF32/bf16)."""
     if x.dtype == torch.float64:
-        return x @ x.T
-    if x.device.type != "cpu":
-        # Accumulating in float64 on a GPU is slow on consumer cards; TF32 is disabled by using
-        # the highest matmul precision for this product only.
-        return _gpu_gram(x)
-    n, d = x.shape
-    out = torch.zeros((n, n), dtype=torch.float64)
-    for start in range(0, d, BLOCK):
-        block = x[:, start : start + BLOCK].to(torch.float64)
-        out.addmm_(block, block.T)
-    return out
+        return True
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    if x.device.type == "cuda":
+        if torch.backends.cuda.matmul.allow_tf32:
+            return False
+        return getattr(torch.backends.cuda.matmul, "fp32_precision", "none") in ("none", "ieee")
+    if x.device.type == "cpu":
+        return getattr(torch.backends.mkldnn.matmul, "fp32_precision", "none") in ("none", "ieee")
+    return True
 
 
-def _gpu_gram(x: torch.Tensor) -> torch.Tensor:
+def _block(x: torch.Tensor) -> int:
+    return BLOCK if x.device.type == "cpu" else GPU_BLOCK
+
+
+def _blocked_gram(x: torch.Tensor, ref: int | None, work: torch.dtype) -> torch.Tensor:
+    """Float64 Gram of ``x - x[ref]`` (``ref=None``: of ``x``), block products computed in ``work``."""
     n, d = x.shape
     out = torch.zeros((n, n), dtype=torch.float64, device=x.device)
-    block = 1 << 22
-    for start in range(0, d, block):
-        b = x[:, start : start + block].to(torch.float64)
-        out.addmm_(b, b.T)
+    step = _block(x)
+    for start in range(0, d, step):
+        b = x[:, start : start + step].to(work)
+        if ref is not None:
+            b = b - b[ref]
+        if work == torch.float64:
+            out.addmm_(b, b.T)
+        else:
+            out += (b @ b.T).to(torch.float64)
     return out
+
+
+def gram(x: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+    """Gram matrix ``x x^T`` of an ``(n, d)`` tensor as float64, shape ``(n, n)``.
+
+    Default: one matmul in ``x``'s dtype (for float32: error about ``sqrt(d) * eps32`` relative to the
+    squared norms; callers that difference entries should centre ``x`` first or use
+    :func:`pairwise_sq_distances`). ``exact=True``: float64 products over column blocks.
+    """
+    if exact or not _full_precision_matmul(x):
+        return _blocked_gram(x, None, torch.float64)
+    return (x @ x.T).to(torch.float64)
 
 
 def sq_distances(g: torch.Tensor) -> torch.Tensor:
@@ -91,3 +144,80 @@ def drop_nonfinite(
 def weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``sum_i w_i x_i`` for weights ``(n,)`` (any float dtype) in one read pass; result ``(d,)``."""
     return w.to(device=x.device, dtype=x.dtype) @ x
+
+
+class Pairwise(NamedTuple):
+    """What :func:`pairwise_sq_distances` returns: the finite rows and their squared distances."""
+
+    x: torch.Tensor  #: the finite rows of the input, ``(n', d)``
+    f: int  #: ``f`` minus the number of dropped rows
+    dropped: int  #: number of non-finite rows dropped
+    kept: torch.Tensor  #: original indices of the rows of ``x`` (int64, on ``x``'s device)
+    d2: torch.Tensor  #: ``(n', n')`` float64 squared distances, zero diagonal
+    method: str  #: ``"fast"``, ``"centred"`` or ``"exact"``
+    error: float  #: estimated largest relative error of a squared distance (see module doc)
+
+    def info(self) -> dict[str, object]:
+        """Diagnostics for ``last_info``."""
+        return {"nonfinite_rows": self.dropped, "distances": self.method, "distance_error": self.error}
+
+
+def _row_scale(d2: torch.Tensor) -> torch.Tensor:
+    """Lower median of each row's squared distances to the other rows, ``(n,)``."""
+    n = d2.shape[0]
+    if n < 2:
+        return torch.zeros(n, dtype=d2.dtype, device=d2.device)
+    off = d2 + torch.diag(torch.full((n,), math.inf, dtype=d2.dtype, device=d2.device))
+    return off.sort(dim=1).values[:, (n - 2) // 2]
+
+
+def _error_estimate(g: torch.Tensor, d2: torch.Tensor, u: float) -> float:
+    """``max_ij u (G_ii + G_jj) / max(D_ij, min(r_i, r_j))`` over ``i != j`` (0 for a single row)."""
+    n = d2.shape[0]
+    if n < 2:
+        return 0.0
+    if not bool(torch.isfinite(d2).all()):
+        return math.inf
+    diag = g.diagonal()
+    r = _row_scale(d2)
+    denom = torch.maximum(d2, torch.minimum(r[:, None], r[None, :]))
+    err = u * (diag[:, None] + diag[None, :])
+    ratio = torch.where(denom > 0, err / denom.clamp(min=torch.finfo(denom.dtype).tiny), err * math.inf)
+    ratio.fill_diagonal_(0.0)
+    ratio = torch.nan_to_num(ratio, nan=0.0)  # err = 0 and denom = 0: exact zeros (all rows 0)
+    return float(ratio.max())
+
+
+def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = RTOL) -> Pairwise:
+    """Drop non-finite rows and return the squared distances of the rest, with the precision guard.
+
+    One read pass over ``x`` in the common case (the Gram matmul); its diagonal (squared norms) also
+    screens the rows: a row is non-finite iff its squared norm is. Raises :class:`NonFiniteInputError`
+    when more than ``f`` rows are non-finite. See the module docstring for the guard.
+    """
+    n, d = x.shape
+    eps = torch.finfo(x.dtype).eps
+    eps64 = torch.finfo(torch.float64).eps
+    fast = _full_precision_matmul(x)
+    g = (x @ x.T).to(torch.float64) if fast else _blocked_gram(x, None, torch.float64)
+    ok = torch.isfinite(g.diagonal())
+    kept = torch.arange(n, device=x.device)
+    x, f, k, g = drop_nonfinite(x, f, ok, name, g=g)
+    if k:
+        kept = kept[ok.to(kept.device)]
+    assert g is not None
+    d2 = sq_distances(g)
+    method = "fast" if fast else "exact"
+    error = _error_estimate(g, d2, math.sqrt(d) * (eps if fast else eps64))
+    if error <= rtol:
+        return Pairwise(x, f, k, kept, d2, method, error)
+    ref = int(_row_scale(d2).argmin())
+    if fast and x.dtype != torch.float64:
+        g = _blocked_gram(x, ref, x.dtype)
+        d2 = sq_distances(g)
+        error = _error_estimate(g, d2, math.sqrt(min(d, _block(x))) * eps)
+        if error <= rtol:
+            return Pairwise(x, f, k, kept, d2, "centred", error)
+    g = _blocked_gram(x, ref, torch.float64)
+    d2 = sq_distances(g)
+    return Pairwise(x, f, k, kept, d2, "exact", _error_estimate(g, d2, math.sqrt(d) * eps64))
