@@ -116,7 +116,11 @@ def to_float_images(
 
     ``scale`` maps raw values to ``[0, 1]`` (``1/255`` for bytes). ``normalisation=None`` keeps ``[0, 1]``.
     """
-    x = torch.as_tensor(pixels).to(torch.float32, copy=True).mul_(scale)
+    if isinstance(pixels, torch.Tensor):
+        x = pixels.to(torch.float32, copy=True)
+    else:  # astype copies, so read-only buffers (np.frombuffer, np.load) are fine
+        x = torch.from_numpy(np.asarray(pixels).astype(np.float32))
+    x.mul_(scale)
     if normalisation is not None:
         mean, std = normalisation
         c = x.shape[1]

@@ -2,8 +2,8 @@
 
 Sources, first match wins:
 
-1. ``data_dir=`` or ``$RESAM_CIFAR10_DIR``: a folder holding torchvision's ``cifar-10-batches-py``
-   (read with ``torchvision.datasets.CIFAR10(..., download=False)``);
+1. ``data_dir=`` or ``$RESAM_CIFAR10_DIR``: torchvision's ``cifar-10-batches-py`` folder (or its
+   parent), the python version of CIFAR-10, read here with a numpy-only unpickler;
 2. the hub data set ``uoft-cs/cifar10`` through :func:`datasets.load_dataset` (Hugging Face keeps its
    own download cache; this needs network access once).
 
@@ -16,12 +16,14 @@ it works on any :class:`datasets.Dataset` with an image column and a label colum
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 
 from .base import DataSourceError
 from .cache import cache_dir, file_lock, load_arrays, save_arrays
+from .safe_pickle import loads_arrays
 
 __all__ = ["CIFAR10_DIR_ENV", "HF_CIFAR10", "hf_to_arrays", "load_cifar10_arrays"]
 
@@ -55,18 +57,37 @@ def hf_to_arrays(
     return np.concatenate(images), np.concatenate(labels)
 
 
+_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
 def _from_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from torchvision.datasets import CIFAR10
-    except ImportError as exc:  # pragma: no cover - torchvision is a dependency
-        raise DataSourceError("reading a local CIFAR-10 folder needs torchvision") from exc
-    try:
-        ds = CIFAR10(str(folder), train=split == "train", download=False)
-    except RuntimeError as exc:
-        raise DataSourceError(
-            f"no valid CIFAR-10 in {folder} ({exc}); it must contain torchvision's cifar-10-batches-py"
-        ) from exc
-    return np.moveaxis(np.asarray(ds.data, dtype=np.uint8), -1, 1), np.asarray(ds.targets, dtype=np.int64)
+    """Read the python version of CIFAR-10 (``cifar-10-batches-py``, as torchvision downloads it).
+
+    ``folder`` is that folder or its parent. Each batch is a pickled dict with ``data`` (uint8
+    ``(n, 3072)``, channel-first rows) and ``labels``; it is unpickled with numpy arrays allowed and
+    nothing else (:mod:`.safe_pickle`).
+    """
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    images, labels = [], []
+    for name in _BATCHES[split]:
+        path = folder / name
+        if not path.is_file():
+            raise DataSourceError(
+                f"no CIFAR-10 batch {name} in {folder}; {CIFAR10_DIR_ENV} (or data_dir=) must name a folder "
+                f"holding cifar-10-batches-py (the 'CIFAR-10 python version' archive, unpacked)"
+            )
+        try:
+            entry = loads_arrays(path.read_bytes())
+            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry["labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+            raise DataSourceError(f"{path} is not a CIFAR-10 python batch: {exc}") from exc
+        if y.shape != (data.shape[0],):
+            raise DataSourceError(f"{path}: {data.shape[0]} images but {y.shape[0]} labels")
+        images.append(data)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def _from_hub(split: str, hf_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +99,7 @@ def _from_hub(split: str, hf_name: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataSourceError(
             f"cannot load {hf_name!r} ({split}) from the Hugging Face hub (no network access?): "
             f"{type(exc).__name__}: {exc}; fix: set {CIFAR10_DIR_ENV} (or data_dir=) to a folder holding "
-            f"torchvision's cifar-10-batches-py, or run once where the hub is reachable"
+            f"cifar-10-batches-py (as torchvision downloads it), or run once where the hub is reachable"
         ) from exc
     return hf_to_arrays(ds)
 

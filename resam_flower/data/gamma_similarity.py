@@ -107,7 +107,7 @@ class GammaSimilarityPartitioner(Partitioner):
                     f"num_partitions must be <= the number of rows ({dataset.num_rows}), "
                     f"got {self._num_partitions}"
                 )
-            labels = np.asarray(dataset.with_format("numpy")[self._partition_by])
+            labels = np.asarray(dataset.with_format("arrow")[self._partition_by])
             rng = np.random.default_rng(self._seed)
             self._partition_id_to_indices = gamma_similarity_indices(
                 labels, self._num_partitions, self._gamma, rng, self._shuffle

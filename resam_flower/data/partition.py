@@ -114,7 +114,7 @@ def _labels_array(data: DataSplit | torch.Tensor | np.ndarray | Dataset, partiti
     if isinstance(data, DataSplit):
         data = data.labels
     if isinstance(data, Dataset):
-        return np.asarray(data.with_format("numpy")[partition_by])
+        return np.asarray(data.with_format("arrow")[partition_by])
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
     labels = np.asarray(data)
@@ -157,12 +157,28 @@ def partition(
     ds = Dataset.from_dict({_LABEL: labels, _ROW: np.arange(labels.shape[0], dtype=np.int64)})
     if key == "iid":
         ds = ds.shuffle(seed=seed)
-    p.dataset = ds
-    # Each part's original row numbers, read through the public API (a view of the label/row table).
-    return [
-        torch.from_numpy(np.asarray(p.load_partition(i).with_format("numpy")[_ROW], dtype=np.int64))
-        for i in range(num_partitions)
-    ]
+    # Arrow format: a column read is one pyarrow array, not a per-row Python loop (60k rows: 0.1 ms
+    # instead of seconds in flwr-datasets' `np.array(dataset[label])`).
+    p.dataset = ds.with_format("arrow")
+    return [torch.from_numpy(rows) for rows in _partition_rows(p, num_partitions, fast=key != "iid")]
+
+
+def _partition_rows(p: Partitioner, num_partitions: int, fast: bool = True) -> list[np.ndarray]:
+    """Original row numbers of every part of ``p`` (whose data set is the label/row table).
+
+    The public way is ``p.load_partition(i)[row]``. flwr-datasets' Dirichlet and pathological
+    partitioners keep the positions in ``_partition_id_to_indices`` once ``num_partitions`` was read;
+    where that table exists (and the data set is unshuffled, so positions are rows) it is read directly:
+    ``load_partition`` hashes every index of a list of numpy scalars (2.4 s for MNIST's pathological
+    split, against milliseconds). Any other shape of internals falls back to the public way.
+    """
+    if fast and isinstance(p, GammaSimilarityPartitioner):
+        return [np.asarray(rows, dtype=np.int64) for rows in p.partition_id_to_indices]
+    _ = p.num_partitions  # public property: runs the lazy split
+    table = getattr(p, "_partition_id_to_indices", None) if fast else None
+    if isinstance(table, dict) and sorted(table) == list(range(num_partitions)):
+        return [np.asarray(table[i], dtype=np.int64) for i in range(num_partitions)]
+    return [np.asarray(p.load_partition(i)[_ROW], dtype=np.int64) for i in range(num_partitions)]
 
 
 @functools.lru_cache(maxsize=8)
