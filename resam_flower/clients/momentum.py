@@ -24,7 +24,7 @@ from __future__ import annotations
 from logging import WARNING
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
+from flwr.app import Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
@@ -48,10 +48,14 @@ def _error_reply(msg: Message, reason: str) -> Message:
     from flwr.common.constant import ErrorCode
 
     log(WARNING, "momentum_mod: %s", reason)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"momentum_mod: {reason}"), reply_to=msg)
+    return Message(
+        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"momentum_mod: {reason}"), reply_to=msg
+    )
 
 
-def momentum_mod(beta: float = 0.9, *, local_lr: float | None = None, state_key: str = MOMENTUM_STATE_KEY) -> Mod:
+def momentum_mod(
+    beta: float = 0.9, *, local_lr: float | None = None, state_key: str = MOMENTUM_STATE_KEY
+) -> Mod:
     """Build the mod; use as ``ClientApp(mods=[momentum_mod(0.9)])``.
 
     Parameters

@@ -118,12 +118,18 @@ class ResilientAveraging(FedAvg):
         self.num_byzantine = check_int("num_byzantine", num_byzantine, low=0)
         self.rule = build(aggregator, f=self.num_byzantine, **(aggregator_params or {}))
         if self.rule.f != self.num_byzantine:
-            raise ValueError(f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}")
+            raise ValueError(
+                f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}"
+            )
         default_lr = 0.1 if mode == "gradient" else 1.0
-        self.schedule = build_schedule(default_lr if lr is None else lr, lr_schedule, **(lr_schedule_params or {}))
+        self.schedule = build_schedule(
+            default_lr if lr is None else lr, lr_schedule, **(lr_schedule_params or {})
+        )
         self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         self.max_update_norm = (
-            None if max_update_norm is None else check_float("max_update_norm", max_update_norm, low=0.0, low_open=True)
+            None
+            if max_update_norm is None
+            else check_float("max_update_norm", max_update_norm, low=0.0, low_open=True)
         )
         self.adversary = adversary
         self.evaluate_fn = evaluate_fn
@@ -139,7 +145,13 @@ class ResilientAveraging(FedAvg):
     def summary(self) -> None:
         """Log the configuration, as Flower's strategies do."""
         log(INFO, "\t├──> RESAM (resilient averaging of momentums):")
-        log(INFO, "\t│\t├── Rule: %s (f=%d, needs %s)", self.rule.spec, self.num_byzantine, self.rule.requirement)
+        log(
+            INFO,
+            "\t│\t├── Rule: %s (f=%d, needs %s)",
+            self.rule.spec,
+            self.num_byzantine,
+            self.rule.requirement,
+        )
         log(INFO, "\t│\t├── Mode: %s", self.mode)
         log(INFO, "\t│\t├── Server lr: %s", self.schedule.describe())
         log(INFO, "\t│\t├── Weight decay: %s | max update norm: %s", self.weight_decay, self.max_update_norm)
@@ -206,11 +218,17 @@ class ResilientAveraging(FedAvg):
             log(WARNING, "aggregate_train: excluded reply from node %s: %s", node, reason)
         self.excluded_total.update(screened.excluded)
         n = len(screened.node_ids)
-        entry.update(valid=n, excluded=screened.num_excluded, **{f"excluded-{k}": v for k, v in screened.excluded.items()})
+        entry.update(
+            valid=n,
+            excluded=screened.num_excluded,
+            **{f"excluded-{k}": v for k, v in screened.excluded.items()},
+        )
         new_arrays = None
         need = self.rule.min_inputs(self.num_byzantine)
         if n < need:
-            entry["skipped"] = f"{n} valid replies, {self.rule.spec} needs {self.rule.requirement} (>= {need})"
+            entry["skipped"] = (
+                f"{n} valid replies, {self.rule.spec} needs {self.rule.requirement} (>= {need})"
+            )
         else:
             x = screened.vectors
             if self.mode == "model":
@@ -223,7 +241,12 @@ class ResilientAveraging(FedAvg):
             if agg is not None:
                 new_arrays = self._step(server_round, theta, agg, entry)
         if "skipped" in entry:
-            log(WARNING, "aggregate_train: round %d keeps the current model: %s", server_round, entry["skipped"])
+            log(
+                WARNING,
+                "aggregate_train: round %d keeps the current model: %s",
+                server_round,
+                entry["skipped"],
+            )
         entry["aggregate-time-s"] = time.perf_counter() - t0
         entry.update(attack_metrics)
         self.round_log.append(entry)
@@ -235,7 +258,9 @@ class ResilientAveraging(FedAvg):
             metrics[key] = value
         return new_arrays, metrics
 
-    def _step(self, server_round: int, theta: torch.Tensor, agg: torch.Tensor, entry: dict[str, Any]) -> ArrayRecord | None:
+    def _step(
+        self, server_round: int, theta: torch.Tensor, agg: torch.Tensor, entry: dict[str, Any]
+    ) -> ArrayRecord | None:
         agg = agg.to(theta.dtype)
         norm = float(torch.linalg.vector_norm(agg))
         if not torch.isfinite(torch.tensor(norm)):

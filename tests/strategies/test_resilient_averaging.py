@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from resam_flower.strategies import ResilientAveraging
 from tests.flower_helpers import FakeGrid, instruction, record, reply
@@ -18,7 +18,9 @@ def start_round(strategy, nodes, arrays=THETA, rnd=1):
 
 
 def grad_replies(msgs, grads):
-    return [reply(msgs[n], record(w=np.asarray(g, np.float32), n=np.array(7, np.int64))) for n, g in grads.items()]
+    return [
+        reply(msgs[n], record(w=np.asarray(g, np.float32), n=np.array(7, np.int64))) for n, g in grads.items()
+    ]
 
 
 def w(rec):
@@ -36,8 +38,15 @@ def test_gradient_mode_step_with_cwmed():
 
 
 def test_weight_decay_and_lr_schedule():
-    s = ResilientAveraging("mean", lr=1.0, lr_schedule="step", lr_schedule_params={"step_size": 1, "gamma": 0.5},
-                           weight_decay=0.1, min_train_nodes=1, min_available_nodes=1)
+    s = ResilientAveraging(
+        "mean",
+        lr=1.0,
+        lr_schedule="step",
+        lr_schedule_params={"step_size": 1, "gamma": 0.5},
+        weight_decay=0.1,
+        min_train_nodes=1,
+        min_available_nodes=1,
+    )
     msgs = start_round(s, [1], rnd=2)
     out, m = s.aggregate_train(2, grad_replies(msgs, {1: [0, 0]}))
     # lr at round 2 = 0.5; step = 0 + 0.1 * theta
@@ -70,7 +79,9 @@ def bad_replies(msgs):
     missing = reply(msgs[5], record(w=np.array([1, 1], np.float32)))
     extra = reply(msgs[6], record(w=np.array([1, 1], np.float32), n=np.array(7, np.int64), x=np.zeros(1)))
     empty = reply(msgs[7], None)
-    two = Message(content=RecordDict({"a": THETA, "b": THETA, "m": MetricRecord({"num-examples": 1})}), reply_to=msgs[8])
+    two = Message(
+        content=RecordDict({"a": THETA, "b": THETA, "m": MetricRecord({"num-examples": 1})}), reply_to=msgs[8]
+    )
     inf = reply(msgs[9], record(w=np.array([np.inf, 1], np.float32), n=np.array(7, np.int64)))
     dup = reply(msgs[1], record(w=np.array([5, 5], np.float32), n=np.array(7, np.int64)))
     return [good, nan, shape, dtype, missing, extra, empty, two, inf, dup]
@@ -111,7 +122,9 @@ def test_num_examples_is_never_a_weight():
     s = ResilientAveraging("mean", lr=1.0, min_train_nodes=2)
     msgs = start_round(s, [1, 2])
     r1 = reply(msgs[1], record(w=np.array([0, 0], np.float32), n=np.array(7, np.int64)), {"num-examples": 1})
-    r2 = reply(msgs[2], record(w=np.array([2, 2], np.float32), n=np.array(7, np.int64)), {"num-examples": 10**9})
+    r2 = reply(
+        msgs[2], record(w=np.array([2, 2], np.float32), n=np.array(7, np.int64)), {"num-examples": 10**9}
+    )
     out, m = s.aggregate_train(1, [r1, r2])
     np.testing.assert_allclose(w(out), [0.0, 1.0])
 
@@ -119,8 +132,10 @@ def test_num_examples_is_never_a_weight():
 def test_client_metrics_are_aggregated_by_median():
     s = ResilientAveraging("mean", lr=1.0, min_train_nodes=3)
     msgs = start_round(s, [1, 2, 3])
-    rs = [reply(msgs[n], record(w=np.zeros(2, np.float32), n=np.array(7, np.int64)), {"train-loss": v})
-          for n, v in [(1, 1.0), (2, 2.0), (3, 1e9)]]
+    rs = [
+        reply(msgs[n], record(w=np.zeros(2, np.float32), n=np.array(7, np.int64)), {"train-loss": v})
+        for n, v in [(1, 1.0), (2, 2.0), (3, 1e9)]
+    ]
     _, m = s.aggregate_train(1, rs)
     assert m["train-loss"] == 2.0
 
@@ -154,5 +169,8 @@ def test_bad_configuration_fails_at_build_time(kwargs, match):
 def test_evaluate_metrics_use_median_and_ignore_error_replies():
     s = ResilientAveraging("mean")
     msgs = list(s.configure_evaluate(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3])))
-    rs = [reply(m, None, {"accuracy": v, "num-examples": 10}) for m, v in zip(msgs, [0.9, 0.8, 0.0], strict=True)]
+    rs = [
+        reply(m, None, {"accuracy": v, "num-examples": 10})
+        for m, v in zip(msgs, [0.9, 0.8, 0.0], strict=True)
+    ]
     assert s.aggregate_evaluate(1, rs)["accuracy"] == pytest.approx(0.8)

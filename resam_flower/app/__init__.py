@@ -1,0 +1,1 @@
+r"""The default Flower App behind \`flwr run .\`: ServerApp, ClientApp, run config, results."""

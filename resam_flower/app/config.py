@@ -1,0 +1,178 @@
+"""The run configuration of the default app: every knob, its default, and its validation.
+
+Keys are kebab-case, as in Flower's templates and ``[tool.flwr.app.config]``; they can be overridden with
+``flwr run . --run-config "key=value ..."``. :meth:`ExperimentConfig.from_run_config` checks every value and
+fails at start with a message naming the key, the value and the bound.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..aggregators import build as build_rule
+from ..aggregators.base import check_float, check_int
+
+__all__ = ["ExperimentConfig", "parse_params", "MESSAGE_PREFIX"]
+
+#: Prefix of the experiment's keys inside train/evaluate ConfigRecords.
+MESSAGE_PREFIX = "exp-"
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """``"z=1.5, target='max-variance'"`` -> ``{"z": 1.5, "target": "max-variance"}`` (empty string -> {})."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        call = ast.parse(f"_({text})", mode="eval").body
+        assert isinstance(call, ast.Call) and not call.args
+        return {kw.arg.replace("-", "_"): ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+    except (SyntaxError, ValueError, AssertionError) as exc:
+        raise ValueError(f"cannot parse parameters {text!r}: use key=value, key2=value2") from exc
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: data, model, federation, RESAM server and workers, adversary, outputs."""
+
+    num_server_rounds: int = 200
+    num_clients: int = 13
+    num_byzantine: int = 3
+    attack: str = "alie"
+    attack_params: str = ""
+    aggregator: str = "nnm+cwtm"
+    aggregator_params: str = ""
+    mode: str = "gradient"
+    momentum: float = 0.9
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    lr_step_size: int = 100
+    lr_gamma: float = 0.1
+    lr_decay: float = 100.0
+    weight_decay: float = 1e-4
+    max_update_norm: float = 0.0
+    batch_size: int = 32
+    local_steps: int = 1
+    local_lr: float = 0.0
+    dataset: str = "mnist"
+    partitioner: str = "iid"
+    alpha: float = 1.0
+    model: str = "mnist-cnn"
+    seed: int = 0
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    eval_every: int = 10
+    num_test: int = 0
+    device: str = "cpu"
+    results_dir: str = "results"
+    run_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> ExperimentConfig:
+        """Build and validate from Flower's run config (kebab-case keys; unknown keys kept in ``extra``)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in dict(run_config).items():
+            name = key.replace("-", "_")
+            (values if name in names else extra)[name if name in names else key] = value
+        defaults = cls()
+        for name, value in list(values.items()):
+            want = type(getattr(defaults, name))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                values[name] = float(value)
+            elif want is int and isinstance(value, float) and value.is_integer():
+                values[name] = int(value)
+            elif not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+                raise ValueError(
+                    f"run config {name.replace('_', '-')} must be {want.__name__}, got {value!r}"
+                )
+        cfg = cls(**values, extra=extra)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise :class:`ValueError` naming the key and the bound for any bad value."""
+        check_int("num-server-rounds", self.num_server_rounds, low=1)
+        check_int("num-clients", self.num_clients, low=1)
+        check_int("num-byzantine", self.num_byzantine, low=0, high=self.num_clients - 1)
+        check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_float("weight-decay", self.weight_decay, low=0.0)
+        check_float("max-update-norm", self.max_update_norm, low=0.0)
+        check_int("batch-size", self.batch_size, low=1)
+        check_int("local-steps", self.local_steps, low=1)
+        check_float("local-lr", self.local_lr, low=0.0)
+        check_float("alpha", self.alpha, low=0.0, low_open=True)
+        check_float("fraction-train", self.fraction_train, low=0.0, high=1.0, low_open=True)
+        check_float("fraction-evaluate", self.fraction_evaluate, low=0.0, high=1.0)
+        check_int("eval-every", self.eval_every, low=1)
+        check_int("num-test", self.num_test, low=0)
+        check_int("seed", self.seed, low=0)
+        if self.mode not in ("gradient", "model"):
+            raise ValueError(f"run config mode must be gradient or model, got {self.mode!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"run config device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        rule = build_rule(self.aggregator, f=self.num_byzantine, **parse_params(self.aggregator_params))
+        if self.num_clients - 0 < rule.min_inputs(self.num_byzantine):
+            raise ValueError(
+                f"aggregator {rule.spec} needs {rule.requirement}: num-clients={self.num_clients} is too few "
+                f"for num-byzantine={self.num_byzantine} (at least {rule.min_inputs(self.num_byzantine)})"
+            )
+        if self.num_byzantine and self.attack not in ("", "none"):
+            from ..attacks import resolve
+
+            resolve(self.attack)  # unknown attack names fail here, at start
+        parse_params(self.attack_params)
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def attacked(self) -> bool:
+        """Whether a simulated adversary runs (some Byzantine nodes and an attack)."""
+        return self.num_byzantine > 0 and self.attack not in ("", "none")
+
+    def name(self) -> str:
+        """Run name: ``run_name`` or one derived from the main knobs."""
+        if self.run_name:
+            return self.run_name
+        attack = self.attack if self.attacked else "none"
+        return (
+            f"{self.dataset}-{self.aggregator.replace('+', '_')}-{attack}-f{self.num_byzantine}"
+            f"-b{self.momentum:g}-s{self.seed}"
+        )
+
+    def to_config_record(self) -> dict[str, Any]:
+        """Flat ``exp-<key>`` entries for a train/evaluate ConfigRecord: the server tells the workers the experiment.
+
+        Workers read their settings from the message first (:meth:`from_message`), so a SuperNode or a Python
+        simulation needs no run config of its own, and server and workers cannot disagree.
+        """
+        return {
+            f"{MESSAGE_PREFIX}{k}": v
+            for k, v in self.to_dict().items()
+            if isinstance(v, (str, int, float, bool))
+        }
+
+    @classmethod
+    def from_message(cls, config: Any, run_config: dict[str, Any] | None = None) -> ExperimentConfig:
+        """The experiment from a message's ConfigRecord (``exp-`` keys) over the node's run config."""
+        merged = dict(run_config or {})
+        merged.update(
+            {k[len(MESSAGE_PREFIX) :]: v for k, v in dict(config).items() if k.startswith(MESSAGE_PREFIX)}
+        )
+        return cls.from_run_config(merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kebab-case dict (what ``summary.json`` stores as the full config)."""
+        out = {
+            f.name.replace("_", "-"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra"
+        }
+        out.update(self.extra)
+        return out

@@ -1,0 +1,127 @@
+"""The default ServerApp (``[tool.flwr.app.components] serverapp``): RESAM with a simulated adversary.
+
+It reads :class:`~resam_flower.app.config.ExperimentConfig` from the run config, runs
+:class:`~resam_flower.strategies.ResilientAveraging` for ``num-server-rounds`` rounds with centralised test
+evaluation every ``eval-every`` rounds, and writes ``<results-dir>/<run-name>/`` (``config.json``,
+``metrics.csv``, ``summary.json``), then prints a one-line summary.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from ..aggregators import build as build_rule
+from ..strategies import ResilientAveraging
+from ..strategies.adversary import SimulatedAdversary
+from .config import ExperimentConfig, parse_params
+from .results import write_run
+from .task import evaluate, model_for, test_split
+
+__all__ = ["app", "run_experiment", "build_strategy"]
+
+app = ServerApp()
+
+
+def build_strategy(cfg: ExperimentConfig, evaluate_fn=None) -> ResilientAveraging:
+    """The strategy (and simulated adversary) described by ``cfg``."""
+    adversary = None
+    if cfg.attacked:
+        params = parse_params(cfg.attack_params)
+        if cfg.attack.startswith("optimal") and "aggregator" not in params:
+            # The optimal attacks search against the rule actually in use (a separate instance: no shared state).
+            params["aggregator"] = build_rule(
+                cfg.aggregator, f=cfg.num_byzantine, **parse_params(cfg.aggregator_params)
+            )
+        adversary = SimulatedAdversary(cfg.attack, cfg.num_byzantine, seed=cfg.seed, **params)
+    schedule_params = {"step_size": cfg.lr_step_size, "gamma": cfg.lr_gamma, "decay": cfg.lr_decay}
+    return ResilientAveraging(
+        aggregator=cfg.aggregator,
+        num_byzantine=cfg.num_byzantine,
+        aggregator_params=parse_params(cfg.aggregator_params),
+        mode=cfg.mode,
+        lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        lr_schedule_params=schedule_params,
+        weight_decay=cfg.weight_decay if cfg.mode == "gradient" else 0.0,
+        max_update_norm=cfg.max_update_norm or None,
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.num_clients,
+        adversary=adversary,
+        evaluate_fn=evaluate_fn,
+        seed=cfg.seed,
+    )
+
+
+def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Run one experiment on ``grid``; write its results; return the summary."""
+    torch.manual_seed(cfg.seed)
+    test = test_split(cfg)
+    model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
+    initial = ArrayRecord(model.state_dict())
+    last = cfg.num_server_rounds
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round % cfg.eval_every and server_round != last:
+            return None
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return MetricRecord(evaluate(model, test))
+
+    strategy = build_strategy(cfg, evaluate_fn)
+    t0 = time.perf_counter()
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=cfg.num_server_rounds,
+        train_config=ConfigRecord(cfg.to_config_record()),
+        evaluate_config=ConfigRecord(cfg.to_config_record()),
+    )
+    wall = time.perf_counter() - t0
+    evals = {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()}
+    rows = []
+    for entry in strategy.round_log:
+        row = {k: v for k, v in entry.items() if k != "skipped"}
+        row["skipped"] = entry.get("skipped", "")
+        for k, v in evals.get(entry["round"], {}).items():
+            row[f"test-{k}"] = v
+        rows.append(row)
+    final_round = max(evals) if evals else 0
+    summary = {
+        "run_name": cfg.name(),
+        "final_test_accuracy": evals.get(final_round, {}).get("accuracy"),
+        "final_test_loss": evals.get(final_round, {}).get("loss"),
+        "initial_test_accuracy": evals.get(0, {}).get("accuracy"),
+        "best_test_accuracy": max((m.get("accuracy", 0.0) for m in evals.values()), default=None),
+        "rounds": len(strategy.round_log),
+        "wall_time_s": wall,
+        "excluded_replies": int(sum(strategy.excluded_total.values())),
+        "excluded_by_reason": dict(strategy.excluded_total),
+        "skipped_rounds": sum(1 for e in strategy.round_log if "skipped" in e),
+        "byzantine_nodes": strategy.adversary.chosen if strategy.adversary else [],
+        "aggregator": strategy.rule.spec,
+        "config": cfg.to_dict(),
+    }
+    run_dir = Path(cfg.results_dir) / cfg.name()
+    write_run(run_dir, cfg.to_dict(), rows, summary)
+    acc = summary["final_test_accuracy"]
+    print(
+        f"[resam] {cfg.name()}: final test accuracy {acc if acc is None else f'{100 * acc:.2f}%'} after "
+        f"{summary['rounds']} rounds in {wall:.1f}s; excluded replies {summary['excluded_replies']}; "
+        f"results in {run_dir}",
+        flush=True,
+    )
+    return summary
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of ``flwr run .``."""
+    run_experiment(grid, ExperimentConfig.from_run_config(context.run_config))

@@ -1,0 +1,85 @@
+"""``byzantine_mod``: the Byzantine behaviours a node runs itself (simulation and real devices alike).
+
+Placed outermost, ``ClientApp(mods=[byzantine_mod, momentum_mod(0.9)])``, it reads the node's role from
+
+* the node config ``byzantine`` (real devices: ``flower-supernode --node-config "byzantine='sf'"``), with
+  parameters as ``byzantine-<param>`` (e.g. ``byzantine-sigma=10``); or
+* the train config key ``resam-byzantine`` that the simulated adversary sends to the nodes it controls.
+
+Roles:
+
+* ``lf`` (label flipping): the worker trains on labels ``C - 1 - y`` (the mod sets ``resam-flip-labels``);
+  the reply is otherwise honest, momentum included.
+* ``sf``, ``gaussian``, ``inf``: the node's own reply (its momentum) is corrupted by
+  :func:`resam_flower.attacks.corrupt_own_update`.
+* ``omniscient`` (simulation only): the node does not train; its reply is replaced by the simulated
+  adversary's forged vector, so it answers with the global model's layout at once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from logging import INFO
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore import log
+
+from ..attacks import corrupt_own_update
+from ..flat import FlatSpec
+
+__all__ = ["byzantine_mod", "FLIP_LABELS_KEY", "NODE_ROLE_KEY"]
+
+NODE_ROLE_KEY = "byzantine"
+ROUND_ROLE_KEY = "resam-byzantine"
+FLIP_LABELS_KEY = "resam-flip-labels"
+OWN_UPDATE_ATTACKS = ("sf", "gaussian", "inf")
+
+
+def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
+    node_role = str(ctxt.node_config.get(NODE_ROLE_KEY, "") or "")
+    params = {
+        k[len(NODE_ROLE_KEY) + 1 :].replace("-", "_"): v
+        for k, v in ctxt.node_config.items()
+        if k.startswith(NODE_ROLE_KEY + "-")
+    }
+    config = next(iter(msg.content.config_records.values()), {})
+    return (node_role or str(config.get(ROUND_ROLE_KEY, "") or "")).lower(), params
+
+
+def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Run this node's Byzantine role, if it has one; honest nodes pass straight through."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, ctxt)
+    role, params = _role(msg, ctxt)
+    if role in ("", "none", "honest"):
+        return call_next(msg, ctxt)
+    arrays = next(iter(msg.content.array_records.values()))
+    if role == "omniscient":
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})
+        return Message(content=content, reply_to=msg)
+    if role == "lf":
+        cfg_key, cfg = next(iter(msg.content.config_records.items()))
+        msg.content.config_records[cfg_key] = ConfigRecord({**dict(cfg), FLIP_LABELS_KEY: True})
+        return call_next(msg, ctxt)
+    if role not in OWN_UPDATE_ATTACKS:
+        raise ValueError(
+            f"unknown Byzantine role {role!r}; use lf, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
+        )
+    reply = call_next(msg, ctxt)
+    if reply.has_error():
+        return reply
+    key, rec = next(iter(reply.content.array_records.items()))
+    spec = FlatSpec.from_record(arrays)
+    own, reason = spec.read(rec, check_finite=False)
+    if own is None:
+        return reply
+    config = next(iter(msg.content.config_records.values()), {})
+    seed = zlib.crc32(f"{ctxt.node_id}/{config.get('server-round', 0)}".encode())
+    if role == "gaussian":
+        params.setdefault("seed", seed)
+    bad = corrupt_own_update(role, own, **params)
+    reply.content.array_records[key] = spec.unflatten(bad.to(torch.float32), like=arrays)
+    log(INFO, "byzantine_mod: node %s sent a %s-corrupted update", ctxt.node_id, role)
+    return reply

@@ -1,0 +1,64 @@
+"""Run one experiment in Flower's simulation engine (Ray backend) from Python.
+
+``flwr run .`` is the command-line way (it reads ``[tool.flwr.app.config]`` and ``--run-config``); this is the
+programmatic way used by the sweep runner, the benchmarks and the tests::
+
+    from resam_flower.simulation import simulate
+    summary = simulate({"dataset": "digits", "model": "mlp", "num-clients": 8, "num-byzantine": 1})
+
+The ServerApp and ClientApp are the default app's; the experiment travels to the workers inside the train
+messages (``exp-`` keys), so nothing else needs configuring.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from .app.config import ExperimentConfig
+from .app.server_app import run_experiment
+from .clients.worker import make_client_app
+
+__all__ = ["simulate", "backend_config"]
+
+
+def backend_config(num_cpus: int | None = None, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0) -> dict:
+    """Ray backend settings: the machine's cores, one per virtual client by default."""
+    total = num_cpus or os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
+        "init_args": {"num_cpus": total, "logging_level": "ERROR", "log_to_driver": False},
+    }
+
+
+def simulate(run_config: dict[str, Any] | ExperimentConfig, *, backend: dict | None = None, verbose: bool = False) -> dict:
+    """Run the experiment described by ``run_config`` (kebab-case keys) on the Ray backend; return its summary."""
+    cfg = run_config if isinstance(run_config, ExperimentConfig) else ExperimentConfig.from_run_config(run_config)
+    out: dict[str, Any] = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        out.update(run_experiment(grid, cfg))
+
+    from flwr.simulation import run_simulation
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(
+            server_app=server,
+            client_app=make_client_app(),
+            num_supernodes=cfg.num_clients,
+            backend_config=backend or backend_config(),
+            verbose_logging=verbose,
+        )
+    if not out:
+        raise RuntimeError("the simulation ended without a result (see the log above for the ServerApp's error)")
+    return out
