@@ -1,0 +1,91 @@
+"""Speed of the coordinate-wise rules (CWMed, CWTM, MeaMed) relative to one read pass ``x.sum(0)``.
+
+Usage::
+
+    .venv/bin/python benchmarks/coordinatewise_kernels.py                    # n=20, d=1e6, f=4, float32
+    .venv/bin/python benchmarks/coordinatewise_kernels.py --n 50 --f 10 --dtype float64 --peers
+
+Each figure is the median over ``--reps`` calls of ``time(rule) / time(x.sum(0))``, the read pass being
+timed right before each call (best of two) so that both see the same machine load. ``--peers`` adds
+torch built-ins and ByzFL (if installed) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from resam_flower.aggregators.meamed import MeanAroundMedian
+from resam_flower.aggregators.median import CoordinateWiseMedian
+from resam_flower.aggregators.trimmed_mean import CoordinateWiseTrimmedMean
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def ratio(fn: Callable[[], object], x: torch.Tensor, reps: int) -> tuple[float, float]:
+    """Median of ``time(fn) / time(x.sum(0))`` over ``reps`` calls, and the median read-pass time (s)."""
+    fn()  # warm-up (plans are cached, allocator primed)
+    ratios, bases = [], []
+    for _ in range(reps):
+        base = min(_timed(lambda: x.sum(0), x.device) for _ in range(2))
+        ratios.append(_timed(fn, x.device) / base)
+        bases.append(base)
+    return statistics.median(ratios), statistics.median(bases)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--d", type=int, default=1_000_000)
+    p.add_argument("--f", type=int, default=4)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--peers", action="store_true", help="also time torch built-ins and ByzFL")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    device = torch.device(a.device)
+    x = torch.randn(a.n, a.d, dtype=getattr(torch, a.dtype), device=device)
+    rules: dict[str, Callable[[], object]] = {}
+    for method in ("network", "sort"):
+        for cls in (CoordinateWiseMedian, CoordinateWiseTrimmedMean, MeanAroundMedian):
+            rule = cls(a.f, method=method)
+            rules[f"{rule.name} [{method}]"] = lambda rule=rule: rule(x)
+    if a.peers:
+        k = a.n // 2 + 1
+        rules["torch.median(x, 0)"] = lambda: torch.median(x, 0)
+        rules["x.sort(0)"] = lambda: x.sort(0)
+        rules[f"x.kthvalue({k}, 0)"] = lambda: x.kthvalue(k, 0)
+        try:
+            import byzfl
+
+            for peer in (byzfl.Median(), byzfl.TrMean(a.f), byzfl.Meamed(a.f)):
+                rules[f"byzfl.{type(peer).__name__}"] = lambda peer=peer: peer(x)
+        except ImportError:
+            pass
+    print(f"n={a.n} d={a.d} f={a.f} {a.dtype} on {device} ({torch.get_num_threads()} threads), "
+          f"median of {a.reps}")
+    for label, fn in rules.items():
+        r, base = ratio(fn, x, a.reps)
+        print(f"  {label:<24} {r:6.1f}x   (read pass {base * 1e3:.2f} ms)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

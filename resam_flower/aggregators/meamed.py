@@ -1,0 +1,121 @@
+r"""Mean around median (MeaMed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import _order
+from ._linalg import drop_nonfinite, finite_rows
+from .base import Aggregator
+
+__all__ = ["MeanAroundMedian", "mean_around_median"]
+
+
+def mean_around_median(x: torch.Tensor, f: int, *, method: str = "auto") -> torch.Tensor:
+    r"""Per coordinate, the mean of the ``n - f`` values closest to the median (:class:`MeanAroundMedian`).
+
+    ``x`` is a finite ``(n, d)`` tensor and ``n > 2f``.
+    """
+    n = x.shape[0]
+    if not 0 <= 2 * f < n:
+        raise ValueError(f"meamed needs n > 2f, got n={n}, f={f}")
+    m = n - f
+    mid = [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
+    ranks = [*range(f), *range(m, n), *mid]
+
+    def combine(vals: Sequence[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+        assert acc is not None  # sum of the ranks f .. n-f-1, always in the window
+        if f:
+            if len(mid) == 1:
+                med = vals[2 * f]
+            else:
+                med = torch.mul(vals[2 * f], 0.5)
+                med.add_(vals[2 * f + 1], alpha=0.5)
+            for l in range(f):  # window start L <= l  <=>  med - s_(l) <= s_(l+m) - med
+                low, high = vals[l], vals[f + l]
+                take_low = torch.sub(med, low) <= torch.sub(high, med)
+                acc.add_(torch.where(take_low, low, high))
+        torch.div(acc, m, out=out)
+
+    return _order.coordinatewise(x, ranks, combine, (f, m), method=method)
+
+
+class MeanAroundMedian(Aggregator):
+    r"""Mean around median: per coordinate, the mean of the ``n - f`` values closest to the median.
+
+    With the values of coordinate ``k`` sorted, :math:`s_{(0)} \le \dots \le s_{(n-1)}`, the median
+    ``M`` (mean of the two middle values for even ``n``) and ``m = n - f``, the ``m`` values closest to
+    ``M`` are a window :math:`s_{(L)}, \dots, s_{(L+m-1)}` with ``0 <= L <= f``, and
+
+    .. math:: [F(x)]_k = \frac{1}{m} \sum_{r=L}^{L+m-1} s_{(r)},\qquad
+              L = \min\{\, l \in [0, f) : M - s_{(l)} \le s_{(l+m)} - M \,\}\ (\text{or } f).
+
+    **Tie-breaking** (deterministic, depends on values only, so the rule is permutation invariant):
+    when a value below the median and one above it are equally far from it, the *smaller* value is
+    taken; equal values are interchangeable. In exact arithmetic this is "the ``m`` values with the
+    smallest ``|s - M|``, ties in distance going to the smaller value". Distances are the rounded
+    ``M - s`` and ``s - M`` in the input dtype.
+
+    Difference with ByzFL's ``Meamed`` (0.0.11): ByzFL takes the ``m`` smallest ``|x_i - M|`` with
+    ``torch.topk``, so distance ties between different values are broken by the row order (not
+    permutation invariant); it computes ``M`` with ``torch.quantile`` (``M = s_a + 0.5 (s_b - s_a)``,
+    vs ``0.5 s_a + 0.5 s_b`` here: equal up to one rounding). Without distance ties the rules agree.
+
+    Requirement ``n > 2f`` (as ByzFL). Reference: Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant
+    SGD", 2018; resilient averaging: Farhadkhani et al., ICML 2022 (RESAM). Rows with non-finite values
+    are dropped first (at most ``f`` of them, see :mod:`.base`).
+
+    Computed by a pruned comparator network (:mod:`._order`) that sorts the ``f`` smallest and ``f``
+    largest values, finds the median and sums the always-kept ranks ``f .. n-f-1``; then ``f``
+    element-wise choices ``s_(l)`` vs ``s_(l+m)``. About 5-6x the time of one read pass ``x.sum(0)``
+    on CPU at ``n = 20``, ``d = 10^6``, ``f = 4``. Extra memory: ``(n + 2)`` scratch rows of one column
+    block, plus a few block-sized temporaries.
+
+    Parameters
+    ----------
+    f
+        Number of Byzantine inputs to tolerate.
+    method
+        Kernel: ``"auto"`` (default), ``"network"`` or ``"sort"`` (see :func:`._order.coordinatewise`).
+    """
+
+    name = "meamed"
+    requirement = "n > 2f"
+
+    def __init__(self, f: int = 0, method: str = "auto") -> None:
+        super().__init__(f)
+        if method not in _order.METHODS:
+            raise ValueError(f"method must be one of {_order.METHODS}, got {method!r}")
+        self.method = method
+
+    def min_inputs(self, f: int | None = None) -> int:
+        f = self.f if f is None else f
+        return 2 * f + 1
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.method == "auto" else {"method": self.method}
+
+    def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        x, f, k, _ = drop_nonfinite(x, f, finite_rows(x), self.name)
+        self.last_info["nonfinite_rows"] = k
+        self.check(x.shape[0], f)
+        return mean_around_median(x, f, method=self.method)
+
+    def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
+        r"""``κ = 2f/(n-f) · sqrt(min(d, n - f - 1))`` for ``n > 2f`` (``None`` otherwise).
+
+        Per coordinate (honest values in ``[lo, hi]``, range ``Δ``, mean ``μ``; median ``M`` in
+        ``[lo, hi]`` as ``n > 2f``; window ``W`` of the ``m = n - f`` values closest to ``M``): ``W \ S``
+        and ``S \ W`` both have ``j <= f`` elements, so
+        ``m (F - μ) = Σ_{W \ S} v - Σ_{S \ W} u``. Pair each ``v`` with a ``u``: ``u`` was not chosen,
+        so ``|v - M| <= |u - M| <= Δ`` and ``|v - u| <= 2Δ``; hence ``|F - μ| <= 2fΔ/m``. (The other
+        route, ``|F - M| <= Δ`` plus the median's ``⌊n/2⌋Δ/m``, is never smaller when ``n > 2f``.)
+        Dimension factor: :func:`._order.dimension_factor`.
+        """
+        f = self.f if f is None else f
+        if n < 2 * f + 1:
+            return None
+        return 2 * f / (n - f) * _order.dimension_factor(n, f, d)

@@ -1,0 +1,97 @@
+r"""Coordinate-wise median (CWMed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import _order
+from ._linalg import drop_nonfinite, finite_rows
+from .base import Aggregator
+
+__all__ = ["CoordinateWiseMedian", "coordinate_wise_median"]
+
+
+def _combine_median(vals: Sequence[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    if len(vals) == 1:  # odd n: the middle value itself
+        out.copy_(vals[0])
+    else:  # even n: 0.5 a + 0.5 b (exact halving, cannot overflow where a + b would)
+        torch.mul(vals[0], 0.5, out=out)
+        out.add_(vals[1], alpha=0.5)
+
+
+def coordinate_wise_median(x: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
+    """Coordinate-wise median of a finite ``(n, d)`` tensor (even ``n``: mean of the two middle values)."""
+    n = x.shape[0]
+    ranks = [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
+    return _order.coordinatewise(x, ranks, _combine_median, method=method)
+
+
+class CoordinateWiseMedian(Aggregator):
+    r"""Coordinate-wise median: :math:`[F(x)]_k = \mathrm{median}(x_{1k}, \dots, x_{nk})`.
+
+    With the values of coordinate ``k`` sorted, :math:`s_{(0)} \le \dots \le s_{(n-1)}`, the median is
+    :math:`s_{((n-1)/2)}` for odd ``n`` and :math:`\tfrac12 s_{(n/2-1)} + \tfrac12 s_{(n/2)}` for even
+    ``n`` (as ``numpy.median`` and ByzFL's ``Median``, which uses ``torch.quantile(q=0.5)``;
+    ``torch.median`` would return the lower middle value instead). Reference: Yin, Chen, Ramchandran,
+    Bartlett, "Byzantine-robust distributed learning: towards optimal statistical rates", ICML 2018;
+    resilient averaging: Farhadkhani et al., ICML 2022 (RESAM).
+
+    Requirement ``n > 2f``: only then do the middle values lie between the smallest and largest honest
+    values of every coordinate, whatever the ``f`` Byzantine inputs are (ByzFL accepts any ``n``).
+    Rows with non-finite values are dropped first (at most ``f`` of them, see :mod:`.base`).
+
+    Computed by a pruned comparator network of element-wise min/max passes (:mod:`._order`): exact,
+    about 4-5x the time of one read pass ``x.sum(0)`` on CPU at ``n = 20``, ``d = 10^6``.
+    Extra memory: ``(n + 2)`` scratch rows of one column block, plus the output.
+
+    Parameters
+    ----------
+    f
+        Number of Byzantine inputs to tolerate.
+    method
+        Kernel: ``"auto"`` (default), ``"network"`` or ``"sort"`` (see :func:`._order.coordinatewise`).
+    """
+
+    name = "cwmed"
+    requirement = "n > 2f"
+
+    def __init__(self, f: int = 0, method: str = "auto") -> None:
+        super().__init__(f)
+        if method not in _order.METHODS:
+            raise ValueError(f"method must be one of {_order.METHODS}, got {method!r}")
+        self.method = method
+
+    def min_inputs(self, f: int | None = None) -> int:
+        f = self.f if f is None else f
+        return 2 * f + 1
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.method == "auto" else {"method": self.method}
+
+    def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        x, f, k, _ = drop_nonfinite(x, f, finite_rows(x), self.name)
+        self.last_info["nonfinite_rows"] = k
+        self.check(x.shape[0], f)
+        return coordinate_wise_median(x, method=self.method)
+
+    def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
+        r"""``κ = ⌊(n-1)/2⌋ / (n - f) · sqrt(min(d, n - f - 1))`` for ``n > 2f`` (``None`` otherwise).
+
+        Per coordinate (``m = n - f`` honest values in ``[lo, hi]``, range ``Δ``, mean ``μ``; sorted
+        values ``s``; median ``M``): as ``n > 2f`` the middle values lie in ``[lo, hi]``. Odd ``n``:
+        at most ``A <= (n-1)/2`` values are ``< M``; they are ``>= lo`` and the other honest values are
+        ``>= M``, so ``m (M - μ) <= A (M - lo) <= (n-1)/2 · Δ``. Even ``n``: ``M = (s_a + s_b)/2``,
+        ``a = n/2 - 1``, ``b = n/2``, ``δ = (s_b - s_a)/2``. Honest values are ``< s_a`` (``A <= n/2 - 1``
+        of them, each ``>= lo``), ``= s_a`` (``E`` of them, ``A + E <= n/2``) or ``>= s_b``, so
+        ``m (M - μ) <= A (M - lo) + (2E + A - m) δ <= A (M - lo) + max(f - A, 0) δ``
+        ``<= max(A, f) (M - lo) <= (n/2 - 1) Δ`` (``δ <= M - lo`` and ``f <= n/2 - 1``).
+        Symmetrically for ``μ - M``; attained in one dimension. The vector bound follows with
+        :func:`._order.dimension_factor`. ``d=None``: the bound valid in every dimension.
+        """
+        f = self.f if f is None else f
+        if n < 2 * f + 1:
+            return None
+        return ((n - 1) // 2) / (n - f) * _order.dimension_factor(n, f, d)

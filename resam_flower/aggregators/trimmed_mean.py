@@ -1,0 +1,105 @@
+r"""Coordinate-wise trimmed mean (CWTM)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import _order
+from ._linalg import drop_nonfinite, finite_rows
+from .base import Aggregator
+
+__all__ = ["CoordinateWiseTrimmedMean", "coordinate_wise_trimmed_mean", "trimmed_mean_constant"]
+
+
+def coordinate_wise_trimmed_mean(x: torch.Tensor, f: int, *, method: str = "auto") -> torch.Tensor:
+    """Per coordinate, the mean of the sorted values of ranks ``f .. n-f-1`` of a finite ``(n, d)`` tensor."""
+    n = x.shape[0]
+    if not 0 <= 2 * f < n:
+        raise ValueError(f"cwtm needs n > 2f, got n={n}, f={f}")
+    keep = n - 2 * f
+
+    def combine(vals: Sequence[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+        assert acc is not None
+        torch.div(acc, keep, out=out)
+
+    return _order.coordinatewise(x, [], combine, (f, n - f), method=method)
+
+
+def trimmed_mean_constant(n: int, f: int) -> float:
+    r"""Per-coordinate constant ``c = f / (n - f)`` of CWTM (``n > 2f``): the lower bound of any rule.
+
+    Scalar setting: ``m = n - f`` honest values in ``[lo, hi]`` (range ``Δ``, mean ``μ``), ``T`` the
+    trimmed mean. The kept values lie in ``[t_lo, t_hi] ⊆ [lo, hi]`` (at most ``f`` values lie outside
+    the honest range on either side). Let ``K`` be the ``n - 2f`` kept values, ``B_K`` the ``b``
+    Byzantine ones among them, ``R_lo``/``R_hi`` the honest values trimmed at the bottom/top
+    (``r = |R_lo|``) and ``B_lo`` the ``f - r`` Byzantine values trimmed at the bottom. Since
+    ``Σ_S (v - μ) = 0``: ``(n-2f)(T - μ) = Σ_{B_K}(v - μ) - Σ_{R_hi}(v - μ) + Σ_{R_lo}(μ - v)``.
+    Suppose ``T >= μ`` (the other side is symmetric), so ``t_hi >= T >= μ``. Each ``B_K`` term is
+    ``<= t_hi - μ``, each ``R_hi`` term ``>= t_hi - μ`` and ``b - |R_hi| = -(f - r)``, so
+    ``(n-2f)(T - μ) <= -(f - r)(t_hi - μ) + Σ_{R_lo}(μ - v) <= -(f - r)(T - μ) + Σ_{R_lo}(μ - v)``.
+    ``R_lo`` are the ``r`` smallest honest values:
+    ``Σ_{R_lo}(μ - v) = r (m - r)/m · (mean of the others - mean of R_lo) <= r (m - r) Δ / m``.
+    Hence ``(m - r)(T - μ) <= r (m - r) Δ / m``, i.e. ``T - μ <= r Δ / m <= f Δ / (n - f)``.
+    Attained with ``f`` honest values at ``lo``, ``m - f`` at ``hi`` and the Byzantine ones above ``hi``.
+    """
+    return f / (n - f)
+
+
+class CoordinateWiseTrimmedMean(Aggregator):
+    r"""Coordinate-wise trimmed mean: per coordinate drop the ``f`` largest and ``f`` smallest values.
+
+    .. math:: [F(x)]_k = \frac{1}{n - 2f} \sum_{r = f}^{n - f - 1} s_{(r)}^{(k)}
+
+    with :math:`s_{(0)}^{(k)} \le \dots \le s_{(n-1)}^{(k)}` the sorted values of coordinate ``k``
+    (ties count with their multiplicity). Requirement ``n > 2f``; ``f = 0`` is the mean. References:
+    Yin, Chen, Ramchandran, Bartlett, ICML 2018; Farhadkhani et al., ICML 2022 (RESAM). Same definition
+    as ByzFL's ``TrMean``. Rows with non-finite values are dropped first (at most ``f`` of them).
+
+    Computed by a comparator network pruned to *partition* each column into the ``f`` smallest, the
+    middle and the ``f`` largest values (:mod:`._order`): no full sort, exact selection, about 5x the
+    time of one read pass ``x.sum(0)`` on CPU at ``n = 20``, ``d = 10^6``, ``f = 4``. The middle values
+    are summed in the input dtype. Extra memory: ``(n + 2)`` scratch rows of one column block.
+
+    Parameters
+    ----------
+    f
+        Number of Byzantine inputs to tolerate.
+    method
+        Kernel: ``"auto"`` (default), ``"network"`` or ``"sort"`` (see :func:`._order.coordinatewise`).
+    """
+
+    name = "cwtm"
+    requirement = "n > 2f"
+
+    def __init__(self, f: int = 0, method: str = "auto") -> None:
+        super().__init__(f)
+        if method not in _order.METHODS:
+            raise ValueError(f"method must be one of {_order.METHODS}, got {method!r}")
+        self.method = method
+
+    def min_inputs(self, f: int | None = None) -> int:
+        f = self.f if f is None else f
+        return 2 * f + 1
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.method == "auto" else {"method": self.method}
+
+    def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        x, f, k, _ = drop_nonfinite(x, f, finite_rows(x), self.name)
+        self.last_info["nonfinite_rows"] = k
+        self.check(x.shape[0], f)
+        return coordinate_wise_trimmed_mean(x, f, method=self.method)
+
+    def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
+        """``κ = f/(n-f) · sqrt(min(d, n - f - 1))`` for ``n > 2f`` (``None`` otherwise).
+
+        ``c = f/(n-f)`` is :func:`trimmed_mean_constant` (tight in one dimension, optimal per coordinate);
+        the dimension factor is :func:`._order.dimension_factor`. ``d=None``: valid in every dimension.
+        """
+        f = self.f if f is None else f
+        if n < 2 * f + 1:
+            return None
+        return trimmed_mean_constant(n, f) * _order.dimension_factor(n, f, d)
