@@ -1,0 +1,55 @@
+"""Nearest Neighbour Mixing (Allouah et al., AISTATS 2023): average each input with its neighbours."""
+
+from __future__ import annotations
+
+import torch
+
+from ._linalg import pairwise_sq_distances
+from .base import PreAggregator
+
+__all__ = ["NearestNeighborMixing", "nearest_neighbours"]
+
+
+def nearest_neighbours(d2: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices ``(n, size)`` of each row's ``size`` nearest rows, the row itself first.
+
+    The row itself is always included, also when duplicates tie with it at distance 0.
+    """
+    n = d2.shape[0]
+    self_first = d2 - torch.diag(torch.ones(n, dtype=d2.dtype, device=d2.device))  # own distance -1
+    return self_first.topk(size, dim=1, largest=False, sorted=True).indices
+
+
+class NearestNeighborMixing(PreAggregator):
+    r"""NNM: replace each input by the average of its ``n - f`` nearest neighbours (itself included).
+
+    .. math::
+        y_i = \frac{1}{n - f} \sum_{j \in N_i} x_j, \qquad i = 1..n
+
+    where :math:`N_i` holds the ``n - f`` inputs closest to :math:`x_i` in Euclidean distance, :math:`x_i`
+    among them. The output keeps ``n`` rows and ``f`` (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot &
+    Stephan, "Fixing by Mixing", AISTATS 2023; ByzFL's ``NNM``). Needs ``n > 2f``, the setting of the paper.
+
+    Computed as one mixing matrix ``W`` (``n x n``, rows of ``1/(n-f)`` on the neighbourhoods) applied in
+    one matmul ``W @ x``, after one Gram matmul for the distances: two read passes of ``x`` and one write
+    of the ``(n, d)`` output. Non-finite rows are dropped first (``n`` and ``f`` shrink by their number).
+    ``last_info``: the distance diagnostics (see :mod:`._linalg`).
+    """
+
+    name = "nnm"
+    requirement = "n > 2f"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        f = self.f if f is None else f
+        return 2 * f + 1
+
+    def _apply(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+        self.check(x.shape[0], f)
+        p = pairwise_sq_distances(x, f, self.name)
+        self.last_info.update(p.info())
+        n = p.x.shape[0]
+        size = n - p.f
+        nbrs = nearest_neighbours(p.d2, size)
+        w = torch.zeros((n, n), dtype=p.x.dtype, device=p.x.device)
+        w.scatter_(1, nbrs.to(p.x.device), 1.0 / size)
+        return w @ p.x, p.f
