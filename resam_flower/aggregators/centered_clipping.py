@@ -13,7 +13,7 @@ __all__ = ["CenteredClipping"]
 
 #: From this many iterations on, the iterations run in coefficient space on an n x n Gram matrix (one
 #: Gram pass) instead of two read passes each (measured crossover on CPU at n = 20).
-GRAM_FROM = 4
+GRAM_FROM = 5
 _GPU_BLOCK = 1 << 22
 
 
@@ -22,14 +22,19 @@ def _block(x: torch.Tensor) -> int:
 
 
 def shifted_sq_norms(x: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
-    """``||x_i - v||^2`` (``v = None``: 0) for every row, float64, one read pass over block-sized pieces."""
+    """``||x_i - v||^2`` (``v = None``: 0) for every row as float64, one read pass over column blocks.
+
+    Each block's norms are computed in the input dtype (relative error about ``eps * sqrt(block)``, no
+    cancellation since the differences are formed first) and summed in float64. A block whose squared
+    norm overflows the input dtype gives ``inf``: that row counts as non-finite (see :mod:`.base`).
+    """
     out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     step = _block(x)
     for start in range(0, x.shape[1], step):
         diff = x[:, start : start + step]
         if v is not None:
             diff = diff - v[start : start + step]
-        out += torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64).square()
+        out += torch.linalg.vector_norm(diff, dim=1).to(torch.float64).square()
     return out
 
 
@@ -72,11 +77,12 @@ class CenteredClipping(Aggregator):
     Notes
     -----
     * Cost: :math:`v_{l+1} = (1 - \bar w) v_l + \frac1n \sum_i w_i x_i` with :math:`w_i` the clipping
-      factors, so an iteration is two read passes (the norms ``||x_i - v_l||`` in float64 over
-      column blocks, then one matrix-vector product); no ``(n, d)`` temporary. From ``L = 4`` on, all
-      iterations run in coefficient space instead: every :math:`v_l - v_0` lies in the span of the
-      rows :math:`x_i - v_0`, so the norms follow from one float64 Gram matrix of those rows and the
-      output costs one more pass.
+      factors, so an iteration is two read passes (the norms ``||x_i - v_l||`` over column blocks,
+      see :func:`shifted_sq_norms`, then one matrix-vector product); no ``(n, d)`` temporary. From
+      ``L = 5`` on (:data:`GRAM_FROM`), all iterations run in coefficient space instead: every
+      :math:`v_l - v_0` lies in the span of the rows :math:`x_i - v_0`, so the norms follow from one
+      Gram matrix of those rows with float64 products (no loss to cancellation when :math:`v_l` moves
+      far from :math:`v_0`), and the output costs one more pass.
     * State: :math:`v` (a tensor of shape ``(d,)``) is in :meth:`state_dict`, so a run resumed from a
       checkpoint continues identically. It follows the input's device and dtype; an input of another
       dimension raises :class:`ValueError` (call :meth:`reset` when the model changes).
