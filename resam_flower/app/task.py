@@ -115,8 +115,9 @@ def worker_step(
     """RESAM's worker computation on the current global model held by ``model``.
 
     ``local-steps = 1``: one mini-batch gradient (RESAM's DSGD), replied as a gradient (``resam-gradient``=1).
-    ``local-steps = K > 1``: K local SGD steps with ``local_lr``; replies the trained weights and ``local-lr``,
-    from which :func:`~resam_flower.clients.momentum_mod` derives the direction.
+    ``local-steps = K > 1``, or ``mode = "model"`` (FedAvg-style clients): K local SGD steps with ``local_lr``;
+    replies the trained weights and ``local-lr``, from which :func:`~resam_flower.clients.momentum_mod` derives
+    the direction in ``gradient`` mode.
     ``flip`` trains on labels ``C - 1 - y`` (the label-flipping Byzantine behaviour).
     """
     device = next(model.parameters()).device
@@ -124,7 +125,8 @@ def worker_step(
     loss_fn = nn.CrossEntropyLoss()
     n = len(data)
     losses = []
-    opt = torch.optim.SGD(model.parameters(), lr=local_lr) if cfg.local_steps > 1 else None
+    weights_reply = cfg.local_steps > 1 or cfg.mode == "model"
+    opt = torch.optim.SGD(model.parameters(), lr=local_lr) if weights_reply else None
     for _ in range(cfg.local_steps):
         idx = torch.randperm(n, generator=gen)[: cfg.batch_size]
         x, y = data.images[idx].to(device), data.labels[idx].to(device)

@@ -45,7 +45,10 @@ def train(msg: Message, ctxt: Context) -> Message:
     data = partition_for(cfg, pid, num)
     model = model_for(cfg, data.num_classes, data.in_shape, arrays)
 
-    local_lr = cfg.local_lr or float(config.get("lr", cfg.lr))
+    # Local SGD rate: local-lr if set; else, in gradient mode, the server's current rate (K-step workers
+    # then move like the server would), and in model mode the run's lr (the server applies updates with 1.0).
+    default = cfg.lr if cfg.mode == "model" else float(config.get("lr", cfg.lr))
+    local_lr = cfg.local_lr or default
     out, metrics = worker_step(
         model,
         data,
@@ -73,7 +76,8 @@ def make_client_app(momentum: float | None = None) -> ClientApp:
     """The worker ClientApp with ``byzantine_mod`` and ``momentum_mod``.
 
     ``momentum`` fixes β; ``None`` reads it per message from the experiment config the server sends
-    (``exp-momentum``), else from the run config key ``momentum``, which is what the default app does.
+    (``exp-momentum``), else from the run config key ``momentum``, which is what the default app does; in
+    ``model`` mode (``exp-mode = "model"``) replies pass through unchanged (FedAvg-style weights).
     """
     mods = [byzantine_mod, momentum_mod(momentum) if momentum is not None else _run_config_momentum_mod]
     app = ClientApp(mods=mods)
@@ -85,6 +89,8 @@ def make_client_app(momentum: float | None = None) -> ClientApp:
 def _run_config_momentum_mod(msg: Message, ctxt: Context, call_next):
     """``momentum_mod`` with β from the message's experiment config, else the run config (cached per β)."""
     config = next(iter(msg.content.config_records.values()), {})
+    if config.get(f"{MESSAGE_PREFIX}mode") == "model":
+        return call_next(msg, ctxt)  # model mode: FedAvg-style weights go to the server as they are
     beta = float(config.get(f"{MESSAGE_PREFIX}momentum", ctxt.run_config.get("momentum", 0.9)))
     mod = _MODS.get(beta)
     if mod is None:

@@ -1,0 +1,176 @@
+"""End-to-end benchmark: RESAM on Flower's Ray simulation vs ByzFL's own loop, and vs plain FedAvg.
+
+Three measurements (issue 3), each printed as a Markdown row and saved as JSON (``--json``):
+
+1. ``byzfl`` / ``resam``: the ANCHORS.md MNIST configuration — CNN conv20-conv50-fc500-fc10 (431,080 params),
+   10 honest + 3 Byzantine sending ALIE vectors (z = 1.5), NNM + trimmed mean (f = 3), β = 0.9, batch 32,
+   SGD lr 0.1, weight decay 1e-4, IID, 300 steps — once through ByzFL 0.0.11's own framework
+   (``byzfl.Client``/``Server``/``ByzantineClient`` in one process) and once through Flower's Ray
+   simulation with ResilientAveraging + momentum_mod. Wall time (ours includes Ray's start) and test accuracy.
+2. ``overhead``: ResilientAveraging + momentum_mod (gradient mode) vs Flower's own FedAvg on the same app
+   (FedAvg-style clients: one local SGD step, weights replied), same clients, rounds and data: wall time ratio.
+3. ``memory``: peak resident memory of the Ray worker processes and of the driver, per virtual client.
+
+Usage::
+
+    .venv/bin/python benchmarks/flower_e2e.py byzfl resam --rounds 300
+    .venv/bin/python benchmarks/flower_e2e.py overhead --rounds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ANCHOR = {
+    "dataset": "mnist", "model": "mnist-cnn", "num-clients": 13, "num-byzantine": 3, "attack": "alie",
+    "attack-params": "z=1.5", "aggregator": "nnm+cwtm", "momentum": 0.9, "lr": 0.1, "weight-decay": 1e-4,
+    "batch-size": 32, "partitioner": "iid", "eval-every": 1000, "seed": 0,
+}
+
+
+def run_byzfl(rounds: int, beta: float = 0.9, seed: int = 0) -> dict:
+    """ByzFL 0.0.11's own training loop on the ANCHORS configuration (one process)."""
+    from byzfl import ByzantineClient, Client, Server
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from resam_flower.data import load_dataset
+
+    torch.manual_seed(seed)
+    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    t0 = time.perf_counter()
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    shards = perm.chunk(10)
+    clients = [
+        Client({
+            "model_name": "cnn_mnist", "device": "cpu", "loss_name": "NLLLoss", "LabelFlipping": False,
+            "nb_labels": 10, "momentum": beta, "store_per_client_metrics": False,
+            "training_dataloader": DataLoader(TensorDataset(train.images[s], train.labels[s]), batch_size=32,
+                                              shuffle=True),
+        })
+        for s in shards
+    ]
+    server = Server({
+        "device": "cpu", "model_name": "cnn_mnist", "optimizer_name": "SGD", "learning_rate": 0.1,
+        "weight_decay": 1e-4, "milestones": [], "learning_rate_decay": 1.0,
+        "aggregator_info": {"name": "TrMean", "parameters": {"f": 3}},
+        "pre_agg_list": [{"name": "NNM", "parameters": {"f": 3}}],
+        "test_loader": DataLoader(TensorDataset(test.images, test.labels), batch_size=1000),
+    })
+    byz = ByzantineClient({"name": "ALittleIsEnough", "f": 3, "parameters": {"tau": 1.5}})
+    for c in clients:
+        c.set_model_state(server.get_dict_parameters())
+    for _ in range(rounds):
+        honest = []
+        for c in clients:
+            c.compute_gradients()
+            honest.append(c.get_flat_gradients_with_momentum().clone())
+        vectors = honest + byz.apply_attack(honest)
+        server.update_model_with_gradients(vectors)
+        state = server.get_dict_parameters()
+        for c in clients:
+            c.set_model_state(state)
+    wall = time.perf_counter() - t0
+    return {"system": "ByzFL 0.0.11 loop", "rounds": rounds, "wall_time_s": wall,
+            "test_accuracy": float(server.compute_test_accuracy())}
+
+
+def run_resam(rounds: int, beta: float = 0.9) -> dict:
+    """The same experiment through Flower's Ray simulation (ResilientAveraging + momentum_mod)."""
+    from resam_flower.simulation import simulate
+
+    t0 = time.perf_counter()
+    s = simulate({**ANCHOR, "momentum": beta, "num-server-rounds": rounds, "results-dir": "results/bench",
+                  "run-name": f"e2e-resam-b{beta:g}"})
+    wall = time.perf_counter() - t0
+    return {"system": "resam-flower on Flower/Ray", "rounds": rounds, "wall_time_s": wall,
+            "strategy_time_s": s["wall_time_s"], "test_accuracy": s["final_test_accuracy"]}
+
+
+def run_overhead(rounds: int) -> dict:
+    """ResilientAveraging + momentum_mod vs Flower's FedAvg on the same app, same data, same rounds."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from resam_flower.app.config import ExperimentConfig
+    from resam_flower.app.server_app import build_strategy
+    from resam_flower.app.task import model_for, test_split
+    from resam_flower.clients.worker import make_client_app
+    from resam_flower.simulation import backend_config
+
+    base = {**ANCHOR, "num-byzantine": 0, "attack": "none", "aggregator": "mean", "num-server-rounds": rounds}
+    out = {}
+    for name in ("fedavg", "resam"):
+        cfg = ExperimentConfig.from_run_config({**base, "mode": "model" if name == "fedavg" else "gradient"})
+        times: dict[str, float] = {}
+        app = ServerApp()
+
+        @app.main()
+        def _main(grid: Grid, context: Context, cfg=cfg, name=name, times=times) -> None:
+            test = test_split(cfg)
+            model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
+            if name == "fedavg":
+                strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=cfg.num_clients,
+                                  min_train_nodes=cfg.num_clients)
+            else:
+                strategy = build_strategy(cfg)
+            t0 = time.perf_counter()
+            strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
+                           train_config=ConfigRecord(cfg.to_config_record()))
+            times["rounds_s"] = time.perf_counter() - t0
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_simulation(app, make_client_app(), num_supernodes=cfg.num_clients, backend_config=backend_config())
+        out[name] = times["rounds_s"]
+    return {"fedavg_s": out["fedavg"], "resam_s": out["resam"], "ratio": out["resam"] / out["fedavg"],
+            "rounds": rounds, "clients": base["num-clients"]}
+
+
+def peak_memory() -> dict:
+    """Peak RSS (MiB) of this process and of its finished children (the Ray workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"driver_peak_mib": me, "largest_child_peak_mib": kids}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="+", choices=["byzfl", "resam", "overhead", "memory"])
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--beta", type=float, default=0.9)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results = {}
+    for what in args.what:
+        if what == "byzfl":
+            results[what] = run_byzfl(args.rounds, args.beta)
+        elif what == "resam":
+            results[what] = run_resam(args.rounds, args.beta)
+        elif what == "overhead":
+            results[what] = run_overhead(args.rounds)
+        print(json.dumps({what: results.get(what)}), flush=True)
+    results["memory"] = peak_memory()
+    if "byzfl" in results and "resam" in results:
+        b, r = results["byzfl"], results["resam"]
+        print(f"| ByzFL loop | {b['wall_time_s']:.1f} s | {100 * b['test_accuracy']:.2f} % |")
+        print(f"| resam-flower (Flower/Ray) | {r['wall_time_s']:.1f} s ({r['wall_time_s'] / b['wall_time_s']:.2f}x) "
+              f"| {100 * r['test_accuracy']:.2f} % |")
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
