@@ -1,0 +1,125 @@
+"""Geometric median (smoothed Weiszfeld in coefficient space): exact cases, optimality, faulty rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from resam_flower.aggregators import NonFiniteInputError, build
+from resam_flower.aggregators.geometric_median import GeometricMedian, _distances
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _objective(x: torch.Tensor, z: torch.Tensor) -> float:
+    return float((x.double() - z.double()).norm(dim=1).sum())
+
+
+def test_fermat_point_of_a_right_triangle():
+    # all angles < 120 degrees: the geometric median is the Fermat point, (t, t) with t = (3 - sqrt 3)/6
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    agg = GeometricMedian()
+    t = (3 - math.sqrt(3)) / 6
+    assert torch.allclose(agg(x), torch.tensor([t, t], dtype=torch.float64), atol=1e-7)
+    assert agg.last_info["converged"] and agg.last_info["iterations"] > 1
+
+
+def test_symmetric_and_collinear_cases():
+    square = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(GeometricMedian()(square), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    line = torch.tensor([[0.0], [1.0], [10.0]], dtype=torch.float64)  # 1-d: the median
+    assert GeometricMedian(f=1)(line).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_coefficient_space_distances_match_direct_ones():
+    x = torch.randn(6, 9, generator=_gen(0), dtype=torch.float64)
+    a = torch.rand(6, generator=_gen(1), dtype=torch.float64)
+    a /= a.sum()
+    d2 = torch.cdist(x, x) ** 2
+    assert torch.allclose(_distances(d2, a), (x - a @ x).norm(dim=1), atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_output_minimises_the_sum_of_distances(seed):
+    x = torch.randn(9, 5, generator=_gen(seed), dtype=torch.float64)
+    z = GeometricMedian(f=2)(x)
+    best = _objective(x, z)
+    for _ in range(20):
+        step = 1e-3 * torch.randn(5, generator=_gen(seed + 100), dtype=torch.float64)
+        assert best <= _objective(x, z + step) + 1e-12
+    assert best < _objective(x, x.mean(0))
+
+
+def test_agrees_with_byzfl_run_to_convergence():
+    byzfl = pytest.importorskip("byzfl")
+    x = torch.randn(8, 6, generator=_gen(3), dtype=torch.float64)
+    ours = GeometricMedian(f=3, nu=1e-9)(x)
+    theirs = byzfl.GeometricMedian(nu=1e-9, T=2000)(x).double()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_iteration_budget_is_reported():
+    x = torch.randn(8, 6, generator=_gen(4), dtype=torch.float64)
+    agg = GeometricMedian(f=3, max_iter=1, tol=0.0)
+    agg(x)
+    assert agg.last_info["iterations"] == 1 and agg.last_info["converged"] is False
+    assert build("gm(max_iter=5)", f=1).spec == "gm(nu=1e-06, tol=1e-08, max_iter=5)"
+
+
+def test_identical_inputs():
+    x = torch.full((5, 3), 2.5)
+    agg = GeometricMedian(f=2)
+    assert torch.equal(agg(x), x[0]) and agg.last_info["converged"]
+
+
+def test_permutation_invariance_and_translation_equivariance():
+    x = torch.randn(9, 15, generator=_gen(5), dtype=torch.float64)
+    agg = GeometricMedian(f=2)
+    out = agg(x)
+    assert torch.allclose(agg(x[torch.randperm(9, generator=_gen(6))]), out, atol=1e-9)
+    shift = 1e3 * torch.randn(15, generator=_gen(7), dtype=torch.float64)
+    assert torch.allclose(agg(x + shift), out + shift, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [1e6, -1e6, float("inf")])
+def test_outliers_stay_out(bad):
+    n, f = 11, 4
+    honest = torch.rand(n - f, 20, generator=_gen(8))
+    byz = torch.full((f, 20), bad)
+    if bad != float("inf"):
+        byz[::2] *= -1
+    out = GeometricMedian(f=f)(torch.cat([byz, honest]))
+    assert torch.all(out >= honest.min(0).values) and torch.all(out <= honest.max(0).values)
+
+
+def test_nan_rows_dropped_up_to_f():
+    x = torch.randn(9, 5, generator=_gen(9), dtype=torch.float64)
+    y = x.clone()
+    y[[0, 5], 2] = float("nan")
+    agg = GeometricMedian(f=3)
+    assert torch.allclose(agg(y), GeometricMedian(f=1)(x[[1, 2, 3, 4, 6, 7, 8]]))
+    assert agg.last_info["nonfinite_rows"] == 2
+    y[[1, 2], 2] = float("nan")
+    with pytest.raises(NonFiniteInputError):
+        agg(y)
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="nu must be > 0.0"):
+        GeometricMedian(nu=0.0)
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        GeometricMedian(max_iter=0)
+    with pytest.raises(ValueError, match=r"n > 2f.*f=3.*n=6"):
+        GeometricMedian(f=3)(torch.zeros(6, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_and_device_preserved(dtype, device):
+    x = torch.randn(7, 30, generator=_gen(10), dtype=dtype).to(device)
+    out = GeometricMedian(f=2)(x)
+    assert out.dtype == dtype and out.device == x.device
+    assert torch.allclose(out.double().cpu(), GeometricMedian(f=2)(x.double().cpu()), atol=1e-5)
