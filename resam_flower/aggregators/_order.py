@@ -9,59 +9,78 @@ How (the ``"network"`` method, default)
 ---------------------------------------
 ``torch.sort``/``kthvalue``/``median`` along ``dim=0`` of an ``(n, d)`` tensor take 20-50x the time of one
 read pass ``x.sum(0)`` on a CPU. Instead the columns are sorted by a *comparator network* whose
-comparators are element-wise ``torch.minimum``/``torch.maximum`` of whole rows: every operation is a
-vectorised, multi-threaded pass, and all columns are processed at once.
+comparators are element-wise ``min``/``max`` of whole rows, so all columns are processed at once.
 
 * The network is Batcher's merge-exchange sort (Knuth, TAOCP vol. 3, §5.2.2, Algorithm M), valid for
-  any ``n``, ``O(n log² n)`` comparators.
+  any ``n``, ``O(n log² n)`` comparators in ``O(log² n)`` layers of disjoint comparators.
 * It is *pruned* backwards from what the caller needs: a comparator whose outputs are never used is
-  dropped; one of which only the smaller (larger) output is used costs a single ``minimum``
-  (``maximum``); comparators whose two outputs both only enter the requested *sum* are dropped too
-  (``min(a, b) + max(a, b) = a + b``). For the median of 20 rows this leaves 144 row operations.
-* Columns are processed in blocks of :func:`default_block` columns so that the ``n + 2`` scratch rows
-  stay in the CPU's caches (blocks are large enough for torch's intra-op threads). The first
-  comparators read ``x`` directly: ``x`` is read once and never written.
+  dropped; one of which only the smaller (larger) output is used becomes a lone ``min`` (``max``);
+  comparators whose two outputs both only enter the requested *sum* are dropped too
+  (``min(a, b) + max(a, b) = a + b``).
+* Each layer is three in-place multi-tensor calls (``torch._foreach_copy_`` of the ``a`` rows of the
+  full comparators, ``_foreach_minimum_``, ``_foreach_maximum_``), so the Python and dispatch overhead
+  is per layer, not per comparator.
+* Columns are processed in blocks of :func:`default_block` columns (32 KB rows on CPU): a block is
+  copied into ``n + n/2 + 1`` scratch rows that stay in one core's L2 cache while the network runs.
+  On CPU, ``torch.get_num_threads()`` Python threads take blocks in turn (torch releases the GIL
+  inside each call); each call is then single-threaded, which avoids one OpenMP barrier per row
+  operation (these made the kernel up to 30x slower when the machine was busy). Other devices run
+  the same layers on larger blocks, from one thread.
 
 The results are *exact*: every requested ``s_(r)`` equals what ``torch.sort`` gives, bit for bit
-(ties and ``±inf`` included). Sums are accumulated in the input dtype in rank-agnostic order, so they
-match ``sort(...)[lo:hi].sum(0)`` up to rounding. Inputs must not contain NaN (the rules drop such rows
-first). No autograd: results are computed under :func:`torch.no_grad`.
+(ties and ``±inf`` included). Sums are accumulated in the input dtype, in an order that depends on the
+network, so they match ``sort(...)[lo:hi].sum(0)`` up to rounding. Inputs must not contain NaN (the
+rules drop such rows first). No autograd: results are computed under :func:`torch.no_grad`.
 
-Peak extra memory: ``network``: the output ``(d,)`` plus ``(n + 2) x B`` scratch values (``B`` the block;
-about 10 MB on CPU at ``n = 20``, float32; ``(n + 2) x 2^22`` values on a GPU). ``sort``: per block,
-the sorted values plus int64 indices, ``3 x n x B`` values' worth.
+Peak extra memory: ``network``: the output ``(d,)`` plus, per worker thread, ``(n + n/2 + 1) x B``
+scratch values (``B`` the block: 8192 float32 columns on CPU, about 1 MB at ``n = 20``;
+``(1.5 n + 1) x 2^22`` values on a GPU). ``sort``: per block, the sorted values plus int64 indices.
 
-The ``"sort"`` method (one ``torch.sort`` per block) computes the same thing; it is used for small
-inputs, where the network's per-operation overhead dominates, and kept as a tested reference path.
+The ``"sort"`` method (one ``torch.sort`` per block) computes the same thing; ``"auto"`` uses it for
+small ``d``, where the network's fixed overhead dominates. Both paths are tested against each other.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-__all__ = ["Plan", "merge_exchange", "plan", "coordinatewise", "default_block", "dimension_factor", "METHODS"]
+__all__ = [
+    "Plan",
+    "merge_exchange_layers",
+    "merge_exchange",
+    "plan",
+    "coordinatewise",
+    "default_block",
+    "dimension_factor",
+    "METHODS",
+]
 
 #: Kernel choices of :func:`coordinatewise`.
 METHODS = ("auto", "network", "sort")
 
-#: Below this many columns ``"auto"`` uses ``"sort"`` (the network's ~3 µs per row op dominates there).
-SMALL_D = 4096
+#: Below this many columns ``"auto"`` uses ``"sort"`` (there the network's per-call overhead dominates).
+SMALL_D = 1024
 
-#: ``combine(values, partial_sum, out)``: values at the requested ranks, their range sum (or None).
-Combine = Callable[[Sequence[torch.Tensor], "torch.Tensor | None", torch.Tensor], None]
+#: ``combine(s, partial_sum, out)``: ``s`` ``(n, w)`` holds the sorted values at the requested ranks
+#: (other rows are unspecified), ``partial_sum`` the sum of the requested rank range (or None).
+Combine = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
 
 
-def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators ``(i, j)``, ``i < j``, of Batcher's merge-exchange sort of ``n`` keys (Algorithm M).
+def merge_exchange_layers(n: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Batcher's merge-exchange sort of ``n`` keys (Algorithm M), as layers of disjoint comparators.
 
-    Applying them in order (``min`` to ``i``, ``max`` to ``j``) sorts any input in non-decreasing order.
+    Each comparator ``(i, j)``, ``i < j``, puts the smaller value at ``i`` and the larger at ``j``;
+    applying the layers in order sorts any input in non-decreasing order.
     """
-    comps: list[tuple[int, int]] = []
+    layers: list[tuple[tuple[int, int], ...]] = []
     if n < 2:
         return ()
     t = (n - 1).bit_length()
@@ -69,32 +88,43 @@ def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
     while p > 0:
         q, r, d = 1 << (t - 1), 0, p
         while True:
-            comps.extend((i, i + d) for i in range(n - d) if i & p == r)
+            layer = tuple((i, i + d) for i in range(n - d) if i & p == r)
+            if layer:
+                layers.append(layer)
             if q == p:
                 break
             d, q, r = q - p, q >> 1, p
         p >>= 1
-    return tuple(comps)
+    return tuple(layers)
+
+
+def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
+    """The comparators of :func:`merge_exchange_layers`, flattened in order."""
+    return tuple(itertools.chain.from_iterable(merge_exchange_layers(n)))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A pruned network with its scratch rows allocated.
+    """A pruned layered network on scratch rows ``0 .. n-1`` (the values) and ``n ..`` (temporaries).
 
-    Handles ``0 .. n-1`` name the input rows, handles ``n .. n+slots-1`` scratch rows. Each op is
-    ``(is_max, a, b, out)``: ``out <- max(a, b)`` if ``is_max`` else ``min(a, b)``. After the ops,
-    ``exact[t]`` holds the sorted value of rank ``ranks[t]`` and the rows ``summed`` hold, in some
-    order, the sorted values of ranks ``lo .. hi-1``.
+    Each layer is ``(copy_dst, copy_src, min_a, min_b, max_a, max_b)`` (tuples of row indices):
+    ``row[copy_dst] <- row[copy_src]``, then ``row[min_a] <- min(row[min_a], row[min_b])``, then
+    ``row[max_a] <- max(row[max_a], row[max_b])``, element-wise and pairwise. Afterwards row ``r``
+    holds the sorted value of rank ``r`` for every ``r`` in ``ranks``, and rows ``lo .. hi-1`` hold the
+    sorted values of ranks ``lo .. hi-1`` in some order.
     """
 
     n: int
     ranks: tuple[int, ...]
     lo: int
     hi: int
-    ops: tuple[tuple[bool, int, int, int], ...]
-    exact: tuple[int, ...]
-    summed: tuple[int, ...]
-    slots: int
+    layers: tuple[tuple[tuple[int, ...], ...], ...]
+    temps: int
+
+    @property
+    def row_ops(self) -> int:
+        """Element-wise row operations per column block (copies of temporaries included)."""
+        return sum(len(ly[0]) + len(ly[2]) + len(ly[4]) for ly in self.layers)
 
 
 _DEAD, _SUM, _EXACT = 0, 1, 2
@@ -102,7 +132,13 @@ _DEAD, _SUM, _EXACT = 0, 1, 2
 
 @lru_cache(maxsize=512)
 def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
-    """Prune :func:`merge_exchange` to produce the ranks ``ranks`` and the sum of ranks ``lo .. hi-1``."""
+    """Prune :func:`merge_exchange_layers` to produce ``ranks`` and the sum of ranks ``lo .. hi-1``.
+
+    Backwards from the outputs, each position is unused, only summed, or needed exactly. A comparator
+    with both outputs unused, or both only summed (``min + max = a + b``), is dropped; one with a
+    single used output becomes a lone ``min`` (``max``); the inputs of a kept comparator are needed
+    exactly.
+    """
     if any(not 0 <= r < n for r in ranks) or not (0 <= lo <= hi <= n):
         raise ValueError(f"ranks {ranks} / range [{lo}, {hi}) out of bounds for n={n}")
     state = [_DEAD] * n
@@ -110,79 +146,95 @@ def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
         state[r] = _SUM
     for r in ranks:
         state[r] = _EXACT
-    needed: list[tuple[int, int, bool, bool]] = []
-    for i, j in reversed(merge_exchange(n)):
-        si, sj = state[i], state[j]
-        if si == sj and si != _EXACT:  # both unused, or both only summed: the pair's sum is invariant
+    layers, temps = [], 0
+    for layer in reversed(merge_exchange_layers(n)):
+        full, lo_only, hi_only = [], [], []
+        for i, j in layer:
+            si, sj = state[i], state[j]
+            if si == sj and si != _EXACT:
+                continue
+            (full if si and sj else lo_only if si else hi_only).append((i, j))
+            state[i] = state[j] = _EXACT
+        if not (full or lo_only or hi_only):
             continue
-        needed.append((i, j, si != _DEAD, sj != _DEAD))
-        state[i] = state[j] = _EXACT
-    # Forward pass: give each produced value a scratch row, reusing rows whose value is consumed.
-    pos, free, slots = list(range(n)), [], 0
-    ops: list[tuple[bool, int, int, int]] = []
-
-    def fresh() -> int:
-        nonlocal slots
-        if free:
-            return free.pop()
-        slots += 1
-        return n + slots - 1
-
-    def release(h: int) -> None:
-        if h >= n:
-            free.append(h)
-
-    for i, j, need_lo, need_hi in reversed(needed):
-        a, b = pos[i], pos[j]
-        if need_lo and need_hi:
-            lo_out = fresh()  # cannot overwrite a or b: both are still read by the max
-            ops.append((False, a, b, lo_out))
-            hi_out = b if b >= n else fresh()
-            ops.append((True, a, b, hi_out))
-            release(a)
-            pos[i], pos[j] = lo_out, hi_out
-        else:
-            keep, other = (a, b) if need_lo else (b, a)
-            out = keep if keep >= n else (other if other >= n else fresh())
-            ops.append((not need_lo, a, b, out))
-            if other != out:
-                release(other)
-            pos[i if need_lo else j] = out
-            pos[j if need_lo else i] = -1
-    return Plan(n, ranks, lo, hi, tuple(ops), tuple(pos[r] for r in ranks),
-                tuple(pos[r] for r in range(lo, hi)), slots)
+        tmp = tuple(range(n, n + len(full)))
+        temps = max(temps, len(full))
+        layers.append((
+            tmp, tuple(i for i, _ in full),
+            tuple(i for i, _ in full + lo_only), tuple(j for _, j in full + lo_only),
+            tuple(j for _, j in full + hi_only), tmp + tuple(i for i, _ in hi_only),
+        ))
+    return Plan(n, ranks, lo, hi, tuple(reversed(layers)), temps)
 
 
 def default_block(x: torch.Tensor) -> int:
-    """Columns per block: on CPU about 512 KB per row (cache-resident scratch, two-thread ops)."""
+    """Columns per block: 32 KB rows on CPU (the scratch stays in a core's L2 cache), 2^22 elsewhere."""
     if x.device.type != "cpu":
         return 1 << 22
-    return max(1 << 15, (1 << 19) // x.element_size())
+    return (1 << 15) // x.element_size()
+
+
+class _Scratch:
+    """Per-worker scratch rows and the tensor lists of every layer (built once per block width)."""
+
+    def __init__(self, pl: Plan, x: torch.Tensor, width: int) -> None:
+        self.buf = torch.empty((pl.n + pl.temps + 1, width), dtype=x.dtype, device=x.device)
+        self.pl, self.width = pl, width
+        self._views(width)
+
+    def _views(self, width: int) -> None:
+        rows = self.buf[:, :width].unbind(0)
+        self.s, self.acc = self.buf[: self.pl.n, :width], rows[-1]
+        self.layers = [tuple([rows[k] for k in idx] for idx in ly) for ly in self.pl.layers]
+
+    def run(self, x: torch.Tensor, combine: Combine, out: torch.Tensor) -> None:
+        if x.shape[1] != self.width:  # the last, narrower block
+            self.width = x.shape[1]
+            self._views(self.width)
+        self.s.copy_(x)
+        for cp_dst, cp_src, mn_a, mn_b, mx_a, mx_b in self.layers:
+            if cp_dst:
+                torch._foreach_copy_(cp_dst, cp_src)
+            if mn_a:
+                torch._foreach_minimum_(mn_a, mn_b)
+            if mx_a:
+                torch._foreach_maximum_(mx_a, mx_b)
+        acc = None
+        if self.pl.hi > self.pl.lo:
+            acc = torch.sum(self.s[self.pl.lo : self.pl.hi], dim=0, out=self.acc)
+        combine(self.s, acc, out)
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool per process (keyed by pid: a forked child must not reuse its parent's threads)."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="resam-order")
+    return _POOLS[key]
 
 
 def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block: int) -> None:
-    n, d = x.shape
-    width = min(block, d)
-    scratch = torch.empty((pl.slots + 1, width), dtype=x.dtype, device=x.device)
-    rows = list(scratch.unbind(0))
-    fns = (torch.minimum, torch.maximum)
-    for start in range(0, d, block):
-        stop = min(d, start + block)
-        if stop - start != width:  # last, narrower block
-            rows = list(scratch[:, : stop - start].unbind(0))
-        src = [*x[:, start:stop].unbind(0), *rows[:-1]]
-        for is_max, a, b, o in pl.ops:
-            fns[is_max](src[a], src[b], out=src[o])
-        acc = None
-        if pl.summed:
-            acc = rows[-1]
-            if len(pl.summed) == 1:
-                acc.copy_(src[pl.summed[0]])
-            else:
-                torch.add(src[pl.summed[0]], src[pl.summed[1]], out=acc)
-                for h in pl.summed[2:]:
-                    acc.add_(src[h])
-        combine([src[h] for h in pl.exact], acc, out[start:stop])
+    d = x.shape[1]
+    nblocks = -(-d // block)
+    workers = min(torch.get_num_threads(), nblocks) if x.device.type == "cpu" else 1
+    counter = itertools.count()  # blocks are handed out dynamically (next() is atomic under the GIL)
+
+    def work() -> None:
+        scratch = _Scratch(pl, x, min(block, d))
+        with torch.no_grad():
+            for b in iter(counter.__next__, None):
+                if b >= nblocks:
+                    return
+                start, stop = b * block, min(d, (b + 1) * block)
+                scratch.run(x[:, start:stop], combine, out[start:stop])
+
+    futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)] if workers > 1 else []
+    work()
+    for fut in futures:
+        fut.result()
 
 
 def _sort(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block: int) -> None:
@@ -191,13 +243,13 @@ def _sort(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block:
         stop = min(d, start + block)
         s = x[:, start:stop].sort(dim=0).values
         acc = s[pl.lo : pl.hi].sum(dim=0) if pl.hi > pl.lo else None
-        combine([s[r] for r in pl.ranks], acc, out[start:stop])
+        combine(s, acc, out[start:stop])
 
 
 @torch.no_grad()
 def coordinatewise(
     x: torch.Tensor,
-    ranks: Sequence[int],
+    ranks: tuple[int, ...] | list[int],
     combine: Combine,
     summed: tuple[int, int] | None = None,
     *,
@@ -206,11 +258,13 @@ def coordinatewise(
 ) -> torch.Tensor:
     """Per column of ``x`` ``(n, d)``: sorted values at ``ranks`` (+ sum of ranks ``summed=(lo, hi)``).
 
-    ``combine(values, partial_sum, out)`` receives, for each block of columns, the ``len(ranks)``
-    tensors of sorted values, the range sum (``None`` without ``summed``) and the ``out`` slice to fill;
-    it must not modify its inputs' storage other than ``partial_sum``. Returns ``out`` ``(d,)`` with
-    ``x``'s dtype and device. ``method``: ``"network"``, ``"sort"`` or ``"auto"`` (network unless ``d``
-    is small); ``block``: columns per block (default :func:`default_block`).
+    ``combine(s, partial_sum, out)`` is called once per block of ``w`` columns: ``s`` ``(n, w)`` holds
+    the sorted values at the requested ranks (its other rows are unspecified), ``partial_sum`` ``(w,)``
+    the sum of ranks ``lo .. hi-1`` (``None`` without ``summed``), and the ``out`` slice ``(w,)`` must
+    be filled. It may modify ``partial_sum`` but not ``s``, and may be called from several threads at
+    once (on disjoint blocks). Returns ``out`` ``(d,)`` with ``x``'s dtype and device. ``method``:
+    ``"network"``, ``"sort"`` or ``"auto"`` (network unless ``d < SMALL_D``); ``block``: columns per
+    block (default :func:`default_block`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -2,7 +2,6 @@ r"""Mean around median (MeaMed)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,18 +25,13 @@ def mean_around_median(x: torch.Tensor, f: int, *, method: str = "auto") -> torc
     mid = [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
     ranks = [*range(f), *range(m, n), *mid]
 
-    def combine(vals: Sequence[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    def combine(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
         assert acc is not None  # sum of the ranks f .. n-f-1, always in the window
         if f:
-            if len(mid) == 1:
-                med = vals[2 * f]
-            else:
-                med = torch.mul(vals[2 * f], 0.5)
-                med.add_(vals[2 * f + 1], alpha=0.5)
-            for l in range(f):  # window start L <= l  <=>  med - s_(l) <= s_(l+m) - med
-                low, high = vals[l], vals[f + l]
-                take_low = torch.sub(med, low) <= torch.sub(high, med)
-                acc.add_(torch.where(take_low, low, high))
+            med = s[mid[0]] if len(mid) == 1 else torch.mul(s[mid[0]], 0.5).add_(s[mid[1]], alpha=0.5)
+            low, high = s[:f], s[m:]  # ranks l and l + m, l = 0 .. f-1
+            take_low = (med - low) <= (high - med)  # window start L <= l
+            acc.add_(torch.where(take_low, low, high).sum(dim=0))
         torch.div(acc, m, out=out)
 
     return _order.coordinatewise(x, ranks, combine, (f, m), method=method)

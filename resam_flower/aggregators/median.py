@@ -2,7 +2,6 @@ r"""Coordinate-wise median (CWMed)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,12 +13,13 @@ from .base import Aggregator
 __all__ = ["CoordinateWiseMedian", "coordinate_wise_median"]
 
 
-def _combine_median(vals: Sequence[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
-    if len(vals) == 1:  # odd n: the middle value itself
-        out.copy_(vals[0])
+def _combine_median(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    n = s.shape[0]
+    if n % 2:  # odd n: the middle value itself
+        out.copy_(s[n // 2])
     else:  # even n: 0.5 a + 0.5 b (exact halving, cannot overflow where a + b would)
-        torch.mul(vals[0], 0.5, out=out)
-        out.add_(vals[1], alpha=0.5)
+        torch.mul(s[n // 2 - 1], 0.5, out=out)
+        out.add_(s[n // 2], alpha=0.5)
 
 
 def coordinate_wise_median(x: torch.Tensor, *, method: str = "auto") -> torch.Tensor:

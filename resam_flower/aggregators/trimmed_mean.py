@@ -2,7 +2,6 @@ r"""Coordinate-wise trimmed mean (CWTM)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ def coordinate_wise_trimmed_mean(x: torch.Tensor, f: int, *, method: str = "auto
         raise ValueError(f"cwtm needs n > 2f, got n={n}, f={f}")
     keep = n - 2 * f
 
-    def combine(vals: Sequence[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    def combine(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
         assert acc is not None
         torch.div(acc, keep, out=out)
 

@@ -10,13 +10,22 @@ import torch
 from resam_flower.aggregators import _order
 
 
-def _first(vals, acc, out):
-    out.copy_(vals[0])
+def _first(s, acc, out):
+    out.copy_(s[0])
+
+
+def _rank(r):
+    def combine(s, acc, out):
+        out.copy_(s[r])
+
+    return combine
 
 
 def _stack_ranks(x, ranks, method, block):
     """Each requested rank, one kernel call per rank (exercises single-output pruning)."""
-    return torch.stack([_order.coordinatewise(x, [r], _first, method=method, block=block) for r in ranks])
+    return torch.stack(
+        [_order.coordinatewise(x, [r], _rank(r), method=method, block=block) for r in ranks]
+    )
 
 
 def _range_sum(x, lo, hi, method, block):
@@ -39,6 +48,13 @@ def test_merge_exchange_sorts_every_zero_one_input(n):
         assert v == sorted(bits)
 
 
+def test_layers_are_disjoint():
+    for n in range(2, 65):
+        for layer in _order.merge_exchange_layers(n):
+            touched = [k for pair in layer for k in pair]
+            assert len(touched) == len(set(touched))
+
+
 def test_merge_exchange_sizes_match_knuth():
     # Batcher's merge-exchange comparator counts (Knuth, TAOCP 3, §5.3.4): n = 2^t gives
     # (t^2 - t + 4) 2^(t-2) - 1.
@@ -50,11 +66,13 @@ def test_merge_exchange_sizes_match_knuth():
 def test_pruning_keeps_only_what_is_needed():
     full = len(_order.merge_exchange(20))
     median = _order.plan(20, (9, 10))
-    assert 0 < len(median.ops) < 2 * full
-    assert _order.plan(20, (), 0, 20).ops == ()  # the sum of all ranks needs no comparator
-    assert len(_order.plan(20, (0,)).ops) == 19  # the minimum: a tournament of n - 1 min ops
-    assert all(not is_max for is_max, *_ in _order.plan(20, (0,)).ops)
-    assert median.slots <= 21
+    minmax = sum(len(ly[2]) + len(ly[4]) for ly in median.layers)
+    assert 0 < minmax < 2 * full and median.row_ops == minmax + sum(len(ly[0]) for ly in median.layers)
+    assert _order.plan(20, (), 0, 20).layers == ()  # the sum of all ranks needs no comparator
+    minimum = _order.plan(20, (0,))
+    assert minimum.row_ops == 19 and minimum.temps == 0  # a tournament of n - 1 lone min ops
+    assert all(not ly[4] for ly in minimum.layers)
+    assert median.temps <= 10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -70,10 +88,9 @@ def test_ranks_exact_vs_sort_with_ties_and_infinities(n, dtype):
         assert torch.equal(got, ref), method
     # several ranks at once, in any order
     ranks = [n - 1, 0, n // 2] if n > 2 else [0]
-    vals = []
-    _order.coordinatewise(x, ranks, lambda v, a, o: vals.append([t.clone() for t in v]), method="network",
-                          block=1000)
-    assert all(torch.equal(v, ref[r]) for v, r in zip(vals[0], ranks, strict=True))
+    seen = []
+    _order.coordinatewise(x, ranks, lambda s, a, o: seen.append(s.clone()), method="network", block=1000)
+    assert all(torch.equal(seen[0][r], ref[r]) for r in ranks)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -115,7 +132,7 @@ def test_auto_method_is_exact_on_both_sides_of_the_size_switch():
 
 def test_requires_grad_input_and_empty_columns():
     x = torch.randn(5, 7, requires_grad=True)
-    got = _order.coordinatewise(x, [2], _first, method="network")
+    got = _order.coordinatewise(x, [2], _rank(2), method="network")
     assert not got.requires_grad
     assert torch.equal(got, x.detach().sort(0).values[2])
     assert _order.coordinatewise(torch.empty(4, 0), [1], _first).shape == (0,)
@@ -134,8 +151,26 @@ def test_bad_arguments_raise():
 
 
 def test_default_block_is_cache_sized_on_cpu():
-    assert _order.default_block(torch.zeros(2, 2)) * 4 == 1 << 19
-    assert _order.default_block(torch.zeros(2, 2, dtype=torch.float64)) * 8 == 1 << 19
+    assert _order.default_block(torch.zeros(2, 2)) * 4 == 1 << 15
+    assert _order.default_block(torch.zeros(2, 2, dtype=torch.float64)) * 8 == 1 << 15
+
+
+def test_thread_count_does_not_change_results():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(13, 2000, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            outs.append(_order.coordinatewise(x, [3], _rank(3), (2, 11), method="network", block=64))
+            outs.append(_order.coordinatewise(x, [], lambda s, a, o: o.copy_(a), (2, 11), block=64,
+                                              method="network"))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], x.sort(0).values[3])
+    for k in range(2, 6):
+        assert torch.equal(outs[k], outs[k % 2])
 
 
 def test_dimension_factor():
@@ -165,3 +200,30 @@ def test_cuda_matches_cpu(device):
         got = _stack_ranks(x.to(device), [0, 5, 10], method, block=1000)
         assert got.device.type == device.type
         assert torch.equal(got.cpu(), ref[[0, 5, 10]])
+
+
+def _child_computes(queue):
+    x = torch.arange(40 * 300, dtype=torch.float32).reshape(40, 300).remainder_(7)
+    out = _order.coordinatewise(x, [5], _rank(5), method="network", block=16)
+    queue.put(bool(torch.equal(out, x.sort(0).values[5])))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_child_does_not_reuse_the_parents_threads():
+    import multiprocessing as mp
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _child_computes(mp.get_context("spawn").SimpleQueue())  # parent's pool now exists
+        ctx = mp.get_context("fork")
+        queue = ctx.SimpleQueue()
+        child = ctx.Process(target=_child_computes, args=(queue,))
+        child.start()
+        child.join(timeout=60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+        assert not alive and child.exitcode == 0 and queue.get()
+    finally:
+        torch.set_num_threads(threads)
