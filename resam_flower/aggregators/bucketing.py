@@ -26,10 +26,12 @@ class SeededGenerator:
     The generator is created on first use on the device of the data (randomness drawn on a CUDA tensor's
     device stays there). If a later call comes on another device, a fresh generator is seeded with the
     same ``seed`` on that device (the stream restarts). ``seed=None`` draws a seed from torch's global
-    generator when the component is built, so :func:`torch.manual_seed` makes runs reproducible.
+    generator when the component is built, so :func:`torch.manual_seed` makes runs reproducible;
+    :attr:`explicit` tells whether the seed was given (components show it in their spec only then).
     """
 
     def __init__(self, seed: int | None) -> None:
+        self.explicit = seed is not None
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.seed = check_int("seed", seed, low=0)
@@ -91,7 +93,8 @@ class Bucketing(PreAggregator):
         Bucket size, ``s >= 1`` (``s = 1`` only shuffles).
     seed
         Seed of the permutation's :class:`torch.Generator` (``None``: drawn from torch's global generator
-        at build time). The generator lives on the input's device; its state is in :meth:`state_dict`.
+        at build time, and left out of :attr:`spec`). The generator lives on the input's device; its
+        state (and the seed) is in :meth:`state_dict`.
 
     Notes
     -----
@@ -119,7 +122,7 @@ class Bucketing(PreAggregator):
         return self._rng.seed
 
     def params(self) -> dict[str, Any]:
-        return {"s": self.s, "seed": self.seed}
+        return {"s": self.s, "seed": self.seed} if self._rng.explicit else {"s": self.s}
 
     def output_shape(self, n: int, f: int) -> tuple[int, int]:
         return math.ceil(n / self.s), f

@@ -69,8 +69,8 @@ class DnC(Aggregator):
         (default 1.0).
     seed
         Seed of the coordinate sampling's :class:`torch.Generator` (``None``: drawn from torch's global
-        generator at build time); the generator lives on the input's device, its state is in
-        :meth:`state_dict`.
+        generator at build time, and left out of :attr:`spec`); the generator lives on the input's
+        device, its state (and the seed) is in :meth:`state_dict`.
 
     Notes
     -----
@@ -109,7 +109,10 @@ class DnC(Aggregator):
         return self._rng.seed
 
     def params(self) -> dict[str, Any]:
-        return {"sub_dim": self.sub_dim, "iterations": self.iterations, "c": self.c, "seed": self.seed}
+        p: dict[str, Any] = {"sub_dim": self.sub_dim, "iterations": self.iterations, "c": self.c}
+        if self._rng.explicit:
+            p["seed"] = self.seed
+        return p
 
     def removed_count(self, f: int) -> int:
         """Inputs removed per iteration, :math:`\\lfloor c f \\rfloor`."""

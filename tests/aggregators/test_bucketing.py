@@ -134,3 +134,8 @@ def test_seeded_generator_restores_pending_state_on_first_use():
 def test_registry():
     pre = build("bucketing(s=2, seed=1)+mean", f=1).pre[0]
     assert isinstance(pre, Bucketing) and pre.spec == "bucketing(s=2, seed=1)"
+    torch.manual_seed(0)
+    drawn = build("bucketing(s=2)+mean", f=1).pre[0]
+    assert drawn.spec == "bucketing(s=2)" and drawn.state_dict() == {"seed": drawn.seed}
+    torch.manual_seed(0)
+    assert build("bucketing(s=2)+mean", f=1).pre[0].seed == drawn.seed

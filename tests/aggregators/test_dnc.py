@@ -88,7 +88,9 @@ def test_global_seed_when_none():
     torch.manual_seed(123)
     s1 = DnC(f=1).seed
     torch.manual_seed(123)
-    assert DnC(f=1).seed == s1
+    dnc = DnC(f=1)
+    assert dnc.seed == s1 and dnc.spec == "dnc(sub_dim=10000, iterations=5, c=1.0)"
+    assert dnc.state_dict()["seed"] == s1
 
 
 def test_permutation_invariance_with_the_same_seed():

@@ -65,15 +65,37 @@ def test_matches_reference(seed, n, f):
     assert smea.last_info["eigenvalue"] == pytest.approx(lam, rel=1e-9)
 
 
-def test_chunked_search_equals_one_batch(monkeypatch):
+@pytest.mark.parametrize("kind", ["gauss-d1", "gauss-d2", "gauss-d40", "clusters", "duplicates", "line"])
+def test_branch_and_bound_equals_exhaustive_search(kind, monkeypatch):
     import resam_flower.aggregators.smea as mod
 
-    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    whole = SMEA(f=4)(x)  # C(12, 8) = 495 subsets in one batch
-    monkeypatch.setattr(mod, "CHUNK", 7)
+    monkeypatch.setattr(mod, "CHUNK", 16)  # several growing batches
+    rng = np.random.default_rng(len(kind))
+    n, f = 11, 3
+    d = {"gauss-d1": 1, "gauss-d2": 2}.get(kind, 40)
+    x = rng.normal(size=(n, d))
+    if kind == "clusters":
+        x[: n // 2] += 5.0
+    if kind == "duplicates":  # many exact ties
+        x = np.repeat(rng.normal(size=(4, d)), 3, axis=0)[:n]
+    if kind == "line":
+        x = rng.normal(size=(n, 1)) * np.ones((1, d))
+    g = torch.from_numpy(x @ x.T)
+    subsets = mod._subsets(n, n - f)
+    lam = subset_top_eigenvalues(g, subsets)
+    first = int(torch.nonzero(lam <= lam.min() * (1 + 1e-12))[0])
+    idx, val, evaluated = mod.search(g, subsets, rank=min(n - f - 1, d))
+    assert idx == first and val == pytest.approx(float(lam.min()), rel=1e-12, abs=1e-300)
+    assert 1 <= evaluated <= subsets.shape[0]
+
+
+def test_high_dimension_prunes_most_subsets():
+    x = torch.randn(20, 5000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[:4] += 3.0
     smea = SMEA(f=4)
-    torch.testing.assert_close(smea(x), whole)
-    assert smea.last_info["subsets"] == 495
+    smea(x)
+    assert smea.last_info["subsets"] == 4845 and smea.last_info["evaluated"] < 500
+    assert smea.last_info["subset"] == list(range(4, 20))
 
 
 def test_kappa_is_sqrt_f_over_n_minus_2f_and_holds():
