@@ -69,6 +69,8 @@ class ExperimentConfig:
     device: str = "cpu"
     results_dir: str = "results"
     run_name: str = ""
+    checkpoint_every: int = 0
+    resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ------------------------------------------------------------------------------------------
@@ -114,6 +116,7 @@ class ExperimentConfig:
         check_int("eval-every", self.eval_every, low=1)
         check_int("num-test", self.num_test, low=0)
         check_int("seed", self.seed, low=0)
+        check_int("checkpoint-every", self.checkpoint_every, low=0)
         if self.mode not in ("gradient", "model"):
             raise ValueError(f"run config mode must be gradient or model, got {self.mode!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):

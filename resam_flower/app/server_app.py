@@ -4,21 +4,31 @@ It reads :class:`~resam_flower.app.config.ExperimentConfig` from the run config,
 :class:`~resam_flower.strategies.ResilientAveraging` for ``num-server-rounds`` rounds with centralised test
 evaluation every ``eval-every`` rounds, and writes ``<results-dir>/<run-name>/`` (``config.json``,
 ``metrics.csv``, ``summary.json``), then prints a one-line summary.
+
+Checkpoints (run config ``checkpoint-every = K > 0``): ``<results-dir>/<run-name>/checkpoint.pt`` is written
+atomically after every ``K``-th round and the last one, and the workers keep a crash-safe copy of their
+momentum under ``<results-dir>/<run-name>/momentum/`` (see :mod:`resam_flower.strategies.checkpoint` and
+:mod:`resam_flower.clients.momentum_store`). ``resume = true`` continues from that checkpoint if it exists
+(the run config must be the same, except ``num-server-rounds``, ``checkpoint-every``, ``eval-every``,
+``results-dir`` and ``device``).
 """
 
 from __future__ import annotations
 
 import time
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from ..aggregators import build as build_rule
 from ..strategies import ResilientAveraging
 from ..strategies.adversary import SimulatedAdversary
+from ..strategies.checkpoint import Checkpointer, model_digest
 from .config import ExperimentConfig, parse_params
 from .results import write_run
 from .task import evaluate, model_for, test_split
@@ -28,7 +38,7 @@ __all__ = ["app", "run_experiment", "build_strategy"]
 app = ServerApp()
 
 
-def build_strategy(cfg: ExperimentConfig, evaluate_fn=None) -> ResilientAveraging:
+def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -> ResilientAveraging:
     """The strategy (and simulated adversary) described by ``cfg``."""
     adversary = None
     if cfg.attacked:
@@ -58,6 +68,7 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None) -> ResilientAveragin
         adversary=adversary,
         evaluate_fn=evaluate_fn,
         seed=cfg.seed,
+        checkpointer=checkpointer,
     )
 
 
@@ -68,24 +79,42 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
     model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
     initial = ArrayRecord(model.state_dict())
     last = cfg.num_server_rounds
+    run_dir = Path(cfg.results_dir) / cfg.name()
+    evals: dict[int, dict[str, float]] = {}  # global round -> centralised test metrics
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round % cfg.eval_every and server_round != last:
             return None
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(evaluate(model, test))
+        evals[server_round] = evaluate(model, test)
+        return MetricRecord(evals[server_round])
 
-    strategy = build_strategy(cfg, evaluate_fn)
+    checkpointer = None
+    if cfg.checkpoint_every or cfg.resume:
+        checkpointer = Checkpointer(
+            run_dir / "checkpoint.pt",
+            cfg.checkpoint_every,
+            last_round=last,
+            momentum_dir=run_dir / "momentum",
+            config=cfg.to_dict(),
+            extra={"evals": evals},
+        )
+    strategy = build_strategy(cfg, evaluate_fn, checkpointer)
+    if checkpointer is not None and cfg.resume and checkpointer.path.exists():
+        ckpt = Checkpointer.load(checkpointer.path)
+        initial = checkpointer.resume(strategy, ckpt)
+        evals.update({int(r): dict(m) for r, m in ckpt.extra.get("evals", {}).items()})
+        log(INFO, "[resam] resuming %s after round %d of %d", cfg.name(), ckpt.round, last)
+    start_round = strategy.round_offset
     t0 = time.perf_counter()
-    result = strategy.start(
+    strategy.start(  # its Result is in strategy.round_log, evals and strategy.current_arrays
         grid=grid,
         initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
+        num_rounds=max(last - start_round, 0),
         train_config=ConfigRecord(cfg.to_config_record()),
         evaluate_config=ConfigRecord(cfg.to_config_record()),
     )
     wall = time.perf_counter() - t0
-    evals = {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()}
     rows = []
     for entry in strategy.round_log:
         row = {k: v for k, v in entry.items() if k != "skipped"}
@@ -102,6 +131,8 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
         "best_test_accuracy": max((m.get("accuracy", 0.0) for m in evals.values()), default=None),
         "rounds": len(strategy.round_log),
         "wall_time_s": wall,
+        "resumed_from_round": start_round,
+        "final_model_sha256": model_digest(strategy.current_arrays or initial),
         "excluded_replies": int(sum(strategy.excluded_total.values())),
         "excluded_by_reason": dict(strategy.excluded_total),
         "skipped_rounds": sum(1 for e in strategy.round_log if "skipped" in e),
@@ -109,7 +140,6 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
         "aggregator": strategy.rule.spec,
         "config": cfg.to_dict(),
     }
-    run_dir = Path(cfg.results_dir) / cfg.name()
     write_run(run_dir, cfg.to_dict(), rows, summary)
     acc = summary["final_test_accuracy"]
     print(

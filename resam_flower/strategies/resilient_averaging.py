@@ -27,6 +27,16 @@ __all__ = ["ResilientAveraging", "AdversaryHook"]
 MODES = ("gradient", "model")
 
 
+class CheckpointHook(Protocol):
+    """What a checkpointer offers the strategy (:class:`resam_flower.strategies.checkpoint.Checkpointer`)."""
+
+    def train_config(self) -> dict[str, Any]:
+        """Entries added to every train config (where workers keep their momentum, the run's lineage)."""
+
+    def end_of_round(self, strategy: ResilientAveraging, server_round: int, arrays: ArrayRecord) -> None:
+        """Called once per round after every strategy hook of the round ran (writes every K rounds)."""
+
+
 class AdversaryHook(Protocol):
     """What a simulated adversary offers the strategy (see :mod:`resam_flower.strategies.adversary`).
 
@@ -79,6 +89,17 @@ class ResilientAveraging(FedAvg):
         Centralised evaluation ``(round, arrays) -> MetricRecord``; used by :meth:`start` unless one is given there.
     seed : int (default: 0)
         Seeds node sampling (reproducible runs).
+    checkpointer : CheckpointHook, optional
+        Called at the end of every round with the current model (see
+        :class:`resam_flower.strategies.checkpoint.Checkpointer`); its ``train_config()`` entries are sent
+        to the workers.
+
+    Notes
+    -----
+    Replies are processed in node-id order, whatever their arrival order, so that a run is bit-identical
+    when repeated with the same node ids and seed (floating-point sums depend on the order of terms).
+    :attr:`round_offset` (set when resuming from a checkpoint of round ``K``) is added to the round
+    numbers Flower's :meth:`start` passes (which always count from 1).
     """
 
     def __init__(  # noqa: PLR0913 - mirrors FedAvg's flat signature
@@ -100,6 +121,7 @@ class ResilientAveraging(FedAvg):
         adversary: AdversaryHook | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         seed: int = 0,
+        checkpointer: CheckpointHook | None = None,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
     ) -> None:
@@ -137,9 +159,20 @@ class ResilientAveraging(FedAvg):
         self._spec: FlatSpec | None = None
         self._arrays: ArrayRecord | None = None
         self._sampled: set[int] | None = None
+        self._current: ArrayRecord | None = None  # θ after the latest aggregate_train
+        self._population: list[int] | None = None  # every connected node at the latest configure_train
+        self._restored_population: list[int] | None = None
+        self.checkpointer = checkpointer
+        #: added to Flower's round numbers (which restart at 1): the round a resumed run starts after.
+        self.round_offset = 0
         self.excluded_total: Counter = Counter()
         #: one dict per round: what was received, kept, excluded (and why), timings, the step taken.
         self.round_log: list[dict[str, Any]] = []
+
+    @property
+    def current_arrays(self) -> ArrayRecord | None:
+        """The global model after the latest round (``None`` before the first)."""
+        return self._current
 
     # ------------------------------------------------------------------------------------------
     def summary(self) -> None:
@@ -162,6 +195,9 @@ class ResilientAveraging(FedAvg):
         """:meth:`flwr.serverapp.strategy.Strategy.start`, using the strategy's ``evaluate_fn`` by default."""
         if kwargs.get("evaluate_fn") is None and len(args) < 5:
             kwargs["evaluate_fn"] = self.evaluate_fn
+        fn = kwargs.get("evaluate_fn")
+        if fn is not None and self.round_offset:
+            kwargs["evaluate_fn"] = lambda rnd, arrays: fn(rnd + self.round_offset, arrays)
         return super().start(grid, initial_arrays, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------
@@ -176,17 +212,21 @@ class ResilientAveraging(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes and send them θ_t, the round, the server lr and the mode."""
+        server_round += self.round_offset
+        self._arrays = self._current = arrays
         if self.fraction_train == 0.0:
             return []
         if self._spec is None or list(arrays.keys()) != list(self._spec.keys):
             self._spec = FlatSpec.from_record(arrays)
-        self._arrays = arrays
         all_nodes = sorted(grid.get_node_ids())
+        self._check_population(all_nodes)
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         self._sampled = set(nodes)
         config["server-round"] = server_round
         config["lr"] = self.schedule(server_round)
         config["resam-mode"] = self.mode
+        for key, value in (self.checkpointer.train_config() if self.checkpointer else {}).items():
+            config[key] = value
         extra = self.adversary.node_config(server_round, nodes, all_nodes) if self.adversary else {}
         log(INFO, "configure_train: sampled %d nodes (out of %d)", len(nodes), len(all_nodes))
         messages = []
@@ -202,9 +242,12 @@ class ResilientAveraging(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the replies, aggregate the valid ones with the rule, take the server step."""
+        server_round += self.round_offset
         t0 = time.perf_counter()
-        replies = list(replies)
+        replies = sorted(replies, key=_sender_key)  # arrival order must not change the result
         entry: dict[str, Any] = {"round": server_round, "received": len(replies)}
+        if self._sampled is not None:
+            entry["missing"] = len(self._sampled - {_sender_key(m)[1] for m in replies})
         if self._spec is None or self._arrays is None:
             log(WARNING, "aggregate_train called before configure_train: keeping the model")
             return None, None
@@ -240,6 +283,8 @@ class ResilientAveraging(FedAvg):
                 entry["skipped"] = f"rule failed: {exc}"
             if agg is not None:
                 new_arrays = self._step(server_round, theta, agg, entry)
+        if new_arrays is not None:
+            self._current = new_arrays
         if "skipped" in entry:
             log(
                 WARNING,
@@ -283,6 +328,7 @@ class ResilientAveraging(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes for federated evaluation (seeded)."""
+        server_round += self.round_offset
         if self.fraction_evaluate == 0.0:
             return []
         nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
@@ -291,9 +337,14 @@ class ResilientAveraging(FedAvg):
         return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Coordinate-wise median of the numeric metrics reported (robust to clients that lie)."""
+        """Coordinate-wise median of the numeric metrics reported (robust to clients that lie).
+
+        This is the last strategy hook of a round: the checkpointer, if any, runs here.
+        """
         ok = [m for m in replies if not m.has_error()]
         metrics = median_metrics(ok)
+        if self.checkpointer is not None and self._current is not None:
+            self.checkpointer.end_of_round(self, server_round + self.round_offset, self._current)
         return MetricRecord(metrics) if metrics else None
 
     # ------------------------------------------------------------------------------------------
@@ -305,6 +356,7 @@ class ResilientAveraging(FedAvg):
             "excluded_total": dict(self.excluded_total),
             "round_log": list(self.round_log),
             "adversary": self.adversary.state_dict() if hasattr(self.adversary, "state_dict") else None,
+            "population": self._population,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -315,3 +367,25 @@ class ResilientAveraging(FedAvg):
         self.round_log = list(state["round_log"])
         if state.get("adversary") is not None and hasattr(self.adversary, "load_state_dict"):
             self.adversary.load_state_dict(state["adversary"])
+        self._restored_population = state.get("population")
+
+    def _check_population(self, all_nodes: list[int]) -> None:
+        """After a restore: warn if the connected nodes are not those of the checkpoint."""
+        self._population = all_nodes
+        old, self._restored_population = self._restored_population, None
+        if old is not None and list(old) != all_nodes:
+            log(
+                WARNING,
+                "resumed run: the %d connected node ids differ from the %d of the checkpoint; sampling and "
+                "the adversary's choice now refer to other nodes (the run cannot match an uninterrupted one)",
+                len(all_nodes),
+                len(old),
+            )
+
+
+def _sender_key(msg: Message) -> tuple[int, int]:
+    """Sort key by source node id (messages without a readable one first)."""
+    try:
+        return 1, int(msg.metadata.src_node_id)
+    except Exception:  # noqa: BLE001 - a malformed message has no trustworthy sender
+        return 0, -1
