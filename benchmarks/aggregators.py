@@ -12,7 +12,9 @@ Method (printed above the table too)
   same values: ByzFL the same torch tensor (its torch code path), Flower numpy views of its rows.
   Conversions happen outside the timed region.
 * Time: median over repeats of one call, after one warm-up call (CUDA synchronised around each call).
-  ``x read pass`` = time / time of one read pass ``x.sum(0)`` on the same input.
+  ``x read pass`` = time / time of one read pass ``x.sum(0)`` on the same input. A read pass is timed right
+  before every timed call (interleaved) and each ratio uses the median of those paired read passes, so that
+  the drifting load of a shared machine cancels; speed-ups are ratios of these normalised times.
 * ByzFL's Clipping and ARC write into their input: each of their calls gets a fresh copy, made untimed.
 * Flower: the functions behind ``flwr.serverapp.strategy`` (``select_multikrum`` +
   ``aggregate_arrayrecords`` for Krum/MultiKrum, ``np.median`` of the stacked layers for FedMedian,
@@ -137,17 +139,25 @@ class _FakeReply(dict):
         self.metric_records = {"m": {"num-examples": 1}}
 
 
-def _timed(fn: Callable, arg: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+def _clock(fn: Callable, a: Any, sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn(a)
+    sync()
+    return time.perf_counter() - t0
+
+
+def _timed(
+    fn: Callable, arg: Callable[[], Any], repeats: int, sync: Callable[[], None], x: torch.Tensor
+) -> tuple[float, float]:
+    """Median time of ``fn(arg())`` and median time of the read passes ``x.sum(0)`` interleaved with it."""
     fn(arg())
-    times = []
+    times, reads = [], []
     for _ in range(repeats):
         a = arg()
-        sync()
-        t0 = time.perf_counter()
-        fn(a)
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        reads.append(_clock(lambda t: t.sum(0), x, sync))
+        times.append(_clock(fn, a, sync))
+    return statistics.median(times), statistics.median(reads)
 
 
 def _input(n: int, d: int, device: str) -> torch.Tensor:
@@ -210,27 +220,28 @@ def _verdict(case: str, ratio: float | None, speedup: float | None, device: str)
     return "PASS" if not fails else "FAIL (" + "; ".join(fails) + ")"
 
 
-def run_case(case: str, x: torch.Tensor, args: argparse.Namespace, read: float) -> dict[str, Any]:
+def run_case(case: str, x: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     n, f = x.shape[0], args.f
     row: dict[str, Any] = {"case": case}
     try:
         comp = _component(case, f)
-        row["ours_s"] = _timed(comp, lambda: x, args.repeats, sync)
-        row["ratio"] = row["ours_s"] / read
+        row["ours_s"], row["read_s"] = _timed(comp, lambda: x, args.repeats, sync, x)
+        row["ratio"] = row["ours_s"] / row["read_s"]
     except Exception as exc:  # a module not written yet, or broken: report it, go on
         row["error"] = f"{type(exc).__name__}: {exc}"[:120]
         return row
     bz = None if args.no_byzfl else _byzfl(case, n, f)
     if bz is not None:
         fn, writes = bz
-        row["byzfl_s"] = _timed(fn, (lambda: x.clone()) if writes else (lambda: x), args.byzfl_repeats, sync)
-        row["vs_byzfl"] = row["byzfl_s"] / row["ours_s"]
+        arg = (lambda: x.clone()) if writes else (lambda: x)
+        row["byzfl_s"], read_b = _timed(fn, arg, args.byzfl_repeats, sync, x)
+        row["vs_byzfl"] = (row["byzfl_s"] / read_b) / row["ratio"]
     fl = None if args.no_flower else _flower(case, n, f)
     if fl is not None:
         recs = [_FakeReply(r) for r in x.cpu().numpy()]
-        row["flower_s"] = _timed(fl, lambda: recs, args.byzfl_repeats, lambda: None)
-        row["vs_flower"] = row["flower_s"] / row["ours_s"]
+        row["flower_s"], read_f = _timed(fl, lambda: recs, args.byzfl_repeats, sync, x)
+        row["vs_flower"] = (row["flower_s"] / read_f) / row["ratio"]
     if not args.no_memory:
         mem = _memory(case, args)
         row["peak_extra_bytes"] = mem
@@ -287,17 +298,17 @@ def main(argv: list[str] | None = None) -> int:
 
     x = _input(args.n, args.d, args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    read = _timed(lambda t: t.sum(0), lambda: x, max(args.repeats, 9), sync)
+    read = _timed(lambda t: t.sum(0), lambda: x, max(args.repeats, 9), sync, x)[0]
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     header = (f"n={args.n}, d={args.d:,}, f={args.f}, float32, {dev}, torch {torch.__version__}; "
-              f"read pass x.sum(0) = {read * 1e3:.2f} ms; median of {args.repeats} calls (ours), "
+              f"read pass x.sum(0) = {read * 1e3:.2f} ms at start; median of {args.repeats} calls (ours), "
               f"{args.byzfl_repeats} (ByzFL, Flower), each after a warm-up call. "
               f"Memory: {'CUDA max_memory_allocated' if args.device == 'cuda' else 'RSS high-water'} "
               f"beyond the {x.numel() * 4 / 2**20:.0f} MiB input.")
     rows = []
     for case in (bar := tqdm(args.rules, desc="aggregators", file=sys.stderr)):
         bar.set_postfix_str(case)
-        rows.append(run_case(case, x, args, read))
+        rows.append(run_case(case, x, args))
     table = markdown(rows, header, x.numel() * 4)
     print(table)
     if args.json:

@@ -183,7 +183,9 @@ def test_inline_parameters():
 
 def test_parameters_routed_by_stage_name_and_flat():
     require("bucketing", "cwtm")
+    torch.manual_seed(0)  # seeds drawn at build time come from torch's global generator
     by_name = build("bucketing+cwtm", f=1, bucketing={"s": 3})
+    torch.manual_seed(0)
     flat = build("bucketing+cwtm", f=1, s=3)
     assert by_name.pre[0].params()["s"] == 3
     assert flat.spec == by_name.spec
@@ -214,8 +216,11 @@ def test_kebab_case_keys_flat_named_and_inline():
         default = constructor_params(name)[key].default
         kebab = key.replace("_", "-")
         spec = name if name in RULES else f"{name}+mean"
+        torch.manual_seed(0)  # components with a seed draw it from torch's global generator
         a = build(spec, f=0, **{kebab: default})
+        torch.manual_seed(0)
         b = build(spec, f=0, **{name: {kebab: default}})
+        torch.manual_seed(0)
         c = build(spec.replace(name, f"{name}({key}={default!r})", 1), f=0)
         assert a.spec == b.spec == c.spec, (name, key)
 
