@@ -43,6 +43,8 @@ __all__ = [
     "weighted_sum",
     "pairwise_sq_distances",
     "Pairwise",
+    "central_row",
+    "centred_gram",
     "BLOCK",
     "RTOL",
 ]
@@ -50,15 +52,20 @@ __all__ = [
 #: Columns per block of the centred/exact Gram on CPU (``n x BLOCK`` stays in cache for n up to ~64).
 BLOCK = 1 << 15
 #: Columns per block on accelerators (fewer, larger launches).
-GPU_BLOCK = 1 << 22
+GPU_BLOCK = 1 << 20
 #: Largest accepted estimated relative error of a squared distance before the Gram is recomputed.
 RTOL = 1e-2
 
 
 def _full_precision_matmul(x: torch.Tensor) -> bool:
-    """True when a float32 matmul on ``x``'s device is computed in IEEE float32 (no TF32/bf16)."""
+    """True when a matmul of ``x`` with itself is computed in IEEE float32/float64 (no TF32/bf16).
+
+    Half-precision inputs return False: their Gram matrix is computed in float64 blocks.
+    """
     if x.dtype == torch.float64:
         return True
+    if x.dtype != torch.float32:
+        return False
     if torch.get_float32_matmul_precision() != "highest":
         return False
     if x.device.type == "cuda":
@@ -156,6 +163,19 @@ class Pairwise(NamedTuple):
     d2: torch.Tensor  #: ``(n', n')`` float64 squared distances, zero diagonal
     method: str  #: ``"fast"``, ``"centred"`` or ``"exact"``
     error: float  #: estimated largest relative error of a squared distance (see module doc)
+    gram: torch.Tensor  #: the float64 Gram matrix ``d2`` comes from, of ``x - x[ref]`` (of ``x`` if no ref)
+    ref: int | None  #: the row ``gram`` is centred at, ``None`` when it is not centred
+
+    def centred_gram(self) -> torch.Tensor:
+        """The Gram matrix of ``x - x_r`` for a central row ``r``, from :attr:`gram` without a pass.
+
+        Centring an uncentred Gram matrix algebraically, ``G_ij - G_ir - G_jr + G_rr``, keeps each
+        entry's error linear in the norm of a far row (a distance carries its square).
+        """
+        if self.ref is not None:
+            return self.gram
+        g, r = self.gram, central_row(self.d2)
+        return g - g[:, r : r + 1] - g[r : r + 1, :] + g[r, r]
 
     def info(self) -> dict[str, object]:
         """Diagnostics for ``last_info``."""
@@ -188,6 +208,20 @@ def _error_estimate(g: torch.Tensor, d2: torch.Tensor, u: float) -> float:
     return float(ratio.max())
 
 
+def central_row(d2: torch.Tensor) -> int:
+    """Index of the row with the smallest median squared distance to the others (honest if ``n > 2f``)."""
+    return int(_row_scale(d2).argmin())
+
+
+def centred_gram(x: torch.Tensor, ref: int) -> torch.Tensor:
+    """Float64 Gram matrix of ``x - x[ref]``, products in float64 over column blocks: ``(n, n)``.
+
+    Each entry is accurate relative to ``||x_i - x_ref|| * ||x_j - x_ref||``: the inner products between
+    near and far inputs survive, which a distance matrix cannot give back (see :mod:`.geometric_median`).
+    """
+    return _blocked_gram(x, ref, torch.float64)
+
+
 def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = RTOL) -> Pairwise:
     """Drop non-finite rows and return the squared distances of the rest, with the precision guard.
 
@@ -210,14 +244,14 @@ def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = R
     method = "fast" if fast else "exact"
     error = _error_estimate(g, d2, math.sqrt(d) * (eps if fast else eps64))
     if error <= rtol:
-        return Pairwise(x, f, k, kept, d2, method, error)
-    ref = int(_row_scale(d2).argmin())
+        return Pairwise(x, f, k, kept, d2, method, error, g, None)
+    ref = central_row(d2)
     if fast and x.dtype != torch.float64:
         g = _blocked_gram(x, ref, x.dtype)
         d2 = sq_distances(g)
         error = _error_estimate(g, d2, math.sqrt(min(d, _block(x))) * eps)
         if error <= rtol:
-            return Pairwise(x, f, k, kept, d2, "centred", error)
+            return Pairwise(x, f, k, kept, d2, "centred", error, g, ref)
     g = _blocked_gram(x, ref, torch.float64)
     d2 = sq_distances(g)
-    return Pairwise(x, f, k, kept, d2, "exact", _error_estimate(g, d2, math.sqrt(d) * eps64))
+    return Pairwise(x, f, k, kept, d2, "exact", _error_estimate(g, d2, math.sqrt(d) * eps64), g, ref)

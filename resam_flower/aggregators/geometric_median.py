@@ -4,47 +4,69 @@ from __future__ import annotations
 
 import torch
 
-from ._linalg import pairwise_sq_distances, weighted_sum
+from ._linalg import RTOL, central_row, centred_gram, pairwise_sq_distances, weighted_sum
 from .base import Aggregator, check_float, check_int
 
-__all__ = ["GeometricMedian", "weiszfeld_weights"]
+__all__ = ["GeometricMedian", "GramGeometry", "weiszfeld_weights"]
+
+_EPS64 = torch.finfo(torch.float64).eps
 
 
-def _distances(d2: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    r"""``||x_j - z||`` for ``z = sum_i a_i x_i`` with ``sum_i a_i = 1``, from squared distances only.
+class GramGeometry:
+    r"""Distances to :math:`z = \sum_i a_i x_i` (:math:`\sum_i a_i = 1`) from the Gram matrix ``G`` of
+    ``x - x_r`` (``r`` a central row): :math:`\|x_j - z\|^2 = G_{jj} - 2 (Ga)_j + a^\top G a`, and
+    :math:`\|\Delta z\|^2 = \Delta a^\top G \Delta a` for :math:`\sum_i \Delta a_i = 0`.
 
-    Uses :math:`\|x_j - z\|^2 = \sum_i a_i D_{ji} - \tfrac12 \sum_{i,k} a_i a_k D_{ik}`, which involves
-    differences of the inputs only (translation invariant, no cancellation against the norms).
+    Inner products, not distances: a row far beyond the others (``1e30`` next to ``1``) pulls ``z`` by
+    ``O(1)`` through :math:`a_b \approx 1/\|x_b\|`; :math:`a_b G_{jb}` keeps that pull to relative
+    precision, whereas a distance-only formula would need differences of entries of order ``1e60``.
     """
-    da = d2 @ a
-    return (da - 0.5 * (a @ da)).clamp(min=0.0).sqrt()
+
+    def __init__(self, g: torch.Tensor) -> None:
+        self.g = g
+
+    def distances(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(||x_j - z||, magnitude of the terms that cancel in ||x_j - z||^2)``."""
+        ga = self.g @ a
+        quad = a @ ga
+        diag = self.g.diagonal()
+        return (diag - 2.0 * ga + quad).clamp(min=0.0).sqrt(), diag + 2.0 * ga.abs() + quad.abs()
+
+    def step(self, delta: torch.Tensor) -> float:
+        return float((delta @ (self.g @ delta)).clamp(min=0.0).sqrt())
 
 
 def weiszfeld_weights(
-    d2: torch.Tensor, nu: float, tol: float, max_iter: int
-) -> tuple[torch.Tensor, int, bool, float]:
-    r"""Smoothed Weiszfeld iterations on coefficients ``a`` (``z = sum_i a_i x_i``), from ``D`` alone.
+    geometry: GramGeometry, n: int, nu: float, tol: float, max_iter: int
+) -> tuple[torch.Tensor, int, bool, float, float]:
+    r"""Smoothed Weiszfeld iterations on coefficients ``a`` (``z = sum_i a_i x_i``), from ``n x n`` data.
 
     Starts at the mean (``a_i = 1/n``) and iterates
     :math:`a_i \leftarrow \beta_i / \sum_k \beta_k`, :math:`\beta_i = 1/\max(\nu, \|z - x_i\|)`, until a
-    step moves ``z`` by at most ``tol`` times the mean distance from ``z`` to the inputs (step lengths
-    come from ``D`` too: :math:`\|\Delta z\|^2 = -\tfrac12 \Delta a^\top D \Delta a` as
-    :math:`\sum_i \Delta a_i = 0`), or ``max_iter`` iterations.
-    Returns ``(a, iterations, converged, objective)`` with the objective :math:`\sum_i \|z - x_i\|`;
-    ``a`` is float64 on ``d2``'s device.
+    step moves ``z`` by at most ``tol`` times the median distance from ``z`` to the inputs (a scale the
+    far rows do not inflate), or ``max_iter`` iterations.
+
+    Returns ``(a, iterations, converged, objective, amplification)``: the objective is
+    :math:`\sum_i \|z - x_i\|`; the amplification is the largest ratio of the cancelling terms in a
+    squared distance to that squared distance (floored at the median one and at ``nu^2``), i.e. by how
+    much the relative error of the ``n x n`` data is magnified in the distances.
     """
-    n = d2.shape[0]
-    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=d2.device)
-    dist = _distances(d2, a)
-    for it in range(1, max_iter + 1):
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    dist, mag = geometry.distances(a)
+    converged, it = False, max_iter
+    for k in range(1, max_iter + 1):
         beta = 1.0 / dist.clamp(min=nu)
         a_new = beta / beta.sum()
-        delta = a_new - a
-        step = float((-0.5 * (delta @ (d2 @ delta))).clamp(min=0.0).sqrt())
-        a, dist = a_new, _distances(d2, a_new)
-        if step <= tol * float(dist.mean()):
-            return a, it, True, float(dist.sum())
-    return a, max_iter, False, float(dist.sum())
+        step = geometry.step(a_new - a)
+        a = a_new
+        dist, mag = geometry.distances(a)
+        if step <= tol * float(dist.median()):
+            converged, it = True, k
+            break
+    # below nu a distance only needs to be known to be below nu; the median keeps far rows out of the floor
+    floor = max(float(dist.median()) ** 2, nu * nu)
+    amplification = float((mag / (dist * dist).clamp(min=floor)).max())
+    return a, it, converged, float(dist.sum()), amplification
 
 
 class GeometricMedian(Aggregator):
@@ -53,12 +75,15 @@ class GeometricMedian(Aggregator):
     Smoothed Weiszfeld (Weiszfeld 1937; smoothing as in Pillutla, Kakade & Harchaoui, "Robust aggregation
     for federated learning", IEEE TSP 2022): :math:`z \leftarrow \sum_i \beta_i x_i / \sum_i \beta_i`,
     :math:`\beta_i = 1/\max(\nu, \|z - x_i\|)`, from the mean, until a step moves :math:`z` by at most
-    ``tol`` times the mean distance to the inputs, or after ``max_iter`` iterations. Needs ``n > 2f``
+    ``tol`` times the median distance to the inputs, or after ``max_iter`` iterations. Needs ``n > 2f``
     (breakdown point 1/2).
 
     Every iterate is a convex combination :math:`z = \sum_i a_i x_i`, so the iterations run on the
-    ``n`` coefficients with distances taken from the pairwise squared distances :math:`D` (one Gram matmul);
-    one weighted sum ``a @ x`` then forms the result: two read passes of ``x`` whatever the iteration count.
+    ``n`` coefficients, with distances from the Gram matrix of the distance rules (one matmul, centred at a
+    central input, see :class:`GramGeometry`); one weighted sum ``a @ x`` then forms the result: two read
+    passes of ``x`` whatever the iteration count. If the estimated error of the Gram entries, magnified
+    by the cancellation in the distances, exceeds ``1e-2``, the centred Gram matrix is recomputed in
+    float64 (one more pass; ``last_info["gram"] == "exact"``).
 
     Differences from ByzFL 0.0.11 ``GeometricMedian(nu=0.1, T=3)``: ByzFL starts at ``z = 0`` (not
     translation equivariant) and runs a fixed ``T`` iterations; here the start is the mean and the stopping
@@ -78,8 +103,8 @@ class GeometricMedian(Aggregator):
     Notes
     -----
     ``kappa`` is ``None``: RESAM's appendix states a constant for the geometric median that we could not
-    check against the text. ``last_info``: ``iterations``, ``converged``, ``objective``, distance
-    diagnostics.
+    check against the text. ``last_info``: ``iterations``, ``converged``, ``objective`` (sum of distances),
+    ``gram`` (which Gram matrix the iterations used), ``amplification``, distance diagnostics.
     """
 
     name = "gm"
@@ -102,7 +127,18 @@ class GeometricMedian(Aggregator):
         self.check(x.shape[0], f)
         p = pairwise_sq_distances(x, f, self.name)
         self.last_info.update(p.info())
-        # The O(n^2)-per-iteration loop runs on the host copy of D (n x n): no device sync per iteration.
-        a, it, converged, obj = weiszfeld_weights(p.d2.cpu(), self.nu, self.tol, self.max_iter)
-        self.last_info.update(iterations=it, converged=converged, objective=obj)
+        n = p.x.shape[0]
+        # The O(n^2)-per-iteration loop runs on a host copy of the n x n Gram: no device sync per step.
+        geometry = GramGeometry(p.centred_gram().cpu())
+        a, it, converged, obj, amp = weiszfeld_weights(geometry, n, self.nu, self.tol, self.max_iter)
+        basis = p.method
+        if (p.error + _EPS64) * amp > RTOL and p.method != "exact":
+            # the Gram entries are not precise enough for the cancellation in the distances: recompute
+            # the centred Gram matrix in float64 (one more pass)
+            geometry = GramGeometry(centred_gram(p.x, central_row(p.d2)).cpu())
+            a, it, converged, obj, amp = weiszfeld_weights(geometry, n, self.nu, self.tol, self.max_iter)
+            basis = "exact"
+        self.last_info.update(
+            iterations=it, converged=converged, objective=obj, gram=basis, amplification=amp
+        )
         return weighted_sum(a, p.x)

@@ -62,7 +62,7 @@ def min_diameter_removal(d2: torch.Tensor, f: int) -> tuple[torch.Tensor, float]
         with_u, with_v = nodes.clone(), nodes.clone()
         with_u[rows, pa[first]] = True
         with_v[rows, pb[first]] = True
-        nodes = torch.unique(torch.cat([with_u, with_v]), dim=0)
+        nodes = torch.unique(torch.cat([with_u, with_v]).to(torch.uint8), dim=0).bool()
     diam = vals[_first_intact(nodes, pa, pb)]
     best = int(diam.argmin())
     return nodes[best].nonzero().squeeze(1), float(diam[best])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resam_flower.aggregators import NonFiniteInputError, build
-from resam_flower.aggregators.geometric_median import GeometricMedian, _distances
+from resam_flower.aggregators.geometric_median import GeometricMedian, GramGeometry
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -39,8 +39,31 @@ def test_coefficient_space_distances_match_direct_ones():
     x = torch.randn(6, 9, generator=_gen(0), dtype=torch.float64)
     a = torch.rand(6, generator=_gen(1), dtype=torch.float64)
     a /= a.sum()
-    d2 = torch.cdist(x, x) ** 2
-    assert torch.allclose(_distances(d2, a), (x - a @ x).norm(dim=1), atol=1e-10)
+    b = torch.rand(6, generator=_gen(2), dtype=torch.float64)
+    b /= b.sum()
+    y = x - x[2]
+    geometry = GramGeometry(y @ y.T)
+    assert torch.allclose(geometry.distances(a)[0], (x - a @ x).norm(dim=1), atol=1e-10)
+    assert geometry.step(a - b) == pytest.approx(float((a @ x - b @ x).norm()), rel=1e-9)
+
+
+@pytest.mark.parametrize("big", [1e6, 1e12, 1e30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_far_rows_pull_with_unit_forces(big, dtype):
+    # rows at 1e30 next to rows at 1 pull z by O(1): a distance-only iteration loses that pull entirely
+    honest = torch.randn(7, 4, generator=_gen(11), dtype=torch.float64)
+    x = torch.cat([honest, torch.full((2, 4), big, dtype=torch.float64)]).to(dtype)
+    agg = GeometricMedian(f=2)
+    out = agg(x).double()
+    # float32 squares of 1e30 overflow: those rows count as non-finite and are dropped
+    overflow = dtype == torch.float32 and big == 1e30
+    assert agg.last_info["nonfinite_rows"] == (2 if overflow else 0)
+    kept = x.double()[:7] if overflow else x.double()
+    # optimality: the (sub)gradient of sum ||z - x_i|| vanishes at z
+    diff = out - kept
+    grad = (diff / diff.norm(dim=1, keepdim=True)).sum(0)
+    assert grad.norm() < 1e-5
+    assert agg.last_info["amplification"] < 10
 
 
 @pytest.mark.parametrize("seed", range(3))
