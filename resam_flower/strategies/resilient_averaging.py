@@ -6,7 +6,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any, Protocol
 
 import torch
@@ -241,8 +241,22 @@ class ResilientAveraging(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen the replies, aggregate the valid ones with the rule, take the server step."""
-        server_round += self.round_offset
+        """Screen the replies, aggregate the valid ones with the rule, take the server step.
+
+        Nothing a reply contains can make this raise. Should a bug raise all the same, the round keeps the
+        current model, says so (``skipped`` = ``internal error: ...``, logged as an error), the run goes on.
+        """
+        try:
+            return self._aggregate_train(server_round + self.round_offset, replies)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one round, not the run
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            log(ERROR, "aggregate_train: round %d keeps the current model: %s", server_round, reason)
+            self.round_log.append({"round": server_round + self.round_offset, "skipped": reason})
+            return None, MetricRecord({"skipped": 1.0, "internal-error": 1.0})
+
+    def _aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         t0 = time.perf_counter()
         replies = sorted(replies, key=_sender_key)  # arrival order must not change the result
         entry: dict[str, Any] = {"round": server_round, "received": len(replies)}
@@ -255,7 +269,11 @@ class ResilientAveraging(FedAvg):
         attack_metrics: dict[str, float] = {}
         if self.adversary is not None:
             ref = theta if self.mode == "model" else None
-            replies, attack_metrics = self.adversary.corrupt(server_round, replies, self._spec, ref)
+            try:
+                replies, attack_metrics = self.adversary.corrupt(server_round, replies, self._spec, ref)
+            except ValueError as exc:  # e.g. too few honest replies for the attack's formula
+                log(WARNING, "aggregate_train: simulated adversary failed (%s): replies left as sent", exc)
+                attack_metrics = {"attack-failed": 1.0}
         screened = screen_replies(replies, self._spec, self._sampled)
         for node, reason in screened.details:
             log(WARNING, "aggregate_train: excluded reply from node %s: %s", node, reason)
@@ -283,8 +301,6 @@ class ResilientAveraging(FedAvg):
                 entry["skipped"] = f"rule failed: {exc}"
             if agg is not None:
                 new_arrays = self._step(server_round, theta, agg, entry)
-        if new_arrays is not None:
-            self._current = new_arrays
         if "skipped" in entry:
             log(
                 WARNING,
@@ -294,13 +310,16 @@ class ResilientAveraging(FedAvg):
             )
         entry["aggregate-time-s"] = time.perf_counter() - t0
         entry.update(attack_metrics)
-        self.round_log.append(entry)
         metrics = MetricRecord(
             {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "round"}
         )
         metrics["skipped"] = 1.0 if "skipped" in entry else 0.0
         for key, value in median_metrics(screened.messages).items():
-            metrics[key] = value
+            if key not in metrics:  # a client cannot overwrite the server's own figures
+                metrics[key] = value
+        self.round_log.append(entry)
+        if new_arrays is not None:
+            self._current = new_arrays
         return new_arrays, metrics
 
     def _step(
