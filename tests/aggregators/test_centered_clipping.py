@@ -56,6 +56,16 @@ def test_matches_naive_formula_over_calls(iterations, tau):
         torch.testing.assert_close(cc(x), v, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("iterations", [1, GRAM_FROM])
+def test_several_column_blocks(iterations):
+    """d beyond one block of the blocked norms and Gram products (CPU block sizes)."""
+    x = torch.randn(3, (1 << 17) + 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    cc = CenteredClipping(tau=50.0, iterations=iterations)
+    v = naive(x, torch.zeros(x.shape[1], dtype=torch.float64), 50.0, iterations)
+    torch.testing.assert_close(cc(x), v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cc(x + 1.0), naive(x + 1.0, v, 50.0, iterations), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("iterations", [1, 3, GRAM_FROM + 1])
 def test_matches_byzfl(iterations):
     byzfl = pytest.importorskip("byzfl")
