@@ -17,24 +17,26 @@ comparators are element-wise ``min``/``max`` of whole rows, so all columns are p
   dropped; one of which only the smaller (larger) output is used becomes a lone ``min`` (``max``);
   comparators whose two outputs both only enter the requested *sum* are dropped too
   (``min(a, b) + max(a, b) = a + b``).
-* Each layer is three in-place multi-tensor calls (``torch._foreach_copy_`` of the ``a`` rows of the
-  full comparators, ``_foreach_minimum_``, ``_foreach_maximum_``), so the Python and dispatch overhead
-  is per layer, not per comparator.
-* Columns are processed in blocks of :func:`default_block` columns (32 KB rows on CPU): a block is
-  copied into ``n + n/2 + 1`` scratch rows that stay in one core's L2 cache while the network runs.
-  On CPU, ``torch.get_num_threads()`` Python threads take blocks in turn (torch releases the GIL
-  inside each call); each call is then single-threaded, which avoids one OpenMP barrier per row
-  operation (these made the kernel up to 30x slower when the machine was busy). Other devices run
-  the same layers on larger blocks, from one thread.
+* Each comparator is one or two element-wise calls, ``torch.minimum(a, b, out=t)`` and
+  ``torch.maximum(a, b, out=...)``, on the rows of a block of columns. Results go to scratch rows with
+  register-like renaming (no copies): the first comparators read ``x`` itself, which is read once and
+  never written. For the median of 20 rows the pruned plan has 144 such calls per block.
+* Columns are processed in blocks of :func:`default_block` columns (128 KB rows on CPU, so that each
+  call stays single-threaded and the ``n + 2`` scratch rows stay in cache). On CPU,
+  ``torch.get_num_threads()`` Python threads take blocks in turn (torch releases the GIL inside each
+  call). This avoids one OpenMP fork/join per call: with multi-threaded calls the kernel was as fast
+  on an idle machine but up to 30x slower on a busy one (e.g. next to Ray workers). Other devices run
+  the same plan on larger blocks, from one thread.
 
 The results are *exact*: every requested ``s_(r)`` equals what ``torch.sort`` gives, bit for bit
 (ties and ``±inf`` included). Sums are accumulated in the input dtype, in an order that depends on the
 network, so they match ``sort(...)[lo:hi].sum(0)`` up to rounding. Inputs must not contain NaN (the
 rules drop such rows first). No autograd: results are computed under :func:`torch.no_grad`.
 
-Peak extra memory: ``network``: the output ``(d,)`` plus, per worker thread, ``(n + n/2 + 1) x B``
-scratch values (``B`` the block: 8192 float32 columns on CPU, about 1 MB at ``n = 20``;
-``(1.5 n + 1) x 2^22`` values on a GPU). ``sort``: per block, the sorted values plus int64 indices.
+Peak extra memory: ``network``: the output ``(d,)`` plus, per worker thread, at most ``(n + 2) x B``
+scratch values (``B`` the block: 32768 float32 / 16384 float64 columns on CPU, 2.75 MB per thread at
+``n = 20``; ``2^22`` columns on a GPU, 0.37 GB at ``n = 20``, float32) and the rule's few ``(B,)``
+temporaries. ``sort``: per block, the sorted values plus int64 indices (``3 n B`` values' worth).
 
 The ``"sort"`` method (one ``torch.sort`` per block) computes the same thing; ``"auto"`` uses it for
 small ``d``, where the network's fixed overhead dominates. Both paths are tested against each other.
@@ -54,7 +56,6 @@ import torch
 
 __all__ = [
     "Plan",
-    "merge_exchange_layers",
     "merge_exchange",
     "plan",
     "coordinatewise",
@@ -69,18 +70,18 @@ METHODS = ("auto", "network", "sort")
 #: Below this many columns ``"auto"`` uses ``"sort"`` (there the network's per-call overhead dominates).
 SMALL_D = 1024
 
-#: ``combine(s, partial_sum, out)``: ``s`` ``(n, w)`` holds the sorted values at the requested ranks
-#: (other rows are unspecified), ``partial_sum`` the sum of the requested rank range (or None).
-Combine = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
+#: ``combine(s, partial_sum, out)``: ``s[r]`` ``(w,)`` is the sorted value of rank ``r`` for each requested
+#: rank (other entries may be None), ``partial_sum`` the sum of the requested rank range (or None).
+Combine = Callable[[list, "torch.Tensor | None", torch.Tensor], None]
 
 
-def merge_exchange_layers(n: int) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """Batcher's merge-exchange sort of ``n`` keys (Algorithm M), as layers of disjoint comparators.
+def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators of Batcher's merge-exchange sort of ``n`` keys (Knuth's Algorithm M), in order.
 
     Each comparator ``(i, j)``, ``i < j``, puts the smaller value at ``i`` and the larger at ``j``;
-    applying the layers in order sorts any input in non-decreasing order.
+    applying them in order sorts any input in non-decreasing order.
     """
-    layers: list[tuple[tuple[int, int], ...]] = []
+    comps: list[tuple[int, int]] = []
     if n < 2:
         return ()
     t = (n - 1).bit_length()
@@ -88,43 +89,32 @@ def merge_exchange_layers(n: int) -> tuple[tuple[tuple[int, int], ...], ...]:
     while p > 0:
         q, r, d = 1 << (t - 1), 0, p
         while True:
-            layer = tuple((i, i + d) for i in range(n - d) if i & p == r)
-            if layer:
-                layers.append(layer)
+            comps.extend((i, i + d) for i in range(n - d) if i & p == r)
             if q == p:
                 break
             d, q, r = q - p, q >> 1, p
         p >>= 1
-    return tuple(layers)
-
-
-def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
-    """The comparators of :func:`merge_exchange_layers`, flattened in order."""
-    return tuple(itertools.chain.from_iterable(merge_exchange_layers(n)))
+    return tuple(comps)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A pruned layered network on scratch rows ``0 .. n-1`` (the values) and ``n ..`` (temporaries).
+    """A pruned network with its scratch rows allocated.
 
-    Each layer is ``(copy_dst, copy_src, min_a, min_b, max_a, max_b)`` (tuples of row indices):
-    ``row[copy_dst] <- row[copy_src]``, then ``row[min_a] <- min(row[min_a], row[min_b])``, then
-    ``row[max_a] <- max(row[max_a], row[max_b])``, element-wise and pairwise. Afterwards row ``r``
-    holds the sorted value of rank ``r`` for every ``r`` in ``ranks``, and rows ``lo .. hi-1`` hold the
-    sorted values of ranks ``lo .. hi-1`` in some order.
+    Handles ``0 .. n-1`` name the input rows (read only), handles ``n .. n+slots-1`` scratch rows. Each
+    op is ``(is_max, a, b, out)``: ``out <- max(a, b)`` if ``is_max`` else ``min(a, b)``, element-wise.
+    After the ops, handle ``exact[t]`` holds the sorted values of rank ``ranks[t]`` and the handles
+    ``summed`` hold, in some order, the sorted values of ranks ``lo .. hi-1``.
     """
 
     n: int
     ranks: tuple[int, ...]
     lo: int
     hi: int
-    layers: tuple[tuple[tuple[int, ...], ...], ...]
-    temps: int
-
-    @property
-    def row_ops(self) -> int:
-        """Element-wise row operations per column block (copies of temporaries included)."""
-        return sum(len(ly[0]) + len(ly[2]) + len(ly[4]) for ly in self.layers)
+    ops: tuple[tuple[bool, int, int, int], ...]
+    exact: tuple[int, ...]
+    summed: tuple[int, ...]
+    slots: int
 
 
 _DEAD, _SUM, _EXACT = 0, 1, 2
@@ -132,12 +122,12 @@ _DEAD, _SUM, _EXACT = 0, 1, 2
 
 @lru_cache(maxsize=512)
 def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
-    """Prune :func:`merge_exchange_layers` to produce ``ranks`` and the sum of ranks ``lo .. hi-1``.
+    """Prune :func:`merge_exchange` to produce ``ranks`` and the sum of ranks ``lo .. hi-1``.
 
     Backwards from the outputs, each position is unused, only summed, or needed exactly. A comparator
     with both outputs unused, or both only summed (``min + max = a + b``), is dropped; one with a
     single used output becomes a lone ``min`` (``max``); the inputs of a kept comparator are needed
-    exactly.
+    exactly. Forwards, each produced value gets a scratch row, reusing rows whose value was consumed.
     """
     if any(not 0 <= r < n for r in ranks) or not (0 <= lo <= hi <= n):
         raise ValueError(f"ranks {ranks} / range [{lo}, {hi}) out of bounds for n={n}")
@@ -146,63 +136,53 @@ def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
         state[r] = _SUM
     for r in ranks:
         state[r] = _EXACT
-    layers, temps = [], 0
-    for layer in reversed(merge_exchange_layers(n)):
-        full, lo_only, hi_only = [], [], []
-        for i, j in layer:
-            si, sj = state[i], state[j]
-            if si == sj and si != _EXACT:
-                continue
-            (full if si and sj else lo_only if si else hi_only).append((i, j))
-            state[i] = state[j] = _EXACT
-        if not (full or lo_only or hi_only):
+    needed: list[tuple[int, int, bool, bool]] = []
+    for i, j in reversed(merge_exchange(n)):
+        si, sj = state[i], state[j]
+        if si == sj and si != _EXACT:
             continue
-        tmp = tuple(range(n, n + len(full)))
-        temps = max(temps, len(full))
-        layers.append((
-            tmp, tuple(i for i, _ in full),
-            tuple(i for i, _ in full + lo_only), tuple(j for _, j in full + lo_only),
-            tuple(j for _, j in full + hi_only), tmp + tuple(i for i, _ in hi_only),
-        ))
-    return Plan(n, ranks, lo, hi, tuple(reversed(layers)), temps)
+        needed.append((i, j, si != _DEAD, sj != _DEAD))
+        state[i] = state[j] = _EXACT
+    pos, free, slots = list(range(n)), [], 0
+    ops: list[tuple[bool, int, int, int]] = []
+
+    def fresh() -> int:
+        nonlocal slots
+        if free:
+            return free.pop()
+        slots += 1
+        return n + slots - 1
+
+    for i, j, need_lo, need_hi in reversed(needed):
+        a, b = pos[i], pos[j]
+        if need_lo and need_hi:
+            lo_out = fresh()  # a and b are both still read by the max
+            ops.append((False, a, b, lo_out))
+            hi_out = b if b >= n else fresh()
+            ops.append((True, a, b, hi_out))
+            if a >= n:
+                free.append(a)
+            pos[i], pos[j] = lo_out, hi_out
+        else:
+            keep, other = (a, b) if need_lo else (b, a)
+            out = keep if keep >= n else (other if other >= n else fresh())
+            ops.append((not need_lo, a, b, out))
+            if other != out and other >= n:
+                free.append(other)
+            pos[i if need_lo else j], pos[j if need_lo else i] = out, -1
+    return Plan(n, ranks, lo, hi, tuple(ops), tuple(pos[r] for r in ranks),
+                tuple(pos[r] for r in range(lo, hi)), slots)
 
 
 def default_block(x: torch.Tensor) -> int:
-    """Columns per block: 32 KB rows on CPU (the scratch stays in a core's L2 cache), 2^22 elsewhere."""
+    """Columns per block: 128 KB rows on CPU (single-threaded row ops, cache-resident scratch), else 2^22.
+
+    torch runs an element-wise op on one thread up to 32768 elements, so 32768 float32 (16384
+    float64) columns keep every row op single-threaded.
+    """
     if x.device.type != "cpu":
         return 1 << 22
-    return (1 << 15) // x.element_size()
-
-
-class _Scratch:
-    """Per-worker scratch rows and the tensor lists of every layer (built once per block width)."""
-
-    def __init__(self, pl: Plan, x: torch.Tensor, width: int) -> None:
-        self.buf = torch.empty((pl.n + pl.temps + 1, width), dtype=x.dtype, device=x.device)
-        self.pl, self.width = pl, width
-        self._views(width)
-
-    def _views(self, width: int) -> None:
-        rows = self.buf[:, :width].unbind(0)
-        self.s, self.acc = self.buf[: self.pl.n, :width], rows[-1]
-        self.layers = [tuple([rows[k] for k in idx] for idx in ly) for ly in self.pl.layers]
-
-    def run(self, x: torch.Tensor, combine: Combine, out: torch.Tensor) -> None:
-        if x.shape[1] != self.width:  # the last, narrower block
-            self.width = x.shape[1]
-            self._views(self.width)
-        self.s.copy_(x)
-        for cp_dst, cp_src, mn_a, mn_b, mx_a, mx_b in self.layers:
-            if cp_dst:
-                torch._foreach_copy_(cp_dst, cp_src)
-            if mn_a:
-                torch._foreach_minimum_(mn_a, mn_b)
-            if mx_a:
-                torch._foreach_maximum_(mx_a, mx_b)
-        acc = None
-        if self.pl.hi > self.pl.lo:
-            acc = torch.sum(self.s[self.pl.lo : self.pl.hi], dim=0, out=self.acc)
-        combine(self.s, acc, out)
+    return (1 << 17) // x.element_size()
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -221,15 +201,34 @@ def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, blo
     nblocks = -(-d // block)
     workers = min(torch.get_num_threads(), nblocks) if x.device.type == "cpu" else 1
     counter = itertools.count()  # blocks are handed out dynamically (next() is atomic under the GIL)
+    fns = (torch.minimum, torch.maximum)
+    ops, exact, summed, n = pl.ops, pl.exact, pl.summed, pl.n
+    placed = dict(zip(pl.ranks, range(len(exact)), strict=True))
 
     def work() -> None:
-        scratch = _Scratch(pl, x, min(block, d))
+        scratch = torch.empty((pl.slots + 1, min(block, d)), dtype=x.dtype, device=x.device)
+        width, rows = scratch.shape[1], list(scratch.unbind(0))
         with torch.no_grad():
             for b in iter(counter.__next__, None):
                 if b >= nblocks:
                     return
                 start, stop = b * block, min(d, (b + 1) * block)
-                scratch.run(x[:, start:stop], combine, out[start:stop])
+                if stop - start != width:  # the last, narrower block
+                    width, rows = stop - start, list(scratch[:, : stop - start].unbind(0))
+                src = [*x[:, start:stop].unbind(0), *rows[:-1]]
+                for is_max, i, j, o in ops:
+                    fns[is_max](src[i], src[j], out=src[o])
+                acc = None
+                if summed:
+                    acc = rows[-1]
+                    if len(summed) == 1:
+                        acc.copy_(src[summed[0]])
+                    else:
+                        torch.add(src[summed[0]], src[summed[1]], out=acc)
+                        for h in summed[2:]:
+                            acc.add_(src[h])
+                s = [src[exact[placed[r]]] if r in placed else None for r in range(n)]
+                combine(s, acc, out[start:stop])
 
     futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)] if workers > 1 else []
     work()
@@ -243,7 +242,7 @@ def _sort(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block:
         stop = min(d, start + block)
         s = x[:, start:stop].sort(dim=0).values
         acc = s[pl.lo : pl.hi].sum(dim=0) if pl.hi > pl.lo else None
-        combine(s, acc, out[start:stop])
+        combine(list(s.unbind(0)), acc, out[start:stop])
 
 
 @torch.no_grad()
@@ -258,13 +257,15 @@ def coordinatewise(
 ) -> torch.Tensor:
     """Per column of ``x`` ``(n, d)``: sorted values at ``ranks`` (+ sum of ranks ``summed=(lo, hi)``).
 
-    ``combine(s, partial_sum, out)`` is called once per block of ``w`` columns: ``s`` ``(n, w)`` holds
-    the sorted values at the requested ranks (its other rows are unspecified), ``partial_sum`` ``(w,)``
-    the sum of ranks ``lo .. hi-1`` (``None`` without ``summed``), and the ``out`` slice ``(w,)`` must
-    be filled. It may modify ``partial_sum`` but not ``s``, and may be called from several threads at
-    once (on disjoint blocks). Returns ``out`` ``(d,)`` with ``x``'s dtype and device. ``method``:
-    ``"network"``, ``"sort"`` or ``"auto"`` (network unless ``d < SMALL_D``); ``block``: columns per
-    block (default :func:`default_block`).
+    ``combine(s, partial_sum, out)`` is called once per block of ``w`` columns: ``s`` is a list of
+    ``n`` entries, ``s[r]`` ``(w,)`` being the sorted values of rank ``r`` for every requested rank
+    (other entries are None or unspecified); ``partial_sum`` ``(w,)`` is the sum of ranks
+    ``lo .. hi-1`` (``None`` without ``summed``); the ``out`` slice ``(w,)`` must be filled. It may
+    modify ``partial_sum`` but no ``s[r]``, and may run in several threads at once (disjoint blocks).
+
+    Returns ``out`` ``(d,)`` with ``x``'s dtype and device. ``method``: ``"network"``, ``"sort"`` or
+    ``"auto"`` (network unless ``d < SMALL_D``); ``block``: columns per block (default
+    :func:`default_block`). ``x`` must not contain NaN.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -48,13 +48,6 @@ def test_merge_exchange_sorts_every_zero_one_input(n):
         assert v == sorted(bits)
 
 
-def test_layers_are_disjoint():
-    for n in range(2, 65):
-        for layer in _order.merge_exchange_layers(n):
-            touched = [k for pair in layer for k in pair]
-            assert len(touched) == len(set(touched))
-
-
 def test_merge_exchange_sizes_match_knuth():
     # Batcher's merge-exchange comparator counts (Knuth, TAOCP 3, §5.3.4): n = 2^t gives
     # (t^2 - t + 4) 2^(t-2) - 1.
@@ -66,13 +59,17 @@ def test_merge_exchange_sizes_match_knuth():
 def test_pruning_keeps_only_what_is_needed():
     full = len(_order.merge_exchange(20))
     median = _order.plan(20, (9, 10))
-    minmax = sum(len(ly[2]) + len(ly[4]) for ly in median.layers)
-    assert 0 < minmax < 2 * full and median.row_ops == minmax + sum(len(ly[0]) for ly in median.layers)
-    assert _order.plan(20, (), 0, 20).layers == ()  # the sum of all ranks needs no comparator
+    assert 0 < len(median.ops) < 2 * full
+    assert _order.plan(20, (), 0, 20).ops == ()  # the sum of all ranks needs no comparator
     minimum = _order.plan(20, (0,))
-    assert minimum.row_ops == 19 and minimum.temps == 0  # a tournament of n - 1 lone min ops
-    assert all(not ly[4] for ly in minimum.layers)
-    assert median.temps <= 10
+    assert len(minimum.ops) == 19  # a tournament of n - 1 lone min ops
+    assert all(not is_max for is_max, *_ in minimum.ops)
+    assert median.slots <= 21
+    # every op reads handles already written (or input rows) and never writes an input row
+    written = set(range(20))
+    for _, a, b, o in median.ops:
+        assert a in written and b in written and o >= 20
+        written.add(o)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -89,7 +86,11 @@ def test_ranks_exact_vs_sort_with_ties_and_infinities(n, dtype):
     # several ranks at once, in any order
     ranks = [n - 1, 0, n // 2] if n > 2 else [0]
     seen = []
-    _order.coordinatewise(x, ranks, lambda s, a, o: seen.append(s.clone()), method="network", block=1000)
+
+    def keep(s, acc, out):
+        seen.append({r: s[r].clone() for r in ranks})
+
+    _order.coordinatewise(x, ranks, keep, method="network", block=1000)
     assert all(torch.equal(seen[0][r], ref[r]) for r in ranks)
 
 
@@ -150,9 +151,9 @@ def test_bad_arguments_raise():
         _order.coordinatewise(x, [0], _first, block=0)
 
 
-def test_default_block_is_cache_sized_on_cpu():
-    assert _order.default_block(torch.zeros(2, 2)) * 4 == 1 << 15
-    assert _order.default_block(torch.zeros(2, 2, dtype=torch.float64)) * 8 == 1 << 15
+def test_default_block_keeps_row_ops_single_threaded_on_cpu():
+    assert _order.default_block(torch.zeros(2, 2)) == 32768
+    assert _order.default_block(torch.zeros(2, 2, dtype=torch.float64)) == 16384
 
 
 def test_thread_count_does_not_change_results():
