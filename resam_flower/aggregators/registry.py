@@ -108,6 +108,7 @@ def _parse_stage(stage: str) -> tuple[str, dict[str, Any]]:
     try:
         call = ast.parse(f"_({inner})", mode="eval").body
         assert isinstance(call, ast.Call) and not call.args
+        assert all(kw.arg is not None for kw in call.keywords)  # no **mapping
         params = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
     except (SyntaxError, ValueError, AssertionError) as exc:
         raise ValueError(f"bad parameters in aggregator stage {stage!r}: use name(key=value, ...)") from exc

@@ -29,7 +29,8 @@ def parse_params(text: str) -> dict[str, Any]:
     try:
         call = ast.parse(f"_({text})", mode="eval").body
         assert isinstance(call, ast.Call) and not call.args
-        return {kw.arg.replace("-", "_"): ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+        assert all(kw.arg is not None for kw in call.keywords)  # no **mapping
+        return {kw.arg.replace("-", "_"): ast.literal_eval(kw.value) for kw in call.keywords}
     except (SyntaxError, ValueError, AssertionError) as exc:
         raise ValueError(f"cannot parse parameters {text!r}: use key=value, key2=value2") from exc
 
