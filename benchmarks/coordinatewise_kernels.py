@@ -6,8 +6,9 @@ Usage::
     .venv/bin/python benchmarks/coordinatewise_kernels.py --n 50 --f 10 --dtype float64 --peers
 
 Each figure is the median over ``--reps`` calls of ``time(rule) / time(x.sum(0))``, the read pass being
-timed right before each call (best of two) so that both see the same machine load. ``--peers`` adds
-torch built-ins and ByzFL (if installed) for comparison.
+timed right before each call (best of two) so that both see the same machine load. Rule calls include
+the non-finite-row screen every rule runs first (``_linalg.finite_rows``); "kernel only" rows leave it
+out. ``--peers`` adds the ``method="sort"`` path, torch built-ins and ByzFL (if installed).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from collections.abc import Callable
 
 import torch
 
-from resam_flower.aggregators.meamed import MeanAroundMedian
-from resam_flower.aggregators.median import CoordinateWiseMedian
-from resam_flower.aggregators.trimmed_mean import CoordinateWiseTrimmedMean
+from resam_flower.aggregators._linalg import finite_rows
+from resam_flower.aggregators.meamed import MeanAroundMedian, mean_around_median
+from resam_flower.aggregators.median import CoordinateWiseMedian, coordinate_wise_median
+from resam_flower.aggregators.trimmed_mean import CoordinateWiseTrimmedMean, coordinate_wise_trimmed_mean
 
 
 def _sync(device: torch.device) -> None:
@@ -63,12 +65,20 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(a.device)
     x = torch.randn(a.n, a.d, dtype=getattr(torch, a.dtype), device=device)
+    f = a.f
     rules: dict[str, Callable[[], object]] = {}
-    for method in ("network", "sort"):
-        for cls in (CoordinateWiseMedian, CoordinateWiseTrimmedMean, MeanAroundMedian):
-            rule = cls(a.f, method=method)
-            rules[f"{rule.name} [{method}]"] = lambda rule=rule: rule(x)
+    for cls in (CoordinateWiseMedian, CoordinateWiseTrimmedMean, MeanAroundMedian):
+        rule = cls(f)
+        rules[rule.name] = lambda rule=rule: rule(x)
+    # The same without the rules' non-finite-row screen (``_linalg.finite_rows``), and the screen alone.
+    rules["cwmed kernel only"] = lambda: coordinate_wise_median(x)
+    rules["cwtm kernel only"] = lambda: coordinate_wise_trimmed_mean(x, f)
+    rules["meamed kernel only"] = lambda: mean_around_median(x, f)
+    rules["finite_rows screen"] = lambda: finite_rows(x)
     if a.peers:
+        for cls in (CoordinateWiseMedian, CoordinateWiseTrimmedMean, MeanAroundMedian):
+            rule = cls(f, method="sort")
+            rules[f"{rule.name} [method=sort]"] = lambda rule=rule: rule(x)
         k = a.n // 2 + 1
         rules["torch.median(x, 0)"] = lambda: torch.median(x, 0)
         rules["x.sort(0)"] = lambda: x.sort(0)
@@ -84,7 +94,7 @@ def main() -> None:
           f"median of {a.reps}")
     for label, fn in rules.items():
         r, base = ratio(fn, x, a.reps)
-        print(f"  {label:<24} {r:6.1f}x   (read pass {base * 1e3:.2f} ms)", flush=True)
+        print(f"  {label:<26} {r:6.1f}x   (read pass {base * 1e3:.2f} ms)", flush=True)
 
 
 if __name__ == "__main__":
