@@ -11,9 +11,10 @@ probabilistic bound on float32 dot products, Higham & Mary 2019; MKL measures ab
 inputs are close to each other but far from the origin (momentums of honest workers, duplicated rows of a
 mimic attack) that error can swamp ``D_ij``. The guard estimates, for every pair,
 ``psi_ij = u * (G_ii + G_jj) / max(D_ij, min(r_i, r_j))``, where ``u`` is the bound above and ``r_i`` is the
-median squared distance of row ``i`` to the others (the scale its decisions are made at; a duplicate pair,
-``D_ij = 0``, is judged against it). If ``max psi_ij > rtol`` (default ``1e-2``) the Gram matrix is
-recomputed:
+lower median squared distance of row ``i`` to the others. With ``n > 2f``, ``r_i`` of an honest row is at
+most the squared diameter of the honest rows, the scale of RESAM's bound; the rules here decide at the
+scale of neighbourhoods of ``n - f >= n/2`` inputs, never below it. A duplicate pair (``D_ij = 0``) is
+judged against ``r``. If ``max psi_ij > rtol`` (default ``1e-2``) the Gram matrix is recomputed:
 
 1. ``"centred"``: around a central row ``x_r`` (smallest median distance), in column blocks of
    :data:`BLOCK`: ``(x - x_r)`` in the input dtype, products accumulated across blocks in float64. Errors are
@@ -21,7 +22,9 @@ recomputed:
    Checked again with the block length in place of ``d``.
 2. ``"exact"``: the same centred blocks promoted to float64 (about 4x the fast path); always accepted.
 
-``last_info["distances"]`` of every rule reports the method used and the estimated relative error.
+``last_info["distances"]`` of every rule reports the method used, ``last_info["distance_error"]`` the
+estimated ``max psi``. Rows are screened on the same Gram diagonal (a row is non-finite iff its squared
+norm is), so a call costs one pass over ``x`` plus whatever the rule itself needs.
 The fast path is taken only when float32 matmuls run in full IEEE precision (TF32/bf16 disabled, the
 PyTorch default); otherwise the first Gram matrix is computed in float64 blocks.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._linalg import pairwise_sq_distances, weighted_sum
+from ._linalg import Pairwise, pairwise_sq_distances, weighted_sum
 from .base import Aggregator, check_int
 
 __all__ = ["Krum", "MultiKrum", "krum_scores"]
@@ -46,7 +46,7 @@ class _KrumBase(Aggregator):
             )
         return max(k, 0)
 
-    def _scores(self, x: torch.Tensor, f: int):
+    def _scores(self, x: torch.Tensor, f: int) -> tuple[Pairwise, torch.Tensor]:
         self.check(x.shape[0], f)
         p = pairwise_sq_distances(x, f, self.name)
         self.last_info.update(p.info())

@@ -1,0 +1,118 @@
+"""Speed of the distance-based rules, as a ratio to one read pass over the input (``x.sum(0)``).
+
+Usage::
+
+    python benchmarks/distance_kernels.py                       # n=20, d=1e6, f=4, float32, CPU, vs ByzFL
+    python benchmarks/distance_kernels.py --device cuda --d 11000000 --no-byzfl
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/distance_kernels.py   # huge pages for large CPU tensors
+
+Timings are medians over ``--reps`` interleaved rounds (every rule once per round), so that a noisy,
+shared machine affects all rules alike. Three inputs are measured: ``random`` (i.i.d. Gaussian rows: the
+fast Gram path), ``close`` (rows at distance ~1% of their norms, as momentums late in training: the
+centred Gram path of the precision guard) and ``mimic`` (random rows, ``f`` of them duplicates of row 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from resam_flower.aggregators import build
+
+RULES = ["krum", "multikrum", "nnm", "gm", "mda", "monna", "bulyan"]
+BYZFL = {
+    "krum": lambda f: __import__("byzfl").Krum(f),
+    "multikrum": lambda f: __import__("byzfl").MultiKrum(f),
+    "nnm": lambda f: __import__("byzfl").NNM(f),
+    "gm": lambda f: __import__("byzfl").GeometricMedian(),
+    "mda": lambda f: __import__("byzfl").MDA(f),
+    "monna": lambda f: __import__("byzfl").MoNNA(f),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_times(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _component(name: str, f: int):
+    if name == "nnm":
+        return build("nnm+mean", f=f).pre[0]
+    return build(name, f=f)
+
+
+def _input(kind: str, n: int, d: int, f: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    if kind == "close":
+        x = torch.randn(d, generator=g, dtype=dtype) + 0.01 * x
+    elif kind == "mimic":
+        x[n - f :] = x[0]
+    return x.to(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--d", type=int, default=1_000_000)
+    ap.add_argument("--f", type=int, default=4)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--byzfl-reps", type=int, default=3)
+    ap.add_argument("--no-byzfl", action="store_true", help="skip the ByzFL 0.0.11 comparison")
+    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--inputs", default="random,close,mimic", help="which inputs to measure")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    rules = [r for r in args.rules.split(",") if r]
+    n, d, f = args.n, args.d, args.f
+    print(f"n={n} d={d:,} f={f} {args.dtype} {device} threads={torch.get_num_threads()}")
+    for kind in args.inputs.split(","):
+        x = _input(kind, n, d, f, dtype, device)
+        comps = {r: _component(r, f) for r in rules if not (r == "bulyan" and n < 4 * f + 3)}
+        fns: dict[str, Callable[[], object]] = {"read pass": lambda x=x: x.sum(0)}
+        fns |= {r: (lambda c=c, x=x: c(x)) for r, c in comps.items()}
+        ours = _median_times(fns, args.reps, device)
+        base = ours["read pass"]
+        theirs: dict[str, float] = {}
+        if kind == "random" and not args.no_byzfl:
+            ref = {r: BYZFL[r](f) for r in comps if r in BYZFL}
+            theirs = _median_times(
+                {"read pass": lambda x=x: x.sum(0)} | {r: (lambda a=a, x=x: a(x)) for r, a in ref.items()},
+                args.byzfl_reps,
+                device,
+            )
+            theirs = {k: v / theirs["read pass"] for k, v in theirs.items()}
+        print(f"\n[{kind}] read pass {base * 1e3:.2f} ms")
+        print(f"{'rule':10s} {'ours':>8s} {'byzfl':>8s} {'speedup':>8s}  distances")
+        for r, c in comps.items():
+            mine = ours[r] / base
+            other = theirs.get(r)
+            extra = f"{other:7.1f}x {other / mine:7.1f}x" if other else f"{'-':>8s} {'-':>8s}"
+            print(f"{r:10s} {mine:7.2f}x {extra}  {c.last_info.get('distances')}")
+
+
+if __name__ == "__main__":
+    main()
