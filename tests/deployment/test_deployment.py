@@ -13,145 +13,67 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from resam_flower.deploy.credentials import generate_credentials
-from resam_flower.deploy.processes import ProcessGroup, flower_env, free_port, health_ok, wait_until
+from resam_flower.deploy.loopback import LoopbackFederation
+from resam_flower.deploy.processes import health_ok, wait_until
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
 ROUNDS = 3
 HONEST = 3
-CONNECTION = "resam-tls"
-
-
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} not installed next to {sys.executable}")
-    return str(path)
-
-
-def _flower_config(cli_home: Path, port: int, ca_cert: Path) -> None:
-    """The ``flwr`` CLI's SuperLink connection (Flower 1.42 keeps it in ``$FLWR_HOME/config.toml``)."""
-    cli_home.mkdir(parents=True, exist_ok=True)
-    (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{HOST}:{port}"\nroot-certificates = "{ca_cert}"\n'
-    )
 
 
 def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
-    flwr, superlink_bin, supernode_bin = _tool("flwr"), _tool("flower-superlink"), _tool("flower-supernode")
+    for tool in ("flwr", "flower-superlink", "flower-supernode"):
+        if not (Path(sys.executable).parent / tool).exists():
+            pytest.skip(f"{tool} not installed next to {sys.executable}")
     t0 = time.monotonic()
-    creds = generate_credentials(tmp_path / "certs", nodes=HONEST + 2)  # the last key is never registered
-    port = free_port(HOST)
-    cli_home = tmp_path / "cli"
-    _flower_config(cli_home, port, creds.ca_cert)
     results = tmp_path / "results"
-    procs = ProcessGroup(tmp_path / "logs")
-    try:
+    with LoopbackFederation(tmp_path, num_keys=HONEST + 2) as fed:  # the last key is never registered
         # SuperLink: TLS on its single HTTPS port (Fleet, Control, Runtime APIs), SuperNode auth on.
-        (tmp_path / "link").mkdir()
-        link = procs.start(
-            "superlink",
-            [
-                superlink_bin,
-                "--ssl-ca-certfile", str(creds.ca_cert),
-                "--ssl-certfile", str(creds.server_cert),
-                "--ssl-keyfile", str(creds.server_key),
-                "--enable-supernode-auth",
-                "--disable-runtime-dependency-installation",
-                "--host", HOST,
-                "--port", str(port),
-                "--database", str(tmp_path / "link" / "state.db"),
-            ],
-            env=flower_env(tmp_path / "link"),
-            cwd=tmp_path / "link",
-        )
-        wait_until(lambda: health_ok(HOST, port, creds.ca_cert), 90, "SuperLink (TLS)", [link])
+        fed.start_superlink()
         t_link = time.monotonic() - t0
-        assert not health_ok(HOST, port), "the SuperLink must not answer plain HTTP"
-
-        # Register the SuperNodes' public keys through the Control API (flwr CLI), all at once.
-        registered = creds.node_public_keys[: HONEST + 1]
-        registrations = [
-            subprocess.Popen(
-                [flwr, "supernode", "register", str(key), CONNECTION, "--format", "json"],
-                env=flower_env(cli_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            )
-            for key in registered
-        ]
-        for reg in registrations:
-            out, _ = reg.communicate(timeout=90)
-            assert reg.returncode == 0 and '"success": true' in out, out
-
+        assert not health_ok("127.0.0.1", fed.port), "the SuperLink must not answer plain HTTP"
+        # Register the SuperNodes' public keys through the Control API (flwr supernode register).
+        fed.register(fed.creds.node_public_keys[: HONEST + 1])
         # SuperNodes: partition i of HONEST + 1; the last one flips the sign of its momentum.
-        for i, key in enumerate(creds.node_private_keys[: HONEST + 1]):
+        for i, key in enumerate(fed.creds.node_private_keys[: HONEST + 1]):
             node_config = f"partition-id={i} num-partitions={HONEST + 1}"
-            if i == HONEST:
-                node_config += " byzantine='sf'"
-            home = tmp_path / f"node-{i}"
-            home.mkdir()
-            procs.start(
-                f"supernode-{i}",
-                [
-                    supernode_bin,
-                    "--superlink", f"{HOST}:{port}",
-                    "--root-certificates", str(creds.ca_cert),
-                    "--auth-supernode-private-key", str(key),
-                    "--node-config", node_config,
-                    "--port", str(free_port(HOST)),
-                ],
-                env=flower_env(home),
-                cwd=home,
-            )
-        intruder_home = tmp_path / "intruder"
-        intruder_home.mkdir()
-        intruder = procs.start(
-            "intruder",
-            [
-                supernode_bin,
-                "--superlink", f"{HOST}:{port}",
-                "--root-certificates", str(creds.ca_cert),
-                "--auth-supernode-private-key", str(creds.node_private_keys[-1]),
-                "--node-config", "partition-id=0 num-partitions=4",
-                "--port", str(free_port(HOST)),
-                "--max-retries", "2",
-                "--max-wait-time", "30",
-            ],
-            env=flower_env(intruder_home),
-            cwd=intruder_home,
-        )
-
+            node_config += " byzantine='sf'" if i == HONEST else ""
+            fed.start_supernode(f"supernode-{i}", key, node_config)
+        bounded = ("--max-retries", "2", "--max-wait-time", "30")
+        intruders = {
+            "intruder": fed.start_supernode(
+                "intruder", fed.creds.node_private_keys[-1], "partition-id=0 num-partitions=4", *bounded
+            ),
+            "keyless": fed.start_supernode("keyless", None, "partition-id=0 num-partitions=4", *bounded),
+        }
         # The run: `flwr run .` from the repository root against the TLS connection.
+        t_run = time.monotonic() - t0
         run_config = (
             f"num-server-rounds={ROUNDS} dataset='digits' model='mlp' num-clients={HONEST + 1} "
             "num-byzantine=1 attack='none' aggregator='nnm+cwtm' momentum=0.9 lr=1.0 batch-size=32 "
             f"eval-every=1 seed=0 results-dir='{results}' run-name='deployment'"
         )
-        t_run = time.monotonic() - t0
-        run = procs.start(
-            "flwr-run",
-            [flwr, "run", ".", CONNECTION, "--stream", "--run-config", run_config],
-            env=flower_env(cli_home),
-            cwd=REPO,
-        )
+        run = fed.flwr_run(REPO, run_config)
         summary_path = results / "deployment" / "summary.json"
-        wait_until(summary_path.exists, 240, f"summary.json (flwr run log:\n{procs.log('flwr-run')[-3000:]})")
-        wait_until(lambda: run.poll() is not None, 60, "flwr run --stream to end")
-        wait_until(lambda: intruder.poll() is not None, 60, "the unregistered SuperNode to give up")
+        try:
+            wait_until(summary_path.exists, 360, "summary.json", [run])
+            wait_until(lambda: run.poll() is not None, 60, "flwr run --stream to end")
+            refused = lambda: all(p.poll() is not None for p in intruders.values())  # noqa: E731
+            wait_until(refused, 60, "the intruders to give up")
+        finally:
+            logs = {name: fed.procs.log(name) for name in fed.procs.procs}
+            if not summary_path.exists():
+                for name, text in logs.items():
+                    print(f"----- {name} -----\n{text[-2000:]}")
         elapsed = time.monotonic() - t0
-    finally:
-        procs.stop()
 
     summary = json.loads(summary_path.read_text())
     rows = list(csv.DictReader((results / "deployment" / "metrics.csv").open()))
@@ -165,14 +87,16 @@ def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
     assert [int(float(r["valid"])) for r in rows] == [HONEST + 1] * ROUNDS
     assert summary["excluded_replies"] == 0 and summary["byzantine_nodes"] == []
     # The attack happened, from the node's own config: one sign-flipped reply per round, from that node only.
-    assert procs.log(f"supernode-{HONEST}").count("sent a sf-corrupted update") == ROUNDS
+    assert logs[f"supernode-{HONEST}"].count("sent a sf-corrupted update") == ROUNDS
     for i in range(HONEST):
-        assert "corrupted update" not in procs.log(f"supernode-{i}")
-    # The SuperNode with an unregistered key was refused.
-    assert intruder.returncode not in (0, None)
-    assert "Failed to activate SuperNode" in procs.log("intruder"), procs.log("intruder")[-2000:]
+        assert "corrupted update" not in logs[f"supernode-{i}"]
+    # The SuperNode with an unregistered key, and one with no key, were refused.
+    for name, proc in intruders.items():
+        assert proc.returncode not in (0, None), name
+        assert "could not establish a connection to the SuperLink" in logs[name], logs[name][-2000:]
+    assert "Failed to activate SuperNode" in logs["intruder"]
     print(
         f"deployment: SuperLink up at {t_link:.0f}s, flwr run at {t_run:.0f}s, done at {elapsed:.0f}s; "
         f"test accuracy {summary['initial_test_accuracy']:.3f} -> {summary['final_test_accuracy']:.3f}"
     )
-    shutil.rmtree(tmp_path / "certs", ignore_errors=True)  # private keys do not outlive the test
+    shutil.rmtree(fed.creds.ca_cert.parent, ignore_errors=True)  # private keys do not outlive the test

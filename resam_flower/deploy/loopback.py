@@ -1,0 +1,183 @@
+"""A whole secure deployment on one machine: TLS SuperLink, authenticated SuperNodes, ``flwr run .``.
+
+The same commands as ``docs/DEPLOYMENT.md``, on 127.0.0.1 with ports picked at run time and one
+``FLWR_HOME`` per process, so that the deployment runtime can be tried (and tested) without devices::
+
+    python -m resam_flower.deploy.loopback --nodes 4 --byzantine sf --rounds 5
+
+starts a SuperLink (``--enable-supernode-auth``, TLS from :mod:`resam_flower.deploy.credentials`), registers
+the SuperNodes' public keys with ``flwr supernode register``, starts the SuperNodes (the last ``--byzantine``
+ones with ``byzantine='<attack>'`` in their node config), runs ``flwr run . <connection> --stream`` from the
+app folder, and stops every process (with what it spawned) on exit, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .credentials import Credentials, generate_credentials
+from .processes import ProcessGroup, flower_env, free_port, health_ok, wait_until
+
+__all__ = ["LoopbackFederation", "superlink_command", "supernode_command", "flower_config_toml", "main"]
+
+HOST = "127.0.0.1"
+CONNECTION = "resam-tls"
+
+
+def _bin(name: str) -> str:
+    """The Flower script next to this interpreter (a venv's bin/), else the name for PATH lookup."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def superlink_command(creds: Credentials, host: str, port: int, database: str | Path) -> list[str]:
+    """``flower-superlink`` with TLS and SuperNode authentication, no runtime ``uv sync``."""
+    return [
+        _bin("flower-superlink"),
+        "--ssl-ca-certfile", str(creds.ca_cert),
+        "--ssl-certfile", str(creds.server_cert),
+        "--ssl-keyfile", str(creds.server_key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--host", host,
+        "--port", str(port),
+        "--database", str(database),
+    ]  # fmt: skip
+
+
+def supernode_command(
+    superlink: str, ca_cert: str | Path, private_key: str | Path | None, node_config: str, port: int
+) -> list[str]:
+    """``flower-supernode`` verifying the SuperLink with ``ca_cert``, signing with ``private_key`` if any."""
+    auth = ["--auth-supernode-private-key", str(private_key)] if private_key is not None else []
+    return [
+        _bin("flower-supernode"),
+        "--superlink", superlink,
+        "--root-certificates", str(ca_cert),
+        *auth,
+        "--node-config", node_config,
+        "--port", str(port),  # this SuperNode's local Runtime API (one per SuperNode on a machine)
+    ]  # fmt: skip
+
+
+def flower_config_toml(address: str, ca_cert: str | Path, name: str = CONNECTION) -> str:
+    """A Flower 1.42 config (``$FLWR_HOME/config.toml``) whose default connection is this SuperLink."""
+    return (
+        f'[superlink]\ndefault = "{name}"\n\n'
+        f'[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{Path(ca_cert).resolve()}"\n'
+    )
+
+
+class LoopbackFederation:
+    """SuperLink + SuperNodes on 127.0.0.1 in ``workdir``; a context manager that stops them all on exit."""
+
+    def __init__(self, workdir: str | Path, num_keys: int, timeout: float = 90.0) -> None:
+        self.workdir = Path(workdir)
+        self.timeout = timeout
+        self.creds = generate_credentials(self.workdir / "certs", nodes=num_keys)
+        self.port = free_port(HOST)
+        self.address = f"{HOST}:{self.port}"
+        self.cli_home = self.workdir / "cli"
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        (self.cli_home / "config.toml").write_text(flower_config_toml(self.address, self.creds.ca_cert))
+        self.procs = ProcessGroup(self.workdir / "logs")
+
+    def _home(self, name: str) -> Path:
+        home = self.workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def start_superlink(self) -> subprocess.Popen:
+        """Start the SuperLink and wait until its HTTPS health endpoint answers."""
+        home = self._home("superlink")
+        link = self.procs.start(
+            "superlink",
+            superlink_command(self.creds, HOST, self.port, home / "state.db"),
+            env=flower_env(home),
+            cwd=home,
+        )
+        wait_until(lambda: health_ok(HOST, self.port, self.creds.ca_cert), self.timeout, "SuperLink", [link])
+        return link
+
+    def register(self, public_keys: Sequence[Path]) -> None:
+        """``flwr supernode register <key>.pub`` for every key (concurrently); raise if one fails."""
+        flwr, env = _bin("flwr"), flower_env(self.cli_home)
+        cmds = [[flwr, "supernode", "register", str(k), CONNECTION, "--format", "json"] for k in public_keys]
+        pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        running = [subprocess.Popen(c, env=env, **pipe) for c in cmds]
+        for cmd, proc in zip(cmds, running, strict=True):
+            try:
+                out, _ = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode != 0 or '"success": true' not in out:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{out}")
+
+    def start_supernode(self, name: str, key: Path | None, node_config: str, *extra: str) -> subprocess.Popen:
+        """Start one SuperNode with its own ``FLWR_HOME`` and Runtime API port (``key=None``: no key)."""
+        home = self._home(name)
+        cmd = supernode_command(self.address, self.creds.ca_cert, key, node_config, free_port(HOST))
+        return self.procs.start(name, [*cmd, *extra], env=flower_env(home), cwd=home)
+
+    def flwr_run(self, app_dir: str | Path, run_config: str) -> subprocess.Popen:
+        """Start ``flwr run . resam-tls --stream --run-config ...`` in ``app_dir`` (log: ``flwr-run``)."""
+        cmd = [_bin("flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config]
+        return self.procs.start("flwr-run", cmd, env=flower_env(self.cli_home), cwd=app_dir)
+
+    def __enter__(self) -> LoopbackFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.procs.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: run the default app on a loopback federation with TLS and SuperNode authentication."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=4, help="SuperNodes (default 4)")
+    parser.add_argument("--byzantine", default="sf", help="attack of the Byzantine nodes: sf, lf, ...")
+    parser.add_argument("--num-byzantine", type=int, default=1, help="Byzantine SuperNodes (default 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="num-server-rounds (default 5)")
+    parser.add_argument("--run-config", default="", help="more run config, e.g. \"lr=0.5 aggregator='cwtm'\"")
+    parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
+    parser.add_argument("--workdir", default=None, help="certs, logs, results (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.num_byzantine < args.nodes:
+        raise SystemExit(f"--num-byzantine must be in [0, {args.nodes - 1}], got {args.num_byzantine}")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="resam-loopback-")).resolve()
+    run_config = (
+        f"num-server-rounds={args.rounds} num-clients={args.nodes} num-byzantine={args.num_byzantine} "
+        f"attack='none' dataset='digits' model='mlp' eval-every=1 results-dir='{workdir / 'results'}' "
+        f"run-name='loopback' {args.run_config}"
+    )
+    print(f"loopback federation in {workdir} (logs in {workdir / 'logs'})")
+    with LoopbackFederation(workdir, args.nodes) as fed:
+        fed.start_superlink()
+        fed.register(fed.creds.node_public_keys)
+        for i, key in enumerate(fed.creds.node_private_keys):
+            config = f"partition-id={i} num-partitions={args.nodes}"
+            if i >= args.nodes - args.num_byzantine:
+                config += f" byzantine='{args.byzantine}'"
+            fed.start_supernode(f"supernode-{i}", key, config)
+        run = fed.flwr_run(Path(args.app).resolve(), run_config)
+        log_path = fed.procs.log_dir / "flwr-run.log"
+        shown = 0
+        while run.poll() is None:  # follow the run's log until `flwr run --stream` ends
+            time.sleep(1)
+            text = log_path.read_text(errors="replace")
+            print(text[shown:], end="", flush=True)
+            shown = len(text)
+        print(log_path.read_text(errors="replace")[shown:], end="")
+    summary = workdir / "results" / "loopback" / "summary.json"
+    print(f"\nsummary: {summary}" if summary.exists() else "\nno summary was written (see the logs)")
+
+
+if __name__ == "__main__":
+    main()
