@@ -197,7 +197,7 @@ def _memory(case: str, args: argparse.Namespace) -> int | str:
     if args.device == "cuda":
         return probe_memory(case, args.n, args.d, args.f, "cuda")
     cmd = [sys.executable, __file__, "--probe", case, "--n", str(args.n), "--d", str(args.d),
-           "--f", str(args.f)]
+           "--f", str(args.f), "--threads", str(torch.get_num_threads())]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     if res.returncode:
         return "error: " + (res.stderr.strip().splitlines() or ["?"])[-1][:80]
@@ -288,9 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-byzfl", action="store_true")
     ap.add_argument("--no-flower", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.d = args.d or (11_000_000 if args.device == "cuda" else 1_000_000)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.probe:
         print(probe_memory(args.probe, args.n, args.d, args.f, args.device))
         return 0
