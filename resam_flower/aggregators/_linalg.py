@@ -134,7 +134,8 @@ def drop_nonfinite(
 ) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
     """Drop the rows where ``ok`` is False; return ``(x, f - k, k, g)`` with ``g`` restricted too.
 
-    Raises :class:`NonFiniteInputError` when ``k > f``.
+    Raises :class:`NonFiniteInputError` when ``k > f``, or when every input is non-finite (nothing is left
+    to aggregate, even if ``k <= f``).
     """
     k = int((~ok).sum())
     if k == 0:
@@ -143,6 +144,8 @@ def drop_nonfinite(
         raise NonFiniteInputError(
             f"{name}: {k} of {x.shape[0]} inputs are non-finite, more than f={f}"
         )
+    if k == x.shape[0]:
+        raise NonFiniteInputError(f"{name}: all {k} inputs are non-finite (n=0 left)")
     idx = ok.nonzero().squeeze(1).to(x.device)
     x = x.index_select(0, idx)
     if g is not None:
