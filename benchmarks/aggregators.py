@@ -206,7 +206,7 @@ def _memory(case: str, args: argparse.Namespace) -> int | str:
 
 def _verdict(case: str, ratio: float | None, speedup: float | None, device: str) -> str:
     fails, checked = [], False
-    bound = GPU_RATIO if device == "cuda" else CPU_RATIO.get(case)
+    bound = (GPU_RATIO if case in RULES else None) if device == "cuda" else CPU_RATIO.get(case)
     if bound is not None and ratio is not None:
         checked = True
         if ratio > bound:
