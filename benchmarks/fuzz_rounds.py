@@ -51,7 +51,7 @@ def build(rule: str, f: int, adversary: bool, seed: int) -> ResilientAveraging:
 def plan_for(rng: np.random.Generator, num_nodes: int, max_replies: int) -> list[tuple[str, int, int]]:
     count = int(rng.integers(0, max_replies + 1))
     weights = np.ones(len(KINDS))
-    weights[0] = 8.0  # mostly honest replies, so that rules actually run
+    weights[0] = 20.0  # mostly honest replies, so that rules actually run
     weights /= weights.sum()
     return [
         (
@@ -80,6 +80,7 @@ def main() -> None:
     strategies: dict[tuple, ResilientAveraging] = {}
     stats: dict[str, Counter] = defaultdict(Counter)
     failures: list[dict] = []
+    skip_reasons: Counter = Counter()
     t0 = time.perf_counter()
     for i in range(args.rounds):
         rule = args.rules[i % len(args.rules)]
@@ -118,6 +119,9 @@ def main() -> None:
                              "what": what, "error": str(exc)})  # fmt: skip
             continue
         stats[rule]["aggregated" if out.arrays is not None else "skipped"] += 1
+        if out.arrays is None:
+            reason = strategy.round_log[-1]["skipped"]
+            skip_reasons["too few valid replies" if "needs" in reason else reason.split(":")[0]] += 1
         stats[rule]["replies"] += out.received
     wall = time.perf_counter() - t0
 
@@ -130,12 +134,19 @@ def main() -> None:
     print(f"{'rule':22s}" + "".join(f"{c:>11s}" for c in cols))
     for rule, c in [*((r, stats[r]) for r in args.rules), ("total", total)]:
         print(f"{rule:22s}" + "".join(f"{c[k]:11d}" for k in cols))
+    print("skipped rounds by reason: " + ", ".join(f"{k}: {v}" for k, v in skip_reasons.most_common()))
     distinct = Counter((f["what"], f["error"]) for f in failures)
     for (what, error), count in distinct.most_common(args.show):
         example = next(f for f in failures if (f["what"], f["error"]) == (what, error))
         print(f"\n{count} x {what}: {error}\n  e.g. {json.dumps(example)[:1500]}")
     if args.json:
-        report = {"rounds": args.rounds, "seed": args.seed, "wall_s": wall, "stats": stats}
+        report = {
+            "rounds": args.rounds,
+            "seed": args.seed,
+            "wall_s": wall,
+            "stats": stats,
+            "skips": skip_reasons,
+        }
         Path(args.json).write_text(json.dumps({**report, "failures": failures[:50]}, indent=1))
     sys.exit(1 if total["crash"] or total["internal"] or total["violation"] else 0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -326,8 +327,8 @@ class ResilientAveraging(FedAvg):
         self, server_round: int, theta: torch.Tensor, agg: torch.Tensor, entry: dict[str, Any]
     ) -> ArrayRecord | None:
         agg = agg.to(theta.dtype)
-        norm = float(torch.linalg.vector_norm(agg))
-        if not torch.isfinite(torch.tensor(norm)):
+        norm = float(torch.linalg.vector_norm(agg, dtype=torch.float64))  # float32 squares overflow at 1.8e19
+        if not math.isfinite(norm):
             entry["skipped"] = "aggregate is not finite"
             return None
         if self.max_update_norm is not None and norm > self.max_update_norm:
@@ -339,6 +340,9 @@ class ResilientAveraging(FedAvg):
         else:
             new_theta = theta + lr * agg
         entry.update({"lr": lr, "aggregate-norm": norm})
+        if not bool(torch.isfinite(new_theta).all()):
+            entry["skipped"] = "the step overflows the model's dtype"
+            return None
         assert self._arrays is not None and self._spec is not None
         return self._spec.unflatten(new_theta, like=self._arrays)
 

@@ -4,11 +4,12 @@ Node ``i`` (partition ``i``) has node id ``1000 + i``; each node keeps its own `
 ``momentum_mod`` keeps momentum in ``context.state`` as in Flower's simulation). ``fail(round, node)``
 simulates a node that does not answer (crash, timeout: its reply is missing); ``error(round, node)`` one
 whose ClientApp raised (an error reply, as Flower sends back). ``delay`` sleeps after each round's replies
-(kill tests).
+(kill tests). Replies come back in reverse order, or shuffled with ``shuffle_seed``.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 
@@ -31,6 +32,7 @@ class InlineGrid:
         fail: NodePredicate | None = None,
         error: NodePredicate | None = None,
         delay: float = 0.0,
+        shuffle_seed: int | None = None,
     ) -> None:
         self.app = app
         self.ids = [1000 + i for i in range(num_nodes)]
@@ -48,6 +50,7 @@ class InlineGrid:
         self.error = error
         self.delay = delay
         self.calls = 0
+        self._shuffle = None if shuffle_seed is None else random.Random(shuffle_seed)
 
     def get_node_ids(self) -> list[int]:
         return list(self.ids)
@@ -69,6 +72,9 @@ class InlineGrid:
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
+        if self._shuffle is not None:
+            self._shuffle.shuffle(replies)
+            return replies
         return replies[::-1]  # arrival order differs from send order: the strategy must not depend on it
 
     def reset_states(self) -> None:

@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import json, logging, sys
+import torch
 cfg, backend, delay = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 logging.getLogger("flwr").setLevel(logging.ERROR)
+torch.set_num_threads(1)  # bit-identity holds at a fixed intra-op thread count
 if backend == "inline":
     from resam_flower.app.config import ExperimentConfig
     from resam_flower.app.server_app import run_experiment
