@@ -1,0 +1,230 @@
+"""Experiment grids: a TOML file in ``simulations/`` expanded into cells, one Flower simulation each.
+
+File format (keys of ``[base]``, ``[grid]`` and ``[[include]]`` are the run-config keys of
+:class:`~resam_flower.app.config.ExperimentConfig`, kebab-case)::
+
+    # top-level (before any [table], as TOML requires): drop cells matching every key of one entry
+    exclude = [{aggregator = "mean", momentum = 0.0}]
+
+    [sweep]
+    name = "demo"                 # results go to <results>/<name>/<cell>/
+    results = "results"           # optional root (default "results"; the CLI's --results overrides it)
+    description = "..."           # optional
+
+    [base]                        # every cell starts from these values (the app's defaults fill the rest)
+    dataset = "mnist"
+    num-server-rounds = 60
+
+    [grid]                        # Cartesian product of the lists (a scalar is a one-value list)
+    aggregator = ["cwtm", "nnm+cwtm"]
+    momentum = [0.0, 0.9]
+    # a list of tables varies several keys together (zipped, not crossed):
+    setting = [{num-clients = 13, num-byzantine = 3}, {num-clients = 17, num-byzantine = 4}]
+
+    [[include]]                   # extra cells, each over [base] (lists inside are crossed too)
+    attack = "none"
+    momentum = [0.0, 0.9]
+
+The semantics of ``include``/``exclude`` are those of a CI build matrix. Each cell gets a name built from
+the keys that vary across the sweep (``nnm_cwtm__alie__b0.9__s0``); it is its results folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..app.config import ExperimentConfig
+
+__all__ = ["Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_config"]
+
+#: Keys shown first in cell names (others follow in sorted order), with their name prefix.
+NAME_KEYS: dict[str, str] = {
+    "dataset": "",
+    "model": "",
+    "partitioner": "",
+    "alpha": "a",
+    "num-clients": "n",
+    "num-byzantine": "f",
+    "aggregator": "",
+    "attack": "",
+    "attack-params": "",
+    "momentum": "b",
+    "lr": "lr",
+    "batch-size": "bs",
+    "seed": "s",
+}
+#: Keys that never enter the comparison of a finished cell's config (where results live is not what ran).
+IGNORED_KEYS = frozenset({"results-dir"})
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment of a sweep: its name (= results folder) and its full run config (kebab-case)."""
+
+    name: str
+    config: dict[str, Any]
+    #: the values that vary across the sweep (what distinguishes this cell).
+    varying: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sweep:
+    """A parsed experiment file."""
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    include: list[dict[str, Any]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    results: str = "results"
+    description: str = ""
+    source: str = ""
+
+    def cells(self, results_root: str | Path | None = None) -> list[Cell]:
+        """The expanded cells, with ``results-dir = <root>/<name>`` and ``run-name = <cell name>``."""
+        return expand(self, results_root)
+
+    def directory(self, results_root: str | Path | None = None) -> Path:
+        """``<root>/<name>``: where this sweep's cell folders live."""
+        return Path(results_root if results_root is not None else self.results) / self.name
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError(f"grid key {key!r} has an empty list of values")
+    return values
+
+
+def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cartesian product; a list of tables contributes its tables' keys together (zipped group)."""
+    axes: list[list[dict[str, Any]]] = []
+    for key, value in grid.items():
+        options = []
+        for v in _as_list(key, value):
+            if isinstance(v, dict):
+                if any(isinstance(x, (list, dict)) for x in v.values()):
+                    raise ValueError(f"grid group {key!r}: values inside a group table must be scalars")
+                options.append(dict(v))
+            else:
+                options.append({key: v})
+        axes.append(options)
+    out = []
+    for combo in itertools.product(*axes):
+        merged: dict[str, Any] = {}
+        for part in combo:
+            merged.update(part)
+        out.append(merged)
+    return out
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = text.replace("+", "_")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    keys = list(NAME_KEYS)
+    return (keys.index(key), key) if key in keys else (len(keys), key)
+
+
+def cell_name(varying: dict[str, Any]) -> str:
+    """``{"aggregator": "nnm+cwtm", "momentum": 0.9}`` -> ``"nnm_cwtm__b0.9"`` (stable, filesystem-safe)."""
+    parts = []
+    for key in sorted(varying, key=_key_order):
+        if varying[key] in ("", None):
+            continue
+        prefix = NAME_KEYS.get(key, re.sub(r"[^a-z0-9]+", "", key.lower()) + "-")
+        parts.append(prefix + _slug(varying[key]))
+    return "__".join(parts) or "default"
+
+
+def normalized_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as the app records it (validated, defaults filled, JSON types), minus :data:`IGNORED_KEYS`.
+
+    Two configs describe the same experiment iff their normalised forms are equal; this is how a resumed
+    sweep recognises a finished cell from its ``summary.json``.
+    """
+    full = ExperimentConfig.from_run_config(config).to_dict()
+    data = json.loads(json.dumps(full, sort_keys=True, default=str))
+    return {k: v for k, v in data.items() if k not in IGNORED_KEYS}
+
+
+def _matches(cell: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(k in cell and cell[k] == v for k, v in pattern.items())
+
+
+def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
+    """Expand ``sweep`` into its cells (grid product, plus includes, minus excludes), validated at once.
+
+    Raises :class:`ValueError` naming the cell if a combination is not a valid run config (e.g. a rule that
+    needs ``n > 2f``), so a sweep fails before its first simulation, not in the middle.
+    """
+    partial = _product(sweep.grid) if sweep.grid else [{}]
+    for extra in sweep.include:
+        partial.extend(_product(extra))
+    partial = [p for p in partial if not any(_matches({**sweep.base, **p}, ex) for ex in sweep.exclude)]
+    unique: list[dict[str, Any]] = []
+    for p in partial:
+        if p not in unique:
+            unique.append(p)
+    if not unique:
+        raise ValueError(f"sweep {sweep.name!r} has no cells (everything excluded?)")
+    keys = sorted({k for p in unique for k in p}, key=_key_order)
+    fulls = [{**sweep.base, **p} for p in unique]
+    varying_keys = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in fulls}) > 1]
+    directory = str(sweep.directory(results_root))
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    for full in fulls:
+        varying = {k: full[k] for k in varying_keys if k in full}
+        name = cell_name(varying)
+        if name in seen:
+            digest = hashlib.sha1(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            name = f"{name}__{digest}"
+        seen[name] = 1
+        config = {**full, "results-dir": directory, "run-name": name}
+        try:
+            ExperimentConfig.from_run_config(config)
+        except ValueError as exc:
+            raise ValueError(f"sweep {sweep.name!r}, cell {name}: {exc}") from exc
+        cells.append(Cell(name=name, config=config, varying=varying))
+    return cells
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse an experiment file (see the module docstring); unknown sections are an error."""
+    path = Path(path)
+    data = tomllib.loads(path.read_text())
+    known = {"sweep", "base", "grid", "include", "exclude"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected {sorted(known)}")
+    meta = data.get("sweep", {})
+    name = str(meta.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ValueError(f"{path}: sweep name {name!r} must use letters, digits, '.', '_' or '-'")
+    include = data.get("include", [])
+    exclude = data.get("exclude", [])
+    if isinstance(include, dict):
+        include = [include]
+    if isinstance(exclude, dict):
+        exclude = [exclude]
+    return Sweep(
+        name=name,
+        base=dict(data.get("base", {})),
+        grid=dict(data.get("grid", {})),
+        include=list(include),
+        exclude=list(exclude),
+        results=str(meta.get("results", "results")),
+        description=str(meta.get("description", "")),
+        source=str(path),
+    )

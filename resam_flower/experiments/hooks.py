@@ -1,0 +1,211 @@
+"""Process-local hooks around the simulation engine: per-round callbacks, one shared Ray, quiet Flower logs.
+
+All three are context managers that restore what they change on exit; nothing here edits Flower or the app.
+
+* :func:`round_callback` calls ``fn(server_round, round_entry)`` after every round of every
+  :class:`~resam_flower.strategies.ResilientAveraging` in this process. In Flower's Python simulation the
+  ServerApp runs in a thread of the calling process, so the sweep's progress bar can follow the rounds live.
+  (Fallback until :func:`resam_flower.simulation.simulate` takes an ``on_round`` argument: then
+  :func:`simulate_with_rounds` passes the callback directly.)
+* :func:`shared_ray` starts Ray once for many simulations. Flower's Ray backend only calls ``ray.init`` when
+  Ray is not running, but calls ``ray.shutdown()`` at the end of every simulation; inside this context that
+  shutdown is deferred to the context's exit (the same effect as the legacy ``start_simulation``'s
+  ``keep_initialised=True``). Idle client actors are kept too and serve the next simulation.
+* :func:`quiet_flower` drops Flower's log records below ERROR (the per-run deprecation notice, the
+  per-round INFO lines) while a sweep draws its progress bars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import sys
+import threading
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["round_callback", "shared_ray", "quiet_flower", "simulate_with_rounds"]
+
+RoundFn = Callable[[int, dict[str, Any]], None]
+
+_lock = threading.Lock()
+_listeners: list[RoundFn] = []
+_original: Any = None
+
+
+@contextlib.contextmanager
+def round_callback(fn: RoundFn) -> Iterator[None]:
+    """Call ``fn(server_round, entry)`` after each ``ResilientAveraging.aggregate_train`` in this process.
+
+    ``entry`` is the round's log entry (received/valid/excluded replies, lr, aggregate norm...). Errors
+    raised by ``fn`` are swallowed: a progress display never stops a training run.
+    """
+    global _original
+    from ..strategies import ResilientAveraging
+
+    with _lock:
+        if not _listeners:
+            _original = ResilientAveraging.aggregate_train
+            original = _original
+
+            def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+                result = original(self, server_round, replies)
+                entry = dict(self.round_log[-1]) if self.round_log else {}
+                for listener in list(_listeners):
+                    try:
+                        listener(server_round, entry)
+                    except Exception:  # noqa: BLE001 - display code must not kill the run
+                        pass
+                return result
+
+            ResilientAveraging.aggregate_train = aggregate_train
+        _listeners.append(fn)
+    try:
+        yield
+    finally:
+        with _lock:
+            _listeners.remove(fn)
+            if not _listeners:
+                ResilientAveraging.aggregate_train = _original
+                _original = None
+
+
+def simulate_with_rounds(config: dict[str, Any], on_round: RoundFn | None, **kwargs: Any) -> dict:
+    """:func:`resam_flower.simulation.simulate`, reporting each round to ``on_round``.
+
+    Uses ``simulate``'s own ``on_round`` argument when it has one, else :func:`round_callback`.
+    """
+    from .. import simulation
+
+    if on_round is None:
+        return simulation.simulate(config, **kwargs)
+    if "on_round" in inspect.signature(simulation.simulate).parameters:
+        return simulation.simulate(config, on_round=on_round, **kwargs)
+    with round_callback(on_round):
+        return simulation.simulate(config, **kwargs)
+
+
+class _DeferredShutdownRay(types.ModuleType):
+    """Stand-in for the ``ray`` module inside Flower's Ray backend: everything but ``shutdown`` delegates."""
+
+    def __init__(self, ray: types.ModuleType) -> None:
+        super().__init__("ray")
+        self._ray = ray
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ray, name)
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        """Deferred to the exit of :func:`shared_ray`."""
+
+
+def _reusable_pool_type(base: type, idle: dict[str, list[Any]]) -> type:
+    """A subclass of Flower's ``BasicActorPool`` that takes idle actors from ``idle`` and gives them back.
+
+    Flower's ``ClientAppActor`` is generic (the ClientApp travels with each job), so an idle actor can serve
+    the next simulation; what it caches (data partitions, models) is keyed by the experiment's config.
+    """
+
+    class ReusableActorPool(base):  # type: ignore[misc, valid-type]
+        def __init__(self, actor_type: type, client_resources: dict, actor_kwargs: dict) -> None:
+            super().__init__(actor_type, client_resources, actor_kwargs)
+            self._reuse_key = repr((actor_type, sorted(client_resources.items()), actor_kwargs))
+
+        def add_actors_to_pool(self, num_actors: int) -> None:
+            cached = idle.setdefault(self._reuse_key, [])
+            reused = [cached.pop() for _ in range(min(num_actors, len(cached)))]
+            self.pool.extend(reused)
+            self.num_actors += len(reused)
+            super().add_actors_to_pool(num_actors - len(reused))
+
+        def terminate_all_actors(self) -> None:
+            if self._future_to_actor:  # a job is still out: do not hand these actors to the next run
+                super().terminate_all_actors()
+                return
+            idle.setdefault(self._reuse_key, []).extend(self.pool)
+            self.pool = []
+
+    return ReusableActorPool
+
+
+@contextlib.contextmanager
+def shared_ray(
+    backend: dict[str, Any] | None = None, *, reuse_actors: bool = True, worker_niceness: int | None = None
+) -> Iterator[float]:
+    """Keep one Ray instance up for all simulations run inside; yields the seconds ``ray.init`` took.
+
+    ``backend`` is the backend config passed to ``simulate`` (its ``init_args`` go to ``ray.init``).
+    Ray is started here exactly as Flower's backend would start it (same arguments, the driver's
+    ``sys.path`` exported as ``PYTHONPATH`` so actors import the same code), and shut down on exit.
+    ``reuse_actors``: idle client actors also outlive a simulation and serve the next one (no process
+    start, imports and data loading per cell); node state still starts fresh, as it lives in each run's
+    ``Context``.
+    ``worker_niceness``: the nice value of Ray's worker processes (the client actors). Ray's default is 15,
+    which on a busy machine starves the actors behind every other process; Ray's own job manager runs
+    job drivers at 0. ``None`` keeps Ray's default (or an inherited ``RAY_worker_niceness``).
+    """
+    import time
+
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    started = False
+    t0 = time.perf_counter()
+    saved_niceness = os.environ.get("RAY_worker_niceness")
+    if not ray.is_initialized():
+        if worker_niceness is not None:
+            os.environ["RAY_worker_niceness"] = str(int(worker_niceness))
+        args = dict((backend or {}).get("init_args", {}))
+        args.setdefault("include_dashboard", False)
+        pythonpath = os.pathsep.join(sys.path)
+        if os.environ.get("PYTHONPATH"):
+            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+        os.environ["PYTHONPATH"] = pythonpath
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator env vars
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        started = True
+    init_s = time.perf_counter() - t0
+    original_ray, original_pool = raybackend.ray, raybackend.BasicActorPool
+    idle: dict[str, list[Any]] = {}
+    raybackend.ray = _DeferredShutdownRay(original_ray)
+    if reuse_actors:
+        raybackend.BasicActorPool = _reusable_pool_type(original_pool, idle)
+    try:
+        yield init_s
+    finally:
+        raybackend.ray, raybackend.BasicActorPool = original_ray, original_pool
+        for actors in idle.values():
+            for actor in actors:
+                actor.terminate.remote()
+        if started:
+            ray.shutdown()
+        if saved_niceness is None:
+            os.environ.pop("RAY_worker_niceness", None)
+        else:
+            os.environ["RAY_worker_niceness"] = saved_niceness
+
+
+class _DropBelow(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+@contextlib.contextmanager
+def quiet_flower(level: int = logging.ERROR) -> Iterator[None]:
+    """Drop Flower's log records below ``level`` (excluded replies are still counted in the results)."""
+    logger = logging.getLogger("flwr")
+    flt = _DropBelow(level)
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)

@@ -1,0 +1,109 @@
+"""Experiment files -> cells: grid product, zipped groups, include/exclude, names, validation."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from resam_flower.experiments.grid import Sweep, cell_name, expand, load_sweep, normalized_config
+
+BASE = {"dataset": "digits", "model": "mlp", "num-clients": 6, "num-byzantine": 1, "num-server-rounds": 3}
+
+
+def write(tmp_path, text, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_product_of_lists_and_scalars(tmp_path):
+    sweep = Sweep("s", BASE, {"aggregator": ["cwtm", "nnm+cwtm"], "momentum": [0.0, 0.9, 0.99], "seed": 3})
+    cells = expand(sweep, tmp_path)
+    assert len(cells) == 6
+    assert {(c.config["aggregator"], c.config["momentum"]) for c in cells} == {
+        (a, b) for a in ("cwtm", "nnm+cwtm") for b in (0.0, 0.9, 0.99)
+    }
+    assert all(c.config["seed"] == 3 and c.config["dataset"] == "digits" for c in cells)
+    # the scalar does not vary, so it is not in the names; what varies is
+    assert {c.name for c in cells} == {
+        f"{a}__b{b}" for a in ("cwtm", "nnm_cwtm") for b in ("0", "0.9", "0.99")
+    }
+    for c in cells:
+        assert c.config["results-dir"] == str(tmp_path / "s") and c.config["run-name"] == c.name
+        assert set(c.varying) == {"aggregator", "momentum"}
+
+
+def test_group_tables_vary_keys_together(tmp_path):
+    grid = {
+        "setting": [{"num-clients": 6, "num-byzantine": 1}, {"num-clients": 9, "num-byzantine": 2}],
+        "momentum": [0.0, 0.9],
+    }
+    cells = expand(Sweep("s", BASE, grid), tmp_path)
+    assert len(cells) == 4  # zipped: 2 settings, not 2 x 2 x 2
+    assert {(c.config["num-clients"], c.config["num-byzantine"]) for c in cells} == {(6, 1), (9, 2)}
+    assert "n6__f1__b0" in {c.name for c in cells}
+
+
+def test_include_and_exclude(tmp_path):
+    sweep = Sweep(
+        "s",
+        BASE,
+        {"aggregator": ["mean", "cwtm"], "momentum": [0.0, 0.9]},
+        include=[{"aggregator": "cwtm", "attack": "none", "momentum": [0.0, 0.9]}],
+        exclude=[{"aggregator": "mean", "momentum": 0.0}],
+    )
+    cells = expand(sweep, tmp_path)
+    keys = {(c.config["aggregator"], c.config["momentum"], c.config.get("attack", "alie")) for c in cells}
+    assert ("mean", 0.0, "alie") not in keys
+    assert ("mean", 0.9, "alie") in keys and ("cwtm", 0.0, "none") in keys and ("cwtm", 0.9, "none") in keys
+    assert len(cells) == 5 and len({c.name for c in cells}) == 5
+
+
+def test_invalid_cell_fails_before_running(tmp_path):
+    sweep = Sweep("s", BASE, {"num-byzantine": [1, 3], "aggregator": ["cwtm"]})  # cwtm needs n > 2f: 6 > 6 no
+    with pytest.raises(ValueError, match=r"cell .*f3.*n > 2f|cell .*f3.*num-clients"):
+        expand(sweep, tmp_path)
+
+
+def test_load_sweep_file_and_errors(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        exclude = [{attack = "foe", momentum = 0.0}]
+        [sweep]
+        name = "demo-x"
+        results = "out"
+        [base]
+        dataset = "digits"
+        model = "mlp"
+        num-clients = 6
+        num-byzantine = 1
+        [grid]
+        attack = [{attack = "alie", attack-params = "z=1.5"}, {attack = "foe", attack-params = ""}]
+        [[include]]
+        attack = "none"
+        """,
+    )
+    sweep = load_sweep(path)
+    assert sweep.name == "demo-x" and sweep.directory() == __import__("pathlib").Path("out/demo-x")
+    names = [c.name for c in sweep.cells(tmp_path)]
+    assert names == ["alie__z-1.5", "foe", "none"]
+    bad = write(tmp_path, "[sweep]\nname = 'x'\n[grids]\na = 1\n", "bad.toml")
+    with pytest.raises(ValueError, match="unknown top-level keys"):
+        load_sweep(bad)
+    with pytest.raises(ValueError, match="empty list"):
+        expand(Sweep("s", BASE, {"momentum": []}), tmp_path)
+
+
+def test_cell_names_are_filesystem_safe_and_ordered():
+    assert cell_name({"momentum": 0.9, "aggregator": "bucketing(s=2)+krum"}) == "bucketing-s-2-_krum__b0.9"
+    assert cell_name({"weight-decay": 0.01}) == "weightdecay-0.01"
+    assert cell_name({}) == "default"
+
+
+def test_normalized_config_fills_defaults_and_ignores_results_dir():
+    a = normalized_config({**BASE, "lr": 1, "results-dir": "a"})
+    b = normalized_config({**BASE, "lr": 1.0, "results-dir": "b", "momentum": 0.9})  # 0.9 is the default
+    assert a == b
+    assert normalized_config({**BASE, "lr": 0.5}) != a
