@@ -1,0 +1,217 @@
+"""The ``resam`` command: run sweeps, plot and report their results, estimate κ, run the demo.
+
+::
+
+    resam sweep simulations/paper_mnist.toml      # results/<sweep>/<cell>/, resumes finished cells
+    resam plot results/paper_mnist                # PNG curves and heatmaps in results/paper_mnist/plots/
+    resam report results/paper_mnist              # Markdown table (also written to report.md)
+    resam kappa --n 7 --f 2 --d 2                 # empirical κ by adversarial search vs the proven κ
+    resam demo                                    # what `make run` runs
+
+``plot`` and ``report`` accept a results folder or the sweep's TOML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_KAPPA_RULES = "mean,cwtm,cwmed,meamed,mda,krum"
+
+
+def _sweep_dir(target: str, results: str | None) -> Path:
+    path = Path(target)
+    if path.suffix == ".toml":
+        from .experiments import load_sweep
+
+        return load_sweep(path).directory(results)
+    return path
+
+
+def _backend(args: argparse.Namespace) -> dict | None:
+    from .simulation import backend_config
+
+    if args.num_cpus is None and args.cpus_per_client is None:
+        return None
+    return backend_config(args.num_cpus, args.cpus_per_client or 1.0)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments import load_sweep, run_sweep
+    from .experiments.report import write_report
+
+    sweep = load_sweep(args.file)
+    cells = sweep.cells(args.results)
+    if args.dry_run:
+        from .experiments.runner import is_finished
+
+        for cell in cells:
+            state = "finished" if is_finished(cell) else "to run"
+            print(f"{cell.name}\t{state}\t{json.dumps(cell.varying, default=str)}")
+        print(f"{len(cells)} cells -> {sweep.directory(args.results)}")
+        return 0
+    t0 = time.perf_counter()
+    results = run_sweep(
+        sweep,
+        args.results,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        share_ray=not args.fresh_ray,
+        reuse_actors=not args.fresh_actors,
+        worker_niceness=None if args.worker_niceness < 0 else args.worker_niceness,
+        backend=_backend(args),
+        only=args.only,
+        verbose=args.verbose,
+    )
+    failed = [r for r in results if r.status == "failed"]
+    ran = sum(r.status == "done" for r in results)
+    print(
+        f"[resam] sweep {sweep.name}: {ran} cells run, {sum(r.status == 'cached' for r in results)} "
+        f"already finished, {len(failed)} failed, in {time.perf_counter() - t0:.0f}s -> "
+        f"{sweep.directory(args.results)}"
+    )
+    if not args.no_report and any(r.status != "failed" for r in results):
+        text, path = write_report(sweep.directory(args.results), sweep.name)
+        print(text)
+        print(f"[resam] report: {path}")
+    return 1 if failed else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .experiments.plots import plot_sweep
+
+    for path in plot_sweep(_sweep_dir(args.target, args.results), args.out):
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import write_report
+
+    text, path = write_report(_sweep_dir(args.target, args.results))
+    print(text)
+    print(f"[resam] report: {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_kappa(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .experiments.kappa import describe, empirical_kappa, kappa_table
+
+    estimates = []
+    for rule in [r.strip() for r in args.rules.split(";" if ";" in args.rules else ",") if r.strip()]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            estimates.append(
+                empirical_kappa(
+                    rule,
+                    args.n,
+                    args.f,
+                    args.d,
+                    restarts=args.restarts,
+                    steps=args.steps,
+                    seed=args.seed,
+                    include_bound_input=not args.no_bound_input,
+                )
+            )
+        if not args.json:
+            e = estimates[-1]
+            print(f"  {e.rule}: κ̂ = {e.empirical:.4g}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([describe(e) for e in estimates], indent=2, default=str))
+    else:
+        print(kappa_table(estimates))
+        print(
+            "\nκ̂: largest ‖F(x) - mean_S‖ / max_(i,j in S) ‖x_i - x_j‖ found (a lower estimate of the rule's "
+            "true κ); proven κ: rule.kappa(n, f, d); lower bound f/(n-f) holds for every rule."
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.demo import run_demo
+
+    return run_demo(args.results, fresh=args.fresh, progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``resam``."""
+    parser = argparse.ArgumentParser(prog="resam", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="run the cells of an experiment file (resumes finished cells)")
+    p.add_argument("file", help="experiment file, e.g. simulations/paper_mnist.toml")
+    p.add_argument("--results", help="results root (default: the file's [sweep] results, else 'results')")
+    p.add_argument("--only", nargs="+", help="run only cells whose name contains one of these strings")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
+    p.add_argument("--no-resume", action="store_true", help="rerun finished cells too")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not print/write the report at the end")
+    p.add_argument("--fresh-ray", action="store_true", help="start Ray for every cell (Flower's default)")
+    p.add_argument("--fresh-actors", action="store_true", help="new client actors for every cell")
+    p.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=0,
+        help="nice value of Ray's client actors (default 0; -1 keeps Ray's default of 15)",
+    )
+    p.add_argument("--num-cpus", type=int, help="CPUs given to Ray (default: all)")
+    p.add_argument("--cpus-per-client", type=float, help="CPUs per client actor (default 1)")
+    p.add_argument("--verbose", action="store_true", help="Flower's logs and the app's output")
+    p.set_defaults(func=cmd_sweep)
+
+    for name, func, text in (
+        ("plot", cmd_plot, "draw PNG curves and heatmaps"),
+        ("report", cmd_report, "print the Markdown table"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("target", help="results folder (results/<sweep>) or the sweep's TOML file")
+        p.add_argument("--results", help="results root when TARGET is a TOML file")
+        if name == "plot":
+            p.add_argument("--out", help="output folder (default: <results folder>/plots)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("kappa", help="empirical κ of rules by adversarial search, next to the proven κ")
+    p.add_argument("--n", type=int, default=7)
+    p.add_argument("--f", type=int, default=2)
+    p.add_argument("--d", type=int, default=2)
+    p.add_argument(
+        "--rules",
+        default=DEFAULT_KAPPA_RULES,
+        help=f"comma-separated specs (';' if a spec has commas); default {DEFAULT_KAPPA_RULES}",
+    )
+    p.add_argument("--restarts", type=int, default=6)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-bound-input", action="store_true", help="do not seed the search with the f/(n-f) input"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_kappa)
+
+    p = sub.add_parser("demo", help="the short MNIST sweep of `make run` (table + plot)")
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--fresh", action="store_true", help="rerun even if the demo's cells are finished")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``resam`` (and ``python -m resam_flower.cli``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"resam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

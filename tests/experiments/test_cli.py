@@ -1,0 +1,72 @@
+"""The `resam` command line: parsing, dry runs, report/plot on fake results, kappa, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resam_flower.cli import build_parser, main
+from resam_flower.experiments import Sweep, run_sweep
+from tests.experiments.conftest import BASE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_shipped_experiment_file_expands(capsys, tmp_path):
+    counts = {}
+    for path in sorted((ROOT / "simulations").glob("*.toml")):
+        assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path)]) == 0
+        counts[path.stem] = int(capsys.readouterr().out.strip().splitlines()[-1].split()[0])
+    assert counts["tiny"] == 4 and counts["demo"] == 10 and counts["paper_mnist"] == 432
+
+
+def test_report_and_plot_commands(tmp_path, fake_simulate, capsys):
+    run_sweep(
+        Sweep("c", BASE, {"aggregator": ["cwtm", "mda"], "momentum": [0.0, 0.9]}),
+        tmp_path,
+        progress=False,
+        share_ray=False,
+    )
+    assert main(["report", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[4].startswith("| rule | β |") and (tmp_path / "c" / "report.md").exists()
+    assert main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "figs")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(Path(p).is_file() and p.endswith(".png") for p in printed)
+
+
+def test_kappa_command(capsys):
+    assert (
+        main(
+            [
+                "kappa",
+                "--n",
+                "5",
+                "--f",
+                "1",
+                "--d",
+                "1",
+                "--rules",
+                "cwtm,mean",
+                "--restarts",
+                "2",
+                "--steps",
+                "20",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| cwtm | 5 | 1 | 1 |" in out and "(unbounded)" in out and "| 0.25 |" in out
+
+
+def test_errors_exit_with_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[base]\nnum-clients = 4\nnum-byzantine = 2\n")
+    assert main(["sweep", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resam sweep: error: sweep 'bad', cell default:") and "num-byzantine=2" in err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["nope"])
