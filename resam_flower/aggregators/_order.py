@@ -71,8 +71,8 @@ METHODS = ("auto", "network", "sort")
 SMALL_D = 1024
 
 #: ``combine(s, partial_sum, out)``: ``s[r]`` ``(w,)`` is the sorted value of rank ``r`` for each requested
-#: rank (other entries may be None), ``partial_sum`` the sum of the requested rank range (or None).
-Combine = Callable[[list, "torch.Tensor | None", torch.Tensor], None]
+#: rank (other rows unspecified), ``partial_sum`` the sum of the requested rank range (or None).
+Combine = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
 
 
 def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
@@ -101,19 +101,18 @@ def merge_exchange(n: int) -> tuple[tuple[int, int], ...]:
 class Plan:
     """A pruned network with its scratch rows allocated.
 
-    Handles ``0 .. n-1`` name the input rows (read only), handles ``n .. n+slots-1`` scratch rows. Each
-    op is ``(is_max, a, b, out)``: ``out <- max(a, b)`` if ``is_max`` else ``min(a, b)``, element-wise.
-    After the ops, handle ``exact[t]`` holds the sorted values of rank ``ranks[t]`` and the handles
-    ``summed`` hold, in some order, the sorted values of ranks ``lo .. hi-1``.
+    Handles ``0 .. n-1`` name the input rows (read only), ``n .. n+slots-1`` working scratch rows and
+    ``n+slots+r`` the output row of rank ``r``. Each op is ``(kind, a, b, out)``: ``out <- min(a, b)``
+    (kind 0), ``max(a, b)`` (kind 1) or ``a`` (kind 2, a copy), element-wise. Afterwards the output
+    row of every rank in ``ranks`` holds that rank's sorted values, and the output rows of ranks
+    ``lo .. hi-1`` hold those ranks' sorted values in some order (enough for their sum).
     """
 
     n: int
     ranks: tuple[int, ...]
     lo: int
     hi: int
-    ops: tuple[tuple[bool, int, int, int], ...]
-    exact: tuple[int, ...]
-    summed: tuple[int, ...]
+    ops: tuple[tuple[int, int, int, int], ...]
     slots: int
 
 
@@ -127,7 +126,8 @@ def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
     Backwards from the outputs, each position is unused, only summed, or needed exactly. A comparator
     with both outputs unused, or both only summed (``min + max = a + b``), is dropped; one with a
     single used output becomes a lone ``min`` (``max``); the inputs of a kept comparator are needed
-    exactly. Forwards, each produced value gets a scratch row, reusing rows whose value was consumed.
+    exactly. Forwards, each produced value gets a working row, reusing rows whose value was consumed;
+    the last write of each output position goes to that rank's output row.
     """
     if any(not 0 <= r < n for r in ranks) or not (0 <= lo <= hi <= n):
         raise ValueError(f"ranks {ranks} / range [{lo}, {hi}) out of bounds for n={n}")
@@ -136,6 +136,7 @@ def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
         state[r] = _SUM
     for r in ranks:
         state[r] = _EXACT
+    wanted = [r for r in range(n) if state[r] != _DEAD]
     needed: list[tuple[int, int, bool, bool]] = []
     for i, j in reversed(merge_exchange(n)):
         si, sj = state[i], state[j]
@@ -144,7 +145,7 @@ def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
         needed.append((i, j, si != _DEAD, sj != _DEAD))
         state[i] = state[j] = _EXACT
     pos, free, slots = list(range(n)), [], 0
-    ops: list[tuple[bool, int, int, int]] = []
+    ops: list[list[int]] = []
 
     def fresh() -> int:
         nonlocal slots
@@ -157,21 +158,27 @@ def plan(n: int, ranks: tuple[int, ...], lo: int = 0, hi: int = 0) -> Plan:
         a, b = pos[i], pos[j]
         if need_lo and need_hi:
             lo_out = fresh()  # a and b are both still read by the max
-            ops.append((False, a, b, lo_out))
+            ops.append([0, a, b, lo_out])
             hi_out = b if b >= n else fresh()
-            ops.append((True, a, b, hi_out))
+            ops.append([1, a, b, hi_out])
             if a >= n:
                 free.append(a)
             pos[i], pos[j] = lo_out, hi_out
         else:
             keep, other = (a, b) if need_lo else (b, a)
             out = keep if keep >= n else (other if other >= n else fresh())
-            ops.append((not need_lo, a, b, out))
+            ops.append([int(not need_lo), a, b, out])
             if other != out and other >= n:
                 free.append(other)
             pos[i if need_lo else j], pos[j if need_lo else i] = out, -1
-    return Plan(n, ranks, lo, hi, tuple(ops), tuple(pos[r] for r in ranks),
-                tuple(pos[r] for r in range(lo, hi)), slots)
+    # Redirect the last write of each wanted position to its rank's output row (copy if never written).
+    last_write = {op[3]: t for t, op in enumerate(ops)}
+    for r in wanted:
+        if pos[r] < n:
+            ops.append([2, pos[r], pos[r], n + slots + r])
+        else:
+            ops[last_write[pos[r]]][3] = n + slots + r
+    return Plan(n, ranks, lo, hi, tuple(tuple(op) for op in ops), slots)
 
 
 def default_block(x: torch.Tensor) -> int:
@@ -196,39 +203,37 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOLS[key]
 
 
+def _copy(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    out.copy_(a)
+
+
 def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block: int) -> None:
-    d = x.shape[1]
+    n, d = x.shape
     nblocks = -(-d // block)
     workers = min(torch.get_num_threads(), nblocks) if x.device.type == "cpu" else 1
     counter = itertools.count()  # blocks are handed out dynamically (next() is atomic under the GIL)
-    fns = (torch.minimum, torch.maximum)
-    ops, exact, summed, n = pl.ops, pl.exact, pl.summed, pl.n
-    placed = dict(zip(pl.ranks, range(len(exact)), strict=True))
+    fns = (torch.minimum, torch.maximum, _copy)
+    ops, lo, hi, first_out = pl.ops, pl.lo, pl.hi, pl.slots
 
     def work() -> None:
-        scratch = torch.empty((pl.slots + 1, min(block, d)), dtype=x.dtype, device=x.device)
-        width, rows = scratch.shape[1], list(scratch.unbind(0))
+        scratch = torch.empty((pl.slots + n + 1, min(block, d)), dtype=x.dtype, device=x.device)
+        width, rows = scratch.shape[1], None
         with torch.no_grad():
             for b in iter(counter.__next__, None):
                 if b >= nblocks:
                     return
                 start, stop = b * block, min(d, (b + 1) * block)
-                if stop - start != width:  # the last, narrower block
-                    width, rows = stop - start, list(scratch[:, : stop - start].unbind(0))
-                src = [*x[:, start:stop].unbind(0), *rows[:-1]]
-                for is_max, i, j, o in ops:
-                    fns[is_max](src[i], src[j], out=src[o])
-                acc = None
-                if summed:
-                    acc = rows[-1]
-                    if len(summed) == 1:
-                        acc.copy_(src[summed[0]])
-                    else:
-                        torch.add(src[summed[0]], src[summed[1]], out=acc)
-                        for h in summed[2:]:
-                            acc.add_(src[h])
-                s = [src[exact[placed[r]]] if r in placed else None for r in range(n)]
-                combine(s, acc, out[start:stop])
+                if rows is None or stop - start != width:  # first block here, or the last, narrower one
+                    width = stop - start
+                    view = scratch[:, :width]
+                    rows = list(view.unbind(0))
+                    s, acc = view[first_out : first_out + n], rows[-1]
+                src = [*x[:, start:stop].unbind(0), *rows]
+                for kind, i, j, o in ops:
+                    fns[kind](src[i], src[j], out=src[o])
+                if hi > lo:
+                    torch.sum(s[lo:hi], dim=0, out=acc)
+                combine(s, acc if hi > lo else None, out[start:stop])
 
     futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)] if workers > 1 else []
     work()
@@ -242,7 +247,7 @@ def _sort(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block:
         stop = min(d, start + block)
         s = x[:, start:stop].sort(dim=0).values
         acc = s[pl.lo : pl.hi].sum(dim=0) if pl.hi > pl.lo else None
-        combine(list(s.unbind(0)), acc, out[start:stop])
+        combine(s, acc, out[start:stop])
 
 
 @torch.no_grad()
@@ -257,11 +262,11 @@ def coordinatewise(
 ) -> torch.Tensor:
     """Per column of ``x`` ``(n, d)``: sorted values at ``ranks`` (+ sum of ranks ``summed=(lo, hi)``).
 
-    ``combine(s, partial_sum, out)`` is called once per block of ``w`` columns: ``s`` is a list of
-    ``n`` entries, ``s[r]`` ``(w,)`` being the sorted values of rank ``r`` for every requested rank
-    (other entries are None or unspecified); ``partial_sum`` ``(w,)`` is the sum of ranks
+    ``combine(s, partial_sum, out)`` is called once per block of ``w`` columns: ``s`` ``(n, w)`` holds
+    in row ``r`` the sorted values of rank ``r`` for every requested rank (other rows unspecified;
+    rows ``lo .. hi-1`` hold those ranks in some order); ``partial_sum`` ``(w,)`` is the sum of ranks
     ``lo .. hi-1`` (``None`` without ``summed``); the ``out`` slice ``(w,)`` must be filled. It may
-    modify ``partial_sum`` but no ``s[r]``, and may run in several threads at once (disjoint blocks).
+    modify ``partial_sum`` but not ``s``, and may run in several threads at once (disjoint blocks).
 
     Returns ``out`` ``(d,)`` with ``x``'s dtype and device. ``method``: ``"network"``, ``"sort"`` or
     ``"auto"`` (network unless ``d < SMALL_D``); ``block``: columns per block (default

@@ -25,13 +25,17 @@ def mean_around_median(x: torch.Tensor, f: int, *, method: str = "auto") -> torc
     mid = [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
     ranks = [*range(f), *range(m, n), *mid]
 
-    def combine(s: list[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    def combine(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
         assert acc is not None  # sum of the ranks f .. n-f-1, always in the window
         if f:
             med = s[mid[0]] if len(mid) == 1 else torch.mul(s[mid[0]], 0.5).add_(s[mid[1]], alpha=0.5)
-            low, high = torch.stack(s[:f]), torch.stack(s[m:])  # ranks l and l + m, l = 0 .. f-1
-            take_low = (med - low) <= (high - med)  # window start L <= l
-            acc.add_(torch.where(take_low, low, high).sum(dim=0))
+            low, high = s[:f], s[m:]  # ranks l and l + m, l = 0 .. f-1
+            # take s_(l) iff (M - s_(l)) <= (s_(l+m) - M): the sign of the rounded difference of the two
+            # rounded distances is exact. Selection by a 0/1 mask is exact: a*1 + b*0 == a.
+            take = torch.sub(high, med).sub_(torch.sub(med, low)).sign_().add_(1.0).clamp_(max=1.0)
+            chosen = torch.mul(low, take)
+            chosen.addcmul_(high, take.neg_().add_(1.0))
+            acc.add_(chosen.sum(dim=0))
         torch.div(acc, m, out=out)
 
     return _order.coordinatewise(x, ranks, combine, (f, m), method=method)

@@ -13,8 +13,8 @@ from .base import Aggregator
 __all__ = ["CoordinateWiseMedian", "coordinate_wise_median"]
 
 
-def _combine_median(s: list[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
-    n = len(s)
+def _combine_median(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    n = s.shape[0]
     if n % 2:  # odd n: the middle value itself
         out.copy_(s[n // 2])
     else:  # even n: 0.5 a + 0.5 b (exact halving, cannot overflow where a + b would)

@@ -20,7 +20,7 @@ def coordinate_wise_trimmed_mean(x: torch.Tensor, f: int, *, method: str = "auto
         raise ValueError(f"cwtm needs n > 2f, got n={n}, f={f}")
     keep = n - 2 * f
 
-    def combine(s: list[torch.Tensor], acc: torch.Tensor | None, out: torch.Tensor) -> None:
+    def combine(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
         assert acc is not None
         torch.div(acc, keep, out=out)
 
