@@ -214,11 +214,12 @@ def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, blo
     counter = itertools.count()  # blocks are handed out dynamically (next() is atomic under the GIL)
     fns = (torch.minimum, torch.maximum, _copy)
     ops, lo, hi, first_out = pl.ops, pl.lo, pl.hi, pl.slots
+    inference = torch.is_inference_mode_enabled()  # grad modes are per thread: carry the caller's over
 
     def work() -> None:
-        scratch = torch.empty((pl.slots + n + 1, min(block, d)), dtype=x.dtype, device=x.device)
-        width, rows = scratch.shape[1], None
-        with torch.no_grad():
+        with torch.inference_mode(inference), torch.no_grad():
+            scratch = torch.empty((pl.slots + n + 1, min(block, d)), dtype=x.dtype, device=x.device)
+            width, rows = scratch.shape[1], None
             for b in iter(counter.__next__, None):
                 if b >= nblocks:
                     return

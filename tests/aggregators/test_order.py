@@ -231,3 +231,15 @@ def test_forked_child_does_not_reuse_the_parents_threads():
         assert not alive and child.exitcode == 0 and queue.get()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_inference_mode_caller_with_worker_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            x = torch.arange(7 * 20000, dtype=torch.float32).reshape(7, 20000).remainder_(11)
+            got = _order.coordinatewise(x, [3], _rank(3), method="network", block=64)
+        assert torch.equal(got, x.sort(0).values[3])
+    finally:
+        torch.set_num_threads(threads)
