@@ -20,22 +20,26 @@ comparators are element-wise ``min``/``max`` of whole rows, so all columns are p
 * Each comparator is one or two element-wise calls, ``torch.minimum(a, b, out=t)`` and
   ``torch.maximum(a, b, out=...)``, on the rows of a block of columns. Results go to scratch rows with
   register-like renaming (no copies): the first comparators read ``x`` itself, which is read once and
-  never written. For the median of 20 rows the pruned plan has 144 such calls per block.
+  never written; the last write of each requested rank goes to that rank's output row, so the rule
+  sees an ``(n, B)`` view and sums a rank range in one call. For the median of 20 rows the pruned
+  plan has 144 such calls per block.
 * Columns are processed in blocks of :func:`default_block` columns (128 KB rows on CPU, so that each
-  call stays single-threaded and the ``n + 2`` scratch rows stay in cache). On CPU,
+  call stays single-threaded and the scratch rows stay in cache). On CPU,
   ``torch.get_num_threads()`` Python threads take blocks in turn (torch releases the GIL inside each
-  call). This avoids one OpenMP fork/join per call: with multi-threaded calls the kernel was as fast
-  on an idle machine but up to 30x slower on a busy one (e.g. next to Ray workers). Other devices run
-  the same plan on larger blocks, from one thread.
+  call). This avoids one OpenMP fork/join per call: with multi-threaded calls on larger blocks the
+  kernel was somewhat faster on an idle 2-core machine (about 4x a read pass instead of 5-6x) but up
+  to 30x slower when other processes competed for the cores (as Ray workers do in a simulation).
+  Other devices run the same plan on larger blocks, from one thread.
 
 The results are *exact*: every requested ``s_(r)`` equals what ``torch.sort`` gives, bit for bit
 (ties and ``±inf`` included). Sums are accumulated in the input dtype, in an order that depends on the
 network, so they match ``sort(...)[lo:hi].sum(0)`` up to rounding. Inputs must not contain NaN (the
 rules drop such rows first). No autograd: results are computed under :func:`torch.no_grad`.
 
-Peak extra memory: ``network``: the output ``(d,)`` plus, per worker thread, at most ``(n + 2) x B``
-scratch values (``B`` the block: 32768 float32 / 16384 float64 columns on CPU, 2.75 MB per thread at
-``n = 20``; ``2^22`` columns on a GPU, 0.37 GB at ``n = 20``, float32) and the rule's few ``(B,)``
+Peak extra memory: ``network``: the output ``(d,)`` plus, per worker thread, ``(slots + n + 1) x B``
+scratch values (``slots <= n + 1`` working rows, ``n`` rank-indexed output rows, one sum row; ``B``
+the block: 32768 float32 / 16384 float64 columns on CPU, about 5.5 MB per thread at ``n = 20``;
+``2^22`` columns on a GPU, about 0.7 GB at ``n = 20``, float32) and the rule's few block-sized
 temporaries. ``sort``: per block, the sorted values plus int64 indices (``3 n B`` values' worth).
 
 The ``"sort"`` method (one ``torch.sort`` per block) computes the same thing; ``"auto"`` uses it for
