@@ -5,6 +5,10 @@ Usage::
     python benchmarks/distance_kernels.py                       # n=20, d=1e6, f=4, float32, CPU, vs ByzFL
     python benchmarks/distance_kernels.py --device cuda --d 11000000 --no-byzfl
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/distance_kernels.py   # huge pages for large CPU tensors
+    MALLOC_MMAP_THRESHOLD_=4294967296 python benchmarks/distance_kernels.py  # glibc reuses big blocks
+
+A fresh ``(n, d)`` CPU output (NNM) costs page faults on first touch, about 1.5 read passes at n=20,
+d=1e6 on a 2-core machine; either environment setting above removes most of it (for ByzFL too).
 
 Timings are medians over ``--reps`` interleaved rounds (every rule once per round), so that a noisy,
 shared machine affects all rules alike. Three inputs are measured: ``random`` (i.i.d. Gaussian rows: the
@@ -15,6 +19,7 @@ centred Gram path of the precision guard) and ``mimic`` (random rows, ``f`` of t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -88,7 +93,8 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     rules = [r for r in args.rules.split(",") if r]
     n, d, f = args.n, args.d, args.f
-    print(f"n={n} d={d:,} f={f} {args.dtype} {device} threads={torch.get_num_threads()}")
+    env = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_") if k in os.environ}
+    print(f"n={n} d={d:,} f={f} {args.dtype} {device} threads={torch.get_num_threads()} env={env}")
     for kind in args.inputs.split(","):
         x = _input(kind, n, d, f, dtype, device)
         comps = {r: _component(r, f) for r in rules if not (r == "bulyan" and n < 4 * f + 3)}
