@@ -1,7 +1,8 @@
 """``resam plot``: accuracy-vs-round curves (β = 0 next to β > 0) and worst-case heatmaps, as PNG files.
 
 * ``curves*.png``: one column per β, one row per rule; in each panel one line per attack (mean over
-  seeds), the no-attack run dashed. Reading across a row shows what worker momentum changes for that rule.
+  seeds), the rule's no-attack run dashed, and rules run only without attack (a reference such as the
+  plain mean) dotted. Reading across a row shows what worker momentum changes for that rule.
 * ``heatmap_<key>*.png``: worst-case final accuracy over attacks (seed-averaged) for rule × ``key`` with
   ``key`` = ``num-byzantine`` (f) and/or ``alpha`` when the sweep varies them, one panel per β; with
   neither, one rule × β panel.
@@ -25,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .grid import _slug  # noqa: E402
 from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys, worst_case  # noqa: E402
 
-__all__ = ["plot_curves", "plot_heatmaps", "plot_sweep"]
+__all__ = ["plot_curves", "plot_heatmaps", "plot_sweep", "curve_layout"]
 
 HEAT_KEYS = ("num-byzantine", "alpha")
 LABELS = {"num-byzantine": "f", "alpha": "α", "momentum": "β", "aggregator": "rule"}
@@ -59,19 +60,27 @@ def _sorted_values(values: set[Any]) -> list[Any]:
     return sorted(values, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
 
 
+def curve_layout(runs: list[Run]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Rows (rules run under attack), reference rules (run only without attack: drawn dotted in every
+    panel, e.g. the plain mean), and columns (β values) of a curve figure."""
+    attacked = {r.config.get("aggregator") for r in runs if attack_of(r.config) != NO_ATTACK}
+    every = {r.config.get("aggregator") for r in runs}
+    rules = _sorted_values(attacked or every)
+    return rules, _sorted_values(every - set(rules)), _sorted_values({r.config.get("momentum") for r in runs})
+
+
 def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the curve figures; return their paths."""
     keys = row_keys(runs)
     rest = [k for k in keys if k not in ("aggregator", "momentum")]
     paths = []
     for values, group in _split(runs, rest).items():
-        rules = _sorted_values({r.config.get("aggregator") for r in group})
-        betas = _sorted_values({r.config.get("momentum") for r in group})
+        rules, reference_rules, betas = curve_layout(group)
         attacks = sorted({attack_of(r.config) for r in group})
         fig, axes = plt.subplots(
             len(rules),
             len(betas),
-            figsize=(4.2 * len(betas), 3.0 * len(rules)),
+            figsize=(4.2 * len(betas), 3.0 * len(rules) + 0.6),
             squeeze=False,
             sharex=True,
             sharey=True,
@@ -80,23 +89,27 @@ def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
         for i, rule in enumerate(rules):
             for j, beta in enumerate(betas):
                 ax = axes[i][j]
-                cell = [
-                    r
-                    for r in group
-                    if r.config.get("aggregator") == rule and r.config.get("momentum") == beta
-                ]
+                at_beta = [r for r in group if r.config.get("momentum") == beta]
+                cell = [r for r in at_beta if r.config.get("aggregator") == rule]
                 for attack in attacks:
                     xs, ys = _mean_curve([r for r in cell if attack_of(r.config) == attack])
                     if not xs:
                         continue
-                    style = (
-                        {"color": "black", "linestyle": "--"}
-                        if attack == NO_ATTACK
-                        else {"color": colors[attack]}
-                    )
-                    ax.plot(
-                        xs, ys, label=attack if attack != NO_ATTACK else "no attack", linewidth=1.5, **style
-                    )
+                    if attack == NO_ATTACK:
+                        ax.plot(xs, ys, label="no attack", color="black", linestyle="--", linewidth=1.5)
+                    else:
+                        ax.plot(xs, ys, label=attack, color=colors[attack], linewidth=1.5)
+                for k, ref in enumerate(reference_rules):
+                    xs, ys = _mean_curve([r for r in at_beta if r.config.get("aggregator") == ref])
+                    if xs:
+                        ax.plot(
+                            xs,
+                            ys,
+                            label=f"{ref}, no attack",
+                            color="grey",
+                            linewidth=1.2,
+                            linestyle=(0, (1 + k, 1.5)),
+                        )
                 ax.set_title(f"{rule}, β={beta}", fontsize=10)
                 ax.grid(alpha=0.3)
                 if j == 0:
@@ -151,7 +164,11 @@ def plot_heatmaps(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]
         panel_key = "momentum" if col_key != "momentum" and "momentum" in keys else None
         rest = [k for k in keys if k not in ("aggregator", col_key, panel_key)]
         for values, group in _split(runs, rest).items():
-            rules = _sorted_values({r.config.get("aggregator") for r in group})
+            rules = _sorted_values(
+                {r.config.get("aggregator") for r in group if attack_of(r.config) != NO_ATTACK}
+            )
+            if not rules:
+                continue
             cols = _sorted_values({r.config.get(col_key) for r in group})
             panels = _sorted_values({r.config.get(panel_key) for r in group}) if panel_key else [None]
             fig, axes = plt.subplots(
@@ -176,7 +193,7 @@ def plot_heatmaps(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]
                                 cell[attack_of(r.config)].append(r.accuracy)
                         line.append(100 * worst_case(cell))
                     matrix.append(line)
-                name = f"β={panel}" if panel_key else "worst case over attacks"
+                name = f"β={panel}" if panel_key else ""
                 image = _heatmap(axes[0][p], matrix, rules, cols, LABELS.get(col_key, col_key), name)
             fig.colorbar(image, ax=axes[0].tolist(), label="worst-case test accuracy (%)")
             heading = " — ".join(t for t in (title, "worst case over attacks", _title(rest, values)) if t)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from resam_flower.experiments import Sweep, run_sweep
-from resam_flower.experiments.plots import plot_sweep
+from resam_flower.experiments.plots import curve_layout, plot_sweep
 from resam_flower.experiments.report import markdown_table, write_report
 from resam_flower.experiments.results import attack_of, load_runs, pivot, row_keys, worst_case
 from tests.experiments.conftest import BASE
@@ -101,3 +101,19 @@ def test_empty_results_are_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no finished cell"):
         plot_sweep(tmp_path / "empty")
+
+
+def test_reference_rules_are_overlaid_not_given_a_row(tmp_path, fake_simulate):
+    sweep = Sweep(
+        "ref",
+        BASE,
+        {"aggregator": ["cwtm", "krum"], "attack": "alie", "momentum": [0.0, 0.9]},
+        include=[{"aggregator": "mean", "attack": "none", "momentum": [0.0, 0.9]}],
+    )
+    run_sweep(sweep, tmp_path, progress=False, share_ray=False)
+    runs = load_runs(tmp_path / "ref")
+    assert curve_layout(runs) == (["cwtm", "krum"], ["mean"], [0.0, 0.9])
+    assert curve_layout([r for r in runs if r.config["aggregator"] == "mean"]) == (["mean"], [], [0.0, 0.9])
+    text = markdown_table(runs)
+    assert "| mean | 0.9 | — | — | 86.00 | 1 |" in text  # the reference keeps its own row in the table
+    assert sorted(p.name for p in plot_sweep(tmp_path / "ref")) == ["curves.png", "heatmap_β.png"]
