@@ -43,6 +43,7 @@ def _backend(args: argparse.Namespace) -> dict | None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import load_sweep, run_sweep
+    from .experiments.hooks import exit_on_interrupt
     from .experiments.report import write_report
 
     sweep = load_sweep(args.file)
@@ -56,18 +57,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells -> {sweep.directory(args.results)}")
         return 0
     t0 = time.perf_counter()
-    results = run_sweep(
-        sweep,
-        args.results,
-        resume=not args.no_resume,
-        progress=not args.no_progress,
-        share_ray=not args.fresh_ray,
-        reuse_actors=not args.fresh_actors,
-        worker_niceness=None if args.worker_niceness < 0 else args.worker_niceness,
-        backend=_backend(args),
-        only=args.only,
-        verbose=args.verbose,
-    )
+    stop = exit_on_interrupt(f"interrupted: finished cells are kept; `resam sweep {args.file}` resumes")
+    with stop:
+        results = run_sweep(
+            sweep,
+            args.results,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            share_ray=not args.fresh_ray,
+            reuse_actors=not args.fresh_actors,
+            worker_niceness=None if args.worker_niceness < 0 else args.worker_niceness,
+            backend=_backend(args),
+            only=args.only,
+            verbose=args.verbose,
+        )
     failed = [r for r in results if r.status == "failed"]
     ran = sum(r.status == "done" for r in results)
     print(
@@ -136,13 +139,20 @@ def cmd_kappa(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import run_demo
+    from .experiments.hooks import exit_on_interrupt
 
-    return run_demo(args.results, fresh=args.fresh, progress=not args.no_progress)
+    with exit_on_interrupt("interrupted: finished cells are kept; `resam demo` resumes"):
+        return run_demo(args.results, fresh=args.fresh, progress=not args.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``resam``."""
-    parser = argparse.ArgumentParser(prog="resam", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="resam",
+        description="RESAM experiments on Flower: run sweeps, plot and report them, estimate κ, run a demo.",
+        epilog="examples:\n" + __doc__.split("::")[1].split("``plot``")[0].rstrip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", help="run the cells of an experiment file (resumes finished cells)")

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["round_callback", "shared_ray", "quiet_flower", "simulate_with_rounds"]
+__all__ = ["round_callback", "shared_ray", "quiet_flower", "simulate_with_rounds", "exit_on_interrupt"]
 
 RoundFn = Callable[[int, dict[str, Any]], None]
 
@@ -209,3 +209,34 @@ def quiet_flower(level: int = logging.ERROR) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(flt)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(message: str = "interrupted") -> Iterator[None]:
+    """Make Ctrl-C (SIGINT) end the process at once, with exit status 130.
+
+    Flower's simulation does not stop on a ``KeyboardInterrupt``: its clean-up waits for the ServerApp
+    thread, which waits for replies that no longer come. A sweep loses nothing by stopping hard (each cell's
+    files are written atomically at its end; an unfinished cell is simply rerun on resume), so the handler
+    prints ``message``, shuts Ray down and exits. Outside the main thread this is a no-op.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        print(f"\n[resam] {message}", file=sys.stderr, flush=True)
+        try:
+            import ray
+
+            ray.shutdown()
+        finally:
+            os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -125,7 +125,7 @@ def run_sweep(
     resume
         Skip finished cells (see :func:`is_finished`); ``False`` reruns everything.
     progress
-        Draw tqdm bars over cells and over the rounds of the running cell.
+        Draw tqdm bars over cells and over the rounds of the running cell (when stderr is a terminal).
     share_ray
         Start Ray once for all cells (:func:`.hooks.shared_ray`) instead of once per cell.
     reuse_actors
@@ -162,7 +162,7 @@ def run_sweep(
         initial=len(cells) - len(todo),
         desc=f"{sweep.name} cells",
         unit="cell",
-        disable=not progress,
+        disable=None if progress else True,  # None: no bar when stderr is not a terminal
         position=0,
         dynamic_ncols=True,
     )
@@ -204,7 +204,7 @@ def _run_cell(cell: Cell, backend: dict, bar, say, progress: bool, verbose: bool
         desc=cell.name[:40],
         unit="round",
         leave=False,
-        disable=not progress,
+        disable=None if progress else True,  # None: no bar when stderr is not a terminal
         position=1,
         dynamic_ncols=True,
     )
