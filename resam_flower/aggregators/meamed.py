@@ -30,12 +30,11 @@ def mean_around_median(x: torch.Tensor, f: int, *, method: str = "auto") -> torc
         if f:
             med = s[mid[0]] if len(mid) == 1 else torch.mul(s[mid[0]], 0.5).add_(s[mid[1]], alpha=0.5)
             low, high = s[:f], s[m:]  # ranks l and l + m, l = 0 .. f-1
-            # take s_(l) iff (M - s_(l)) <= (s_(l+m) - M): the sign of the rounded difference of the two
-            # rounded distances is exact. Selection by a 0/1 mask is exact: a*1 + b*0 == a.
-            take = torch.sub(high, med).sub_(torch.sub(med, low)).sign_().add_(1.0).clamp_(max=1.0)
-            chosen = torch.mul(low, take)
-            chosen.addcmul_(high, take.neg_().add_(1.0))
-            acc.add_(chosen.sum(dim=0))
+            # Take s_(l) iff (M - s_(l)) <= (s_(l+m) - M), i.e. iff d = (s_(l+m) - M) - (M - s_(l)) >= 0 (the
+            # sign of a rounded difference is exact). (sign(d) + 1/2) * -inf is -inf to take s_(l), +inf
+            # otherwise, and clamp(-inf, lo, hi) == lo, clamp(+inf, lo, hi) == hi pick the value exactly.
+            d = torch.sub(high, med).sub_(torch.sub(med, low)).sign_().add_(0.5).mul_(float("-inf"))
+            acc.add_(torch.clamp(d, min=low, max=high, out=d).sum(dim=0))
         torch.div(acc, m, out=out)
 
     return _order.coordinatewise(x, ranks, combine, (f, m), method=method)
