@@ -90,6 +90,9 @@ class ResilientAveraging(FedAvg):
         Centralised evaluation ``(round, arrays) -> MetricRecord``; used by :meth:`start` unless one is given there.
     seed : int (default: 0)
         Seeds node sampling (reproducible runs).
+    node_wait_timeout : float (default: 600.0)
+        How long sampling waits for ``min_available_nodes`` to connect before failing with a message that says
+        how many are connected (e.g. a simulation started with fewer SuperNodes than ``num-clients``).
     checkpointer : CheckpointHook, optional
         Called at the end of every round with the current model (see
         :class:`resam_flower.strategies.checkpoint.Checkpointer`); its ``train_config()`` entries are sent
@@ -122,6 +125,7 @@ class ResilientAveraging(FedAvg):
         adversary: AdversaryHook | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         seed: int = 0,
+        node_wait_timeout: float = 600.0,
         checkpointer: CheckpointHook | None = None,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
@@ -157,6 +161,7 @@ class ResilientAveraging(FedAvg):
         self.adversary = adversary
         self.evaluate_fn = evaluate_fn
         self._rng = random.Random(seed)
+        self.node_wait_timeout = check_float("node_wait_timeout", node_wait_timeout, low=0.0)
         self._spec: FlatSpec | None = None
         self._arrays: ArrayRecord | None = None
         self._sampled: set[int] | None = None
@@ -203,9 +208,17 @@ class ResilientAveraging(FedAvg):
 
     # ------------------------------------------------------------------------------------------
     def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
-        while len(all_nodes := sorted(grid.get_node_ids())) < max(self.min_available_nodes, minimum):
-            log(INFO, "Waiting for nodes to connect: %d connected (minimum %d).", len(all_nodes), minimum)
-            time.sleep(1)
+        need = max(self.min_available_nodes, minimum)
+        deadline = time.monotonic() + self.node_wait_timeout
+        while len(all_nodes := sorted(grid.get_node_ids())) < need:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"only {len(all_nodes)} nodes connected after {self.node_wait_timeout:g} s, {need} needed "
+                    "(min_available_nodes); in a simulation, start as many SuperNodes as num-clients "
+                    '(flwr run . --federation-config "num-supernodes=N")'
+                )
+            log(INFO, "Waiting for nodes to connect: %d connected (minimum %d).", len(all_nodes), need)
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
         size = min(len(all_nodes), max(int(len(all_nodes) * fraction), minimum))
         return sorted(self._rng.sample(all_nodes, size))
 

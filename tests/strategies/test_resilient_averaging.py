@@ -174,3 +174,9 @@ def test_evaluate_metrics_use_median_and_ignore_error_replies():
         for m, v in zip(msgs, [0.9, 0.8, 0.0], strict=True)
     ]
     assert s.aggregate_evaluate(1, rs)["accuracy"] == pytest.approx(0.8)
+
+
+def test_too_few_connected_nodes_fail_after_the_wait_timeout_with_the_counts():
+    s = ResilientAveraging("mean", min_available_nodes=5, node_wait_timeout=0.2)
+    with pytest.raises(RuntimeError, match="only 2 nodes connected .* 5 needed"):
+        start_round(s, [1, 2])
