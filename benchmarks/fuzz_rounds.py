@@ -94,6 +94,7 @@ def main() -> None:
         plan = plan_for(rng, num_nodes, args.max_replies)
         rnd = len(strategy.round_log) + 1
         stats[rule]["rounds"] += 1
+        stats[rule]["replies"] += len(plan)
         try:
             out = run_round(strategy, rnd, num_nodes, plan)
         except Exception as exc:  # noqa: BLE001 - counting crashes is the point
@@ -122,7 +123,6 @@ def main() -> None:
         if out.arrays is None:
             reason = strategy.round_log[-1]["skipped"]
             skip_reasons["too few valid replies" if "needs" in reason else reason.split(":")[0]] += 1
-        stats[rule]["replies"] += out.received
     wall = time.perf_counter() - t0
 
     total = Counter()

@@ -153,7 +153,10 @@ def _store(ctxt: Context, config, state_dir) -> tuple[MomentumStore, int, Lineag
     if server_round < 1:
         log(WARNING, "momentum_mod: no server-round in the train config; momentum kept in memory only")
         return None
-    lineage = Lineage.parse(config[LINEAGE_KEY]) if LINEAGE_KEY in config else Lineage.fresh("0")
+    if LINEAGE_KEY in config:
+        lineage = Lineage.parse(config[LINEAGE_KEY])
+    else:  # no server lineage: files are valid within this run only (a SuperNode restart, not a new run)
+        lineage = Lineage.fresh(f"run{int(ctxt.run_id) & 0xFFFFFFFF:x}")
     ckpt = config.get(CHECKPOINT_ROUND_KEY)
     key = ctxt.node_config.get("partition-id", ctxt.node_id)
     return MomentumStore(str(root), key), server_round, lineage, None if ckpt is None else int(ckpt)

@@ -287,6 +287,27 @@ def test_momentum_files_are_pruned_to_what_a_restart_can_need(tmp_path):
     assert store.read(store.latest(8, lin)[1], 3) is None  # another model's layout: not used
 
 
+def test_a_restarted_supernode_resumes_its_momentum_but_a_new_run_does_not(tmp_path):
+    """Node config momentum directory, no server checkpointing (no lineage sent): files are per run."""
+    mod = momentum_mod(0.5)
+
+    def node(run_id):
+        ctxt = context(3)
+        ctxt.run_id = run_id
+        ctxt.node_config[MOMENTUM_DIR_KEY] = str(tmp_path)
+        return ctxt
+
+    def step(ctxt, rnd, g):
+        msg = instruction(3, GLOBAL, {"server-round": rnd})
+        out = mod(msg, ctxt, lambda m, c: reply(m, record(w=np.asarray(g, np.float32)), {GRADIENT_FLAG: 1}))
+        return out.content["arrays"]["w"].numpy()
+
+    step(node(1), 1, [2, 2])
+    np.testing.assert_allclose(step(node(1), 2, [0, 0]), [0.5, 0.5])  # restarted: m_1 read back from disk
+    np.testing.assert_allclose(step(node(2), 1, [0, 0]), [0.0, 0.0])  # another run: starts from zero
+    assert len(MomentumStore(tmp_path, 3).files()) == 1  # the other run's files were pruned
+
+
 def test_in_memory_momentum_is_unchanged_without_a_momentum_directory(tmp_path):
     mod, ctxt = momentum_mod(0.5), context()
     for g in ([2, 2], [4, 0]):
