@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from resam_flower.strategies.checkpoint import Checkpointer
-
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
@@ -87,6 +85,3 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait()
     proc.stderr.close()
 
-
-def final_checkpoint_round(run_dir: Path) -> int:
-    return Checkpointer.load(run_dir / "checkpoint.pt").round
