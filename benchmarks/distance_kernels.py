@@ -5,10 +5,11 @@ Usage::
     python benchmarks/distance_kernels.py                       # n=20, d=1e6, f=4, float32, CPU, vs ByzFL
     python benchmarks/distance_kernels.py --device cuda --d 11000000 --no-byzfl
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/distance_kernels.py   # huge pages for large CPU tensors
-    MALLOC_MMAP_THRESHOLD_=4294967296 python benchmarks/distance_kernels.py  # glibc reuses big blocks
+    python benchmarks/distance_kernels.py --threads 1 --clock process   # stable on a shared machine
 
-A fresh ``(n, d)`` CPU output (NNM) costs page faults on first touch, about 1.5 read passes at n=20,
-d=1e6 on a 2-core machine; either environment setting above removes most of it (for ByzFL too).
+A fresh ``(n, d)`` CPU output (NNM) costs page faults on first touch, 1.5 to 4 read passes at n=20, d=1e6
+on a 2-core machine; PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (huge pages for large tensors) removes most of
+it, for ByzFL too. (glibc's ``MALLOC_MMAP_THRESHOLD_`` cannot help: it is capped at 32 MB.)
 
 Timings are medians over ``--reps`` interleaved rounds (every rule once per round), so that a noisy,
 shared machine affects all rules alike. Three inputs are measured: ``random`` (i.i.d. Gaussian rows: the
@@ -44,6 +45,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter
+
+
 def _median_times(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
     for fn in fns.values():  # warm-up
         fn()
@@ -51,10 +55,10 @@ def _median_times(fns: dict[str, Callable[[], object]], reps: int, device: torch
     for _ in range(reps):
         for k, fn in fns.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
             _sync(device)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -87,14 +91,23 @@ def main() -> None:
     ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--inputs", default="random,close,mimic", help="which inputs to measure")
+    ap.add_argument(
+        "--clock", default="wall", choices=["wall", "process"],
+        help="process: CPU time of this process (with --threads 1, insensitive to other load on the machine)",
+    )
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     rules = [r for r in args.rules.split(",") if r]
     n, d, f = args.n, args.d, args.f
-    env = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_") if k in os.environ}
-    print(f"n={n} d={d:,} f={f} {args.dtype} {device} threads={torch.get_num_threads()} env={env}")
+    env = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS") if k in os.environ}
+    print(
+        f"n={n} d={d:,} f={f} {args.dtype} {device} threads={torch.get_num_threads()} clock={args.clock} "
+        f"env={env} load={os.getloadavg()[0]:.1f}"
+    )
     for kind in args.inputs.split(","):
         x = _input(kind, n, d, f, dtype, device)
         comps = {r: _component(r, f) for r in rules if not (r == "bulyan" and n < 4 * f + 3)}
