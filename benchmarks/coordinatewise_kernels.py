@@ -9,6 +9,8 @@ Each figure is the median over ``--reps`` calls of ``time(rule) / time(x.sum(0))
 timed right before each call (best of two) so that both see the same machine load. Rule calls include
 the non-finite-row screen every rule runs first (``_linalg.finite_rows``); "kernel only" rows leave it
 out. ``--peers`` adds the ``method="sort"`` path, torch built-ins and ByzFL (if installed).
+``--clock process`` times CPU seconds of all threads instead of wall seconds: steadier on a shared
+machine, but it also counts threads that spin idle (OpenMP) and hides a lack of parallelism.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+_CLOCK = time.perf_counter
+
+
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
     _sync(device)
-    t = time.perf_counter()
+    t = _CLOCK()
     fn()
     _sync(device)
-    return time.perf_counter() - t
+    return _CLOCK() - t
 
 
 def ratio(fn: Callable[[], object], x: torch.Tensor, reps: int) -> tuple[float, float]:
@@ -60,7 +65,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--peers", action="store_true", help="also time torch built-ins and ByzFL")
+    p.add_argument("--clock", choices=["wall", "process"], default="wall",
+                   help="process: CPU time of all threads (steadier when other jobs share the cores)")
     a = p.parse_args()
+    global _CLOCK
+    _CLOCK = time.process_time if a.clock == "process" else time.perf_counter
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     device = torch.device(a.device)
@@ -91,7 +100,7 @@ def main() -> None:
         except ImportError:
             pass
     print(f"n={a.n} d={a.d} f={a.f} {a.dtype} on {device} ({torch.get_num_threads()} threads), "
-          f"median of {a.reps}")
+          f"median of {a.reps}, {a.clock} clock")
     for label, fn in rules.items():
         r, base = ratio(fn, x, a.reps)
         print(f"  {label:<26} {r:6.1f}x   (read pass {base * 1e3:.2f} ms)", flush=True)
