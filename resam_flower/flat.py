@@ -85,6 +85,8 @@ class FlatSpec:
                 nd = arr.numpy()
             except Exception as exc:  # noqa: BLE001 - any decoding failure means a bad reply
                 return None, f"decode: {key}: {type(exc).__name__}"
+            if not isinstance(nd, np.ndarray):  # e.g. bytes of a zip archive: np.load gives an NpzFile
+                return None, f"decode: {key}: not an npy array ({type(nd).__name__})"
             if tuple(nd.shape) != shape:
                 return None, f"shape: {key} has {tuple(nd.shape)}, expected {shape}"
             if str(nd.dtype) != dt:

@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from .app.config import ExperimentConfig
 from .app.server_app import run_experiment
 from .clients.worker import make_client_app
+from .strategies.checkpoint import stable_simulation_node_ids
 
 __all__ = ["simulate", "backend_config"]
 
@@ -50,7 +51,7 @@ def simulate(run_config: dict[str, Any] | ExperimentConfig, *, backend: dict | N
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stable_simulation_node_ids(cfg.seed):
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=server,

@@ -15,7 +15,9 @@ def record(**arrays: np.ndarray) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
 
 
-def instruction(node: int, arrays: ArrayRecord, config: dict | None = None, kind: str = MessageType.TRAIN) -> Message:
+def instruction(
+    node: int, arrays: ArrayRecord, config: dict | None = None, kind: str = MessageType.TRAIN
+) -> Message:
     content = RecordDict({"arrays": arrays, "config": ConfigRecord(config or {})})
     return Message(content=content, dst_node_id=node, message_type=kind)
 

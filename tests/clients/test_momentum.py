@@ -100,7 +100,9 @@ def test_layout_change_resets_momentum():
         return reply(msg, record(w=np.ones(2, np.float32), b=np.ones(1, np.float32)), {GRADIENT_FLAG: 1})
 
     out = run(mod, app, ctxt, arrays=other)
-    np.testing.assert_allclose(np.concatenate([out.content["arrays"]["w"].numpy(), out.content["arrays"]["b"].numpy()]), 0.5)
+    np.testing.assert_allclose(
+        np.concatenate([out.content["arrays"]["w"].numpy(), out.content["arrays"]["b"].numpy()]), 0.5
+    )
 
 
 def test_non_train_messages_pass_through():

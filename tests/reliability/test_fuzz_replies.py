@@ -26,10 +26,7 @@ from tests.reliability.fuzz_cases import GLOBAL, INVALID_KINDS, KINDS, check_rou
 
 #: Reply kinds that break a component outside this test's reach; each has a strict-xfail regression test
 #: below, and comes back into the fuzzed kinds once fixed.
-KNOWN_BUGS = {
-    "npz": "flat.py: FlatSpec.read takes Array.numpy() for an ndarray, but np.load returns an NpzFile for "
-    "a zip archive: AttributeError in screening, the round is lost (fix: isinstance(nd, np.ndarray) check)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 FUZZ_KINDS = [k for k in KINDS if k not in KNOWN_BUGS]
 
 REQUIRED = ["nnm+cwtm", "krum", "gm", "cc", "mda"]
@@ -123,7 +120,6 @@ def test_a_bug_costs_one_round_not_the_run(monkeypatch):
     assert s.round_log[-1]["skipped"].startswith("internal error: ZeroDivisionError")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["npz"])
 def test_npz_archive_reply_is_excluded_not_fatal():
     s = ResilientAveraging("mean", lr=0.1, min_train_nodes=1, min_available_nodes=1)
     out = run_round(s, 1, 2, [("good", 0, 1), ("npz", 1, 2)])
