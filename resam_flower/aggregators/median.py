@@ -2,13 +2,10 @@ r"""Coordinate-wise median (CWMed)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from . import _order
-from ._linalg import drop_nonfinite, finite_rows
-from .base import Aggregator
+from ._coordinatewise import CoordinateWiseRule
 
 __all__ = ["CoordinateWiseMedian", "coordinate_wise_median"]
 
@@ -29,7 +26,7 @@ def coordinate_wise_median(x: torch.Tensor, *, method: str = "auto") -> torch.Te
     return _order.coordinatewise(x, ranks, _combine_median, method=method)
 
 
-class CoordinateWiseMedian(Aggregator):
+class CoordinateWiseMedian(CoordinateWiseRule):
     r"""Coordinate-wise median: :math:`[F(x)]_k = \mathrm{median}(x_{1k}, \dots, x_{nk})`.
 
     With the values of coordinate ``k`` sorted, :math:`s_{(0)} \le \dots \le s_{(n-1)}`, the median is
@@ -59,23 +56,7 @@ class CoordinateWiseMedian(Aggregator):
     name = "cwmed"
     requirement = "n > 2f"
 
-    def __init__(self, f: int = 0, method: str = "auto") -> None:
-        super().__init__(f)
-        if method not in _order.METHODS:
-            raise ValueError(f"method must be one of {_order.METHODS}, got {method!r}")
-        self.method = method
-
-    def min_inputs(self, f: int | None = None) -> int:
-        f = self.f if f is None else f
-        return 2 * f + 1
-
-    def params(self) -> dict[str, Any]:
-        return {} if self.method == "auto" else {"method": self.method}
-
-    def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
-        x, f, k, _ = drop_nonfinite(x, f, finite_rows(x), self.name)
-        self.last_info["nonfinite_rows"] = k
-        self.check(x.shape[0], f)
+    def _kernel(self, x: torch.Tensor, f: int) -> torch.Tensor:
         return coordinate_wise_median(x, method=self.method)
 
     def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:

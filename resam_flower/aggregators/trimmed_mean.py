@@ -2,13 +2,10 @@ r"""Coordinate-wise trimmed mean (CWTM)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from . import _order
-from ._linalg import drop_nonfinite, finite_rows
-from .base import Aggregator
+from ._coordinatewise import CoordinateWiseRule
 
 __all__ = ["CoordinateWiseTrimmedMean", "coordinate_wise_trimmed_mean", "trimmed_mean_constant"]
 
@@ -47,7 +44,7 @@ def trimmed_mean_constant(n: int, f: int) -> float:
     return f / (n - f)
 
 
-class CoordinateWiseTrimmedMean(Aggregator):
+class CoordinateWiseTrimmedMean(CoordinateWiseRule):
     r"""Coordinate-wise trimmed mean: per coordinate drop the ``f`` largest and ``f`` smallest values.
 
     .. math:: [F(x)]_k = \frac{1}{n - 2f} \sum_{r = f}^{n - f - 1} s_{(r)}^{(k)}
@@ -74,23 +71,7 @@ class CoordinateWiseTrimmedMean(Aggregator):
     name = "cwtm"
     requirement = "n > 2f"
 
-    def __init__(self, f: int = 0, method: str = "auto") -> None:
-        super().__init__(f)
-        if method not in _order.METHODS:
-            raise ValueError(f"method must be one of {_order.METHODS}, got {method!r}")
-        self.method = method
-
-    def min_inputs(self, f: int | None = None) -> int:
-        f = self.f if f is None else f
-        return 2 * f + 1
-
-    def params(self) -> dict[str, Any]:
-        return {} if self.method == "auto" else {"method": self.method}
-
-    def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
-        x, f, k, _ = drop_nonfinite(x, f, finite_rows(x), self.name)
-        self.last_info["nonfinite_rows"] = k
-        self.check(x.shape[0], f)
+    def _kernel(self, x: torch.Tensor, f: int) -> torch.Tensor:
         return coordinate_wise_trimmed_mean(x, f, method=self.method)
 
     def kappa(self, n: int, f: int | None = None, d: int | None = None) -> float | None:
