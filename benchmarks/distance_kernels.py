@@ -46,6 +46,7 @@ def _sync(device: torch.device) -> None:
 
 
 CLOCK = time.perf_counter
+STAT = statistics.median
 
 
 def _median_times(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
@@ -59,7 +60,7 @@ def _median_times(fns: dict[str, Callable[[], object]], reps: int, device: torch
             fn()
             _sync(device)
             times[k].append(CLOCK() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: STAT(v) for k, v in times.items()}
 
 
 def _component(name: str, f: int):
@@ -95,9 +96,11 @@ def main() -> None:
         "--clock", default="wall", choices=["wall", "process"],
         help="process: CPU time of this process (with --threads 1, insensitive to other load on the machine)",
     )
+    ap.add_argument("--stat", default="median", choices=["median", "min"], help="min: best of the rounds")
     args = ap.parse_args()
-    global CLOCK
+    global CLOCK, STAT
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
+    STAT = min if args.stat == "min" else statistics.median
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -106,6 +109,7 @@ def main() -> None:
     env = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS") if k in os.environ}
     print(
         f"n={n} d={d:,} f={f} {args.dtype} {device} threads={torch.get_num_threads()} clock={args.clock} "
+        f"stat={args.stat} "
         f"env={env} load={os.getloadavg()[0]:.1f}"
     )
     for kind in args.inputs.split(","):
