@@ -32,9 +32,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ANCHOR = {
-    "dataset": "mnist", "model": "mnist-cnn", "num-clients": 13, "num-byzantine": 3, "attack": "alie",
-    "attack-params": "z=1.5", "aggregator": "nnm+cwtm", "momentum": 0.9, "lr": 0.1, "weight-decay": 1e-4,
-    "batch-size": 32, "partitioner": "iid", "eval-every": 1000, "seed": 0,
+    "dataset": "mnist",
+    "model": "mnist-cnn",
+    "num-clients": 13,
+    "num-byzantine": 3,
+    "attack": "alie",
+    "attack-params": "z=1.5",
+    "aggregator": "nnm+cwtm",
+    "momentum": 0.9,
+    "lr": 0.1,
+    "weight-decay": 1e-4,
+    "batch-size": 32,
+    "partitioner": "iid",
+    "eval-every": 1000,
+    "seed": 0,
 }
 
 
@@ -51,21 +62,36 @@ def run_byzfl(rounds: int, beta: float = 0.9, seed: int = 0) -> dict:
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     shards = perm.chunk(10)
     clients = [
-        Client({
-            "model_name": "cnn_mnist", "device": "cpu", "loss_name": "NLLLoss", "LabelFlipping": False,
-            "nb_labels": 10, "momentum": beta, "store_per_client_metrics": False,
-            "training_dataloader": DataLoader(TensorDataset(train.images[s], train.labels[s]), batch_size=32,
-                                              shuffle=True),
-        })
+        Client(
+            {
+                "model_name": "cnn_mnist",
+                "device": "cpu",
+                "loss_name": "NLLLoss",
+                "LabelFlipping": False,
+                "nb_labels": 10,
+                "momentum": beta,
+                "store_per_client_metrics": False,
+                "training_dataloader": DataLoader(
+                    TensorDataset(train.images[s], train.labels[s]), batch_size=32, shuffle=True
+                ),
+            }
+        )
         for s in shards
     ]
-    server = Server({
-        "device": "cpu", "model_name": "cnn_mnist", "optimizer_name": "SGD", "learning_rate": 0.1,
-        "weight_decay": 1e-4, "milestones": [], "learning_rate_decay": 1.0,
-        "aggregator_info": {"name": "TrMean", "parameters": {"f": 3}},
-        "pre_agg_list": [{"name": "NNM", "parameters": {"f": 3}}],
-        "test_loader": DataLoader(TensorDataset(test.images, test.labels), batch_size=1000),
-    })
+    server = Server(
+        {
+            "device": "cpu",
+            "model_name": "cnn_mnist",
+            "optimizer_name": "SGD",
+            "learning_rate": 0.1,
+            "weight_decay": 1e-4,
+            "milestones": [],
+            "learning_rate_decay": 1.0,
+            "aggregator_info": {"name": "TrMean", "parameters": {"f": 3}},
+            "pre_agg_list": [{"name": "NNM", "parameters": {"f": 3}}],
+            "test_loader": DataLoader(TensorDataset(test.images, test.labels), batch_size=1000),
+        }
+    )
     byz = ByzantineClient({"name": "ALittleIsEnough", "f": 3, "parameters": {"tau": 1.5}})
     for c in clients:
         c.set_model_state(server.get_dict_parameters())
@@ -80,8 +106,12 @@ def run_byzfl(rounds: int, beta: float = 0.9, seed: int = 0) -> dict:
         for c in clients:
             c.set_model_state(state)
     wall = time.perf_counter() - t0
-    return {"system": "ByzFL 0.0.11 loop", "rounds": rounds, "wall_time_s": wall,
-            "test_accuracy": float(server.compute_test_accuracy())}
+    return {
+        "system": "ByzFL 0.0.11 loop",
+        "rounds": rounds,
+        "wall_time_s": wall,
+        "test_accuracy": float(server.compute_test_accuracy()),
+    }
 
 
 def run_resam(rounds: int, beta: float = 0.9) -> dict:
@@ -89,11 +119,23 @@ def run_resam(rounds: int, beta: float = 0.9) -> dict:
     from resam_flower.simulation import simulate
 
     t0 = time.perf_counter()
-    s = simulate({**ANCHOR, "momentum": beta, "num-server-rounds": rounds, "results-dir": "results/bench",
-                  "run-name": f"e2e-resam-b{beta:g}"})
+    s = simulate(
+        {
+            **ANCHOR,
+            "momentum": beta,
+            "num-server-rounds": rounds,
+            "results-dir": "results/bench",
+            "run-name": f"e2e-resam-b{beta:g}",
+        }
+    )
     wall = time.perf_counter() - t0
-    return {"system": "resam-flower on Flower/Ray", "rounds": rounds, "wall_time_s": wall,
-            "strategy_time_s": s["wall_time_s"], "test_accuracy": s["final_test_accuracy"]}
+    return {
+        "system": "resam-flower on Flower/Ray",
+        "rounds": rounds,
+        "wall_time_s": wall,
+        "strategy_time_s": s["wall_time_s"],
+        "test_accuracy": s["final_test_accuracy"],
+    }
 
 
 def run_overhead(rounds: int) -> dict:
@@ -121,21 +163,35 @@ def run_overhead(rounds: int) -> dict:
             test = test_split(cfg)
             model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
             if name == "fedavg":
-                strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=cfg.num_clients,
-                                  min_train_nodes=cfg.num_clients)
+                strategy = FedAvg(
+                    fraction_evaluate=0.0,
+                    min_available_nodes=cfg.num_clients,
+                    min_train_nodes=cfg.num_clients,
+                )
             else:
                 strategy = build_strategy(cfg)
             t0 = time.perf_counter()
-            strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
-                           train_config=ConfigRecord(cfg.to_config_record()))
+            strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(model.state_dict()),
+                num_rounds=rounds,
+                train_config=ConfigRecord(cfg.to_config_record()),
+            )
             times["rounds_s"] = time.perf_counter() - t0
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_simulation(app, make_client_app(), num_supernodes=cfg.num_clients, backend_config=backend_config())
+            run_simulation(
+                app, make_client_app(), num_supernodes=cfg.num_clients, backend_config=backend_config()
+            )
         out[name] = times["rounds_s"]
-    return {"fedavg_s": out["fedavg"], "resam_s": out["resam"], "ratio": out["resam"] / out["fedavg"],
-            "rounds": rounds, "clients": base["num-clients"]}
+    return {
+        "fedavg_s": out["fedavg"],
+        "resam_s": out["resam"],
+        "ratio": out["resam"] / out["fedavg"],
+        "rounds": rounds,
+        "clients": base["num-clients"],
+    }
 
 
 def peak_memory() -> dict:
@@ -146,7 +202,9 @@ def peak_memory() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", nargs="+", choices=["byzfl", "resam", "overhead", "memory"])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--beta", type=float, default=0.9)
@@ -165,8 +223,10 @@ def main() -> None:
     if "byzfl" in results and "resam" in results:
         b, r = results["byzfl"], results["resam"]
         print(f"| ByzFL loop | {b['wall_time_s']:.1f} s | {100 * b['test_accuracy']:.2f} % |")
-        print(f"| resam-flower (Flower/Ray) | {r['wall_time_s']:.1f} s ({r['wall_time_s'] / b['wall_time_s']:.2f}x) "
-              f"| {100 * r['test_accuracy']:.2f} % |")
+        print(
+            f"| resam-flower (Flower/Ray) | {r['wall_time_s']:.1f} s ({r['wall_time_s'] / b['wall_time_s']:.2f}x) "
+            f"| {100 * r['test_accuracy']:.2f} % |"
+        )
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

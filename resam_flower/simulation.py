@@ -28,7 +28,9 @@ from .strategies.checkpoint import stable_simulation_node_ids
 __all__ = ["simulate", "backend_config"]
 
 
-def backend_config(num_cpus: int | None = None, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0) -> dict:
+def backend_config(
+    num_cpus: int | None = None, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0
+) -> dict:
     """Ray backend settings: the machine's cores, one per virtual client by default."""
     total = num_cpus or os.cpu_count() or 1
     return {
@@ -37,9 +39,15 @@ def backend_config(num_cpus: int | None = None, cpus_per_client: float = 1.0, gp
     }
 
 
-def simulate(run_config: dict[str, Any] | ExperimentConfig, *, backend: dict | None = None, verbose: bool = False) -> dict:
+def simulate(
+    run_config: dict[str, Any] | ExperimentConfig, *, backend: dict | None = None, verbose: bool = False
+) -> dict:
     """Run the experiment described by ``run_config`` (kebab-case keys) on the Ray backend; return its summary."""
-    cfg = run_config if isinstance(run_config, ExperimentConfig) else ExperimentConfig.from_run_config(run_config)
+    cfg = (
+        run_config
+        if isinstance(run_config, ExperimentConfig)
+        else ExperimentConfig.from_run_config(run_config)
+    )
     out: dict[str, Any] = {}
     server = ServerApp()
 
@@ -61,5 +69,7 @@ def simulate(run_config: dict[str, Any] | ExperimentConfig, *, backend: dict | N
             verbose_logging=verbose,
         )
     if not out:
-        raise RuntimeError("the simulation ended without a result (see the log above for the ServerApp's error)")
+        raise RuntimeError(
+            "the simulation ended without a result (see the log above for the ServerApp's error)"
+        )
     return out

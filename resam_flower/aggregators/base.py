@@ -75,7 +75,7 @@ def check_float(
     return value
 
 
-class _Component(ABC):
+class _Component(ABC):  # noqa: B024 - shared base; subclasses add the abstract methods
     """What rules and pre-aggregators share: ``f``, the input condition, diagnostics and state."""
 
     #: Short registry name (``"cwtm"``, ``"nnm"``...).
@@ -102,14 +102,14 @@ class _Component(ABC):
             )
 
     # -- state ------------------------------------------------------------------------------------
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - optional hook, no-op for stateless components
         """Forget state carried across calls (no-op for stateless components)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint (empty for stateless components)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what :meth:`state_dict` returned."""
 
     # -- presentation -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Aggregator, PreAggregator, _Component
+from .base import Aggregator, _Component
 from .pipeline import Pipeline
 
 __all__ = ["build", "available", "RULES", "PRE_AGGREGATORS", "resolve"]
@@ -145,7 +145,9 @@ def build(spec: str | Sequence[str | _Component] | _Component, f: int = 0, **par
     if not stages:
         raise ValueError("empty aggregator spec")
     params = {_norm(k): v for k, v in params.items()}
-    named = {k: v for k, v in params.items() if isinstance(v, dict) and _norm(k) in {**RULES, **PRE_AGGREGATORS}}
+    named = {
+        k: v for k, v in params.items() if isinstance(v, dict) and _norm(k) in {**RULES, **PRE_AGGREGATORS}
+    }
     flat = {k: v for k, v in params.items() if k not in named}
     used: set[str] = set()
     built: list[_Component] = []
