@@ -102,13 +102,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rule_specs(values: list[str]) -> list[str]:
+    """``["mean", "mda,cwtm"]`` -> ``["mean", "mda", "cwtm"]`` (``;`` separates specs that contain commas)."""
+    out = []
+    for value in values:
+        out += [r.strip() for r in value.split(";" if ";" in value else ",") if r.strip()]
+    return out
+
+
 def cmd_kappa(args: argparse.Namespace) -> int:
     import warnings
 
     from .experiments.kappa import describe, empirical_kappa, kappa_table
 
     estimates = []
-    for rule in [r.strip() for r in args.rules.split(";" if ";" in args.rules else ",") if r.strip()]:
+    for rule in _rule_specs(args.rules):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             estimates.append(
@@ -193,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=int, default=2)
     p.add_argument(
         "--rules",
-        default=DEFAULT_KAPPA_RULES,
+        nargs="+",
+        default=[DEFAULT_KAPPA_RULES],
         help=f"comma-separated specs (';' if a spec has commas); default {DEFAULT_KAPPA_RULES}",
     )
     p.add_argument("--restarts", type=int, default=6)

@@ -48,7 +48,8 @@ def test_kappa_command(capsys):
                 "--d",
                 "1",
                 "--rules",
-                "cwtm,mean",
+                "cwtm",  # README style: several arguments, or commas (below)
+                "mean,mda",
                 "--restarts",
                 "2",
                 "--steps",
@@ -59,6 +60,7 @@ def test_kappa_command(capsys):
     )
     out = capsys.readouterr().out
     assert "| cwtm | 5 | 1 | 1 |" in out and "(unbounded)" in out and "| 0.25 |" in out
+    assert len([line for line in out.splitlines() if line.startswith("| ")]) == 1 + 3  # header + 3 rules
 
 
 def test_errors_exit_with_code_2(tmp_path, capsys):

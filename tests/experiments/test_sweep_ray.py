@@ -46,6 +46,13 @@ def test_tiny_sweep_on_ray_then_resume(tmp_path):
         json.loads((tmp_path / "tiny" / r.cell.name / "summary.json").read_text()) for r in again
     ]
 
+    # reused actors change nothing: the same cell alone, with its own Ray and fresh actors, gives the same run
+    alone = run_sweep(sweep, tmp_path, resume=False, share_ray=False, progress=False, only=["nnm_cwtm__b0.9"])
+    first = next(r for r in results if r.cell.name == "nnm_cwtm__b0.9")
+    assert alone[0].status == "done"
+    assert alone[0].summary["final_test_accuracy"] == first.summary["final_test_accuracy"]
+    assert alone[0].summary["final_test_loss"] == first.summary["final_test_loss"]
+
     text, _ = write_report(tmp_path / "tiny")
     assert "| cwtm | 0 |" in text and "| nnm+cwtm | 0.9 |" in text
     names = sorted(p.name for p in plot_sweep(tmp_path / "tiny"))
