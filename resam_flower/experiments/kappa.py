@@ -34,6 +34,7 @@ import torch
 
 from ..aggregators import build
 from ..aggregators.base import Aggregator, check_float, check_int
+from ..attacks.base import honest_std
 
 __all__ = ["KappaEstimate", "empirical_kappa", "lower_bound", "kappa_table"]
 
@@ -87,7 +88,7 @@ def _start(family: str, n: int, f: int, d: int, gen: torch.Generator, dtype: tor
     if family == "far":
         b = h.mean(0) + 10.0 * direction + 0.1 * torch.randn(f, d, generator=gen, dtype=dtype)
     elif family == "alie":
-        b = (h.mean(0) + 1.5 * h.std(0) * direction.sign()).expand(f, d).clone()
+        b = (h.mean(0) + 1.5 * honest_std(h) * direction.sign()).expand(f, d).clone()
     elif family == "extreme":
         far = (h - h.mean(0)).norm(dim=1).argmax()
         b = h[far].expand(f, d) + 0.3 * torch.randn(f, d, generator=gen, dtype=dtype)
