@@ -11,6 +11,8 @@ either the vector or the reason it was rejected, never raising on bad input.
 
 from __future__ import annotations
 
+import ast
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +20,68 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-__all__ = ["FlatSpec"]
+__all__ = ["FlatSpec", "decode_array", "all_finite"]
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_STYPE = "numpy.ndarray"  # flwr.app's SType.NUMPY: anything else is refused by Array.numpy()
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...]] | None:
+    """``(dtype, shape)`` of a C-order, plain-dtype ``.npy`` header; ``None`` for anything else."""
+    try:
+        meta = ast.literal_eval(header.decode("latin1"))
+        if not isinstance(meta, dict) or set(meta) != {"descr", "fortran_order", "shape"}:
+            return None
+        if meta["fortran_order"] is not False or not isinstance(meta["descr"], str):
+            return None
+        dtype = np.dtype(meta["descr"])
+        shape = meta["shape"]
+        if not isinstance(shape, tuple) or not all(type(s) is int and s >= 0 for s in shape):
+            return None
+    except Exception:  # noqa: BLE001 - an odd header takes numpy's own reader instead
+        return None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        return None
+    return dtype, shape
+
+
+def decode_array(arr: Array) -> np.ndarray:
+    """The ndarray held by a Flower :class:`~flwr.app.Array`, read-only, without copying its bytes.
+
+    ``Array.numpy()`` runs ``np.load`` on a copy of the bytes and parses the header each time; for
+    replies of a known model the header repeats every round, so it is parsed once (cached) and the
+    data is viewed in place. Anything that is not a plain C-order ``.npy`` payload of exactly the
+    declared size goes through ``Array.numpy()``, so the result, and every error, is numpy's own.
+    """
+    data = arr.data
+    if arr.stype == _NPY_STYPE and isinstance(data, bytes) and data[:6] == _NPY_MAGIC and len(data) > 10:
+        major = data[6]
+        size = 2 if major == 1 else 4 if major in (2, 3) else 0
+        if size:
+            hlen = int.from_bytes(data[8 : 8 + size], "little")
+            start = 8 + size + hlen
+            parsed = _npy_header(data[8 + size : start])
+            if parsed is not None:
+                dtype, shape = parsed
+                count = int(np.prod(shape, dtype=np.int64))
+                if len(data) - start == count * dtype.itemsize:
+                    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
+    return arr.numpy()
+
+
+def all_finite(vec: torch.Tensor) -> bool:
+    """Whether every entry of ``vec`` is finite, in one reduction when it is.
+
+    A sum with a NaN or an infinity in it is not finite, so a finite sum proves every entry finite;
+    only a non-finite sum (a bad entry, or an overflow of huge finite ones) needs the element-wise test.
+    """
+    if vec.numel() == 0:
+        return True
+    if bool(torch.isfinite(vec.sum())):
+        return True
+    return bool(torch.isfinite(vec).all())
 
 
 @dataclass(frozen=True)
@@ -82,7 +145,7 @@ class FlatSpec:
             if not isinstance(arr, Array):
                 return None, f"type: {key} is {type(arr).__name__}, not an Array"
             try:
-                nd = arr.numpy()
+                nd = decode_array(arr)
             except Exception as exc:  # noqa: BLE001 - any decoding failure means a bad reply
                 return None, f"decode: {key}: {type(exc).__name__}"
             if not isinstance(nd, np.ndarray):  # e.g. bytes of a zip archive: np.load gives an NpzFile
@@ -93,9 +156,12 @@ class FlatSpec:
                 return None, f"dtype: {key} is {nd.dtype}, expected {dt}"
             if off < 0:
                 continue
-            t = torch.from_numpy(np.ascontiguousarray(nd).reshape(-1))
-            vec[off : off + t.numel()].copy_(t)
-        if check_finite and not bool(torch.isfinite(vec).all()):
+            flat = nd.reshape(-1)
+            if vec.device.type == "cpu" and vec.dtype in _NUMPY_FLOATS:  # one copy: payload -> vector
+                np.copyto(vec[off : off + flat.size].numpy(), flat, casting="unsafe")
+            else:
+                vec[off : off + flat.size].copy_(torch.from_numpy(np.array(flat)))
+        if check_finite and not all_finite(vec):
             return None, "nonfinite: NaN or infinite values"
         return vec, None
 
