@@ -220,9 +220,22 @@ def load_partition(
     options = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in (dataset_options or {}).items()))
     frozen = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in params.items()))
     name = _canonical(name)
-    parts = _partition_cached(name, split, bool(normalize), options, num_partitions, key, frozen, int(seed))
-    data = load_dataset(name, split, normalize=normalize, **dict(options))
-    return data.subset(parts[partition_id], name=f"{data.name}[{partition_id}/{num_partitions}]")
+    args = (name, split, bool(normalize), options, num_partitions, key, frozen, int(seed))
+    splits = _splits_cached(*args)
+    if splits[partition_id] is None:
+        parts = _partition_cached(*args)
+        data = load_dataset(name, split, normalize=normalize, **dict(options))
+        splits[partition_id] = data.subset(
+            parts[partition_id], name=f"{data.name}[{partition_id}/{num_partitions}]"
+        )
+    return splits[partition_id]
+
+
+@functools.lru_cache(maxsize=2)
+def _splits_cached(*key: Any) -> list[DataSplit | None]:
+    # The partitions' copied rows, filled as clients ask for them: a worker serving every virtual client of
+    # a partitioning holds one copy of the data set, and the copy is made once, not on every message.
+    return [None] * key[4]
 
 
 def label_histogram(labels: torch.Tensor, parts: list[torch.Tensor], num_classes: int) -> torch.Tensor:

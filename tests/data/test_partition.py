@@ -139,6 +139,9 @@ def test_load_partition_matches_partition_and_is_cached():
     info = partition_module._partition_cached.cache_info()
     assert info.misses == 1 and info.hits == 5, info
     assert clients[2].name == "digits:train[2/6]"
+    # The rows are copied once per process: asking again returns the same split, no new copy.
+    assert load_partition("digits", 2, 6, "dirichlet", alpha=0.5, seed=3) is clients[2]
+    assert partition_module._partition_cached.cache_info().misses == 1
 
 
 def test_load_partition_options_and_errors():
