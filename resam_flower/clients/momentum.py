@@ -33,7 +33,7 @@ import os
 from logging import WARNING
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
@@ -119,11 +119,12 @@ def momentum_mod(
         else:
             m = _load_stored_momentum(ctxt, state_key, spec, *store)
         m.mul_(beta).add_(g, alpha=1.0 - beta)
-        ctxt.state[state_key] = spec.unflatten(m, like=global_rec)
+        state = spec.unflatten(m, like=global_rec)
+        ctxt.state[state_key] = state
         if store is not None:
             _save_stored_momentum(ctxt, state_key, m, *store)
         out = reply.content
-        out.array_records[rkey] = spec.unflatten(m, like=global_rec)
+        out.array_records[rkey] = ArrayRecord(dict(state.items()))  # same (immutable) Arrays, own record
         for k, v in list(out.metric_records.items()):
             v[GRADIENT_FLAG] = 1
             v["momentum-norm"] = float(torch.linalg.vector_norm(m))
@@ -179,8 +180,11 @@ def _load_stored_momentum(
         vec = store.read(latest[1], spec.dim)
         if vec is not None:
             return vec
-        log(WARNING, "momentum_mod: momentum file %s unreadable or of another model; starting from zero",
-            latest[1])
+        log(
+            WARNING,
+            "momentum_mod: momentum file %s unreadable or of another model; starting from zero",
+            latest[1],
+        )
     return torch.zeros(spec.dim)
 
 

@@ -174,6 +174,7 @@ class ResilientAveraging(FedAvg):
         self.excluded_total: Counter = Counter()
         #: one dict per round: what was received, kept, excluded (and why), timings, the step taken.
         self.round_log: list[dict[str, Any]] = []
+        self._sent_at: float | None = None
 
     @property
     def current_arrays(self) -> ArrayRecord | None:
@@ -236,6 +237,7 @@ class ResilientAveraging(FedAvg):
         self._check_population(all_nodes)
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         self._sampled = set(nodes)
+        self._sent_at = time.perf_counter()
         config["server-round"] = server_round
         config["lr"] = self.schedule(server_round)
         config["resam-mode"] = self.mode
@@ -322,7 +324,11 @@ class ResilientAveraging(FedAvg):
                 server_round,
                 entry["skipped"],
             )
-        entry["aggregate-time-s"] = time.perf_counter() - t0
+        now = time.perf_counter()
+        entry["aggregate-time-s"] = now - t0
+        if self._sent_at is not None:  # instructions sent -> model updated: the round's wall time
+            entry["round-time-s"] = now - self._sent_at
+            self._sent_at = None
         entry.update(attack_metrics)
         metrics = MetricRecord(
             {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "round"}

@@ -73,7 +73,8 @@ def rows(run_dir) -> list[dict]:
 
     out = []
     for row in csv.DictReader((run_dir / "metrics.csv").open()):
-        row.pop("aggregate-time-s")
+        row.pop("aggregate-time-s")  # wall-clock figures differ between runs; everything else must not
+        row.pop("round-time-s", None)
         out.append(row)
     return out
 
