@@ -1,6 +1,6 @@
 """End-to-end benchmark: RESAM on Flower's Ray simulation vs ByzFL's own loop, and vs plain FedAvg.
 
-Three measurements (issue 3), each printed as a Markdown row and saved as JSON (``--json``):
+Four measurements (issue 3), each printed as a Markdown row and saved as JSON (``--json``):
 
 1. ``byzfl`` / ``resam``: the ANCHORS.md MNIST configuration — CNN conv20-conv50-fc500-fc10 (431,080 params),
    10 honest + 3 Byzantine sending ALIE vectors (z = 1.5), NNM + trimmed mean (f = 3), β = 0.9, batch 32,
@@ -8,20 +8,26 @@ Three measurements (issue 3), each printed as a Markdown row and saved as JSON (
    (``byzfl.Client``/``Server``/``ByzantineClient`` in one process) and once through Flower's Ray
    simulation with ResilientAveraging + momentum_mod. Wall time (ours includes Ray's start) and test accuracy.
 2. ``overhead``: ResilientAveraging + momentum_mod (gradient mode) vs Flower's own FedAvg on the same app
-   (FedAvg-style clients: one local SGD step, weights replied), same clients, rounds and data: wall time ratio.
-3. ``memory``: peak resident memory of the Ray worker processes and of the driver, per virtual client.
+   (FedAvg-style clients: one local SGD step, weights replied), same clients/rounds/data: wall-time ratio.
+3. ``floor``: Flower's own engine with FedAvg and clients that echo a 3 KB model, same clients and rounds:
+   the part of the wall time that no app on this engine can remove.
+4. ``memory``: peak resident memory of the Ray worker processes and of the driver, per virtual client.
 
 Usage::
 
     .venv/bin/python benchmarks/flower_e2e.py byzfl resam --rounds 300
     .venv/bin/python benchmarks/flower_e2e.py overhead --rounds 60
+    .venv/bin/python benchmarks/flower_e2e.py floor --rounds 300   # the engine alone (echo clients)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import logging
 import resource
+import statistics
 import sys
 import time
 import warnings
@@ -95,7 +101,10 @@ def run_byzfl(rounds: int, beta: float = 0.9, seed: int = 0) -> dict:
     byz = ByzantineClient({"name": "ALittleIsEnough", "f": 3, "parameters": {"tau": 1.5}})
     for c in clients:
         c.set_model_state(server.get_dict_parameters())
+    initial = float(server.compute_test_accuracy())  # ours evaluates round 0 too: the same work
+    steps = []
     for _ in range(rounds):
+        t_step = time.perf_counter()
         honest = []
         for c in clients:
             c.compute_gradients()
@@ -105,12 +114,16 @@ def run_byzfl(rounds: int, beta: float = 0.9, seed: int = 0) -> dict:
         state = server.get_dict_parameters()
         for c in clients:
             c.set_model_state(state)
+        steps.append(time.perf_counter() - t_step)
+    accuracy = float(server.compute_test_accuracy())
     wall = time.perf_counter() - t0
     return {
         "system": "ByzFL 0.0.11 loop",
         "rounds": rounds,
         "wall_time_s": wall,
-        "test_accuracy": float(server.compute_test_accuracy()),
+        "round_median_s": statistics.median(steps),
+        "initial_accuracy": initial,
+        "test_accuracy": accuracy,
     }
 
 
@@ -129,12 +142,68 @@ def run_resam(rounds: int, beta: float = 0.9) -> dict:
         }
     )
     wall = time.perf_counter() - t0
+    rows = list(csv.DictReader((Path("results/bench") / f"e2e-resam-b{beta:g}" / "metrics.csv").open()))
+    times = [float(r["round-time-s"]) for r in rows if r.get("round-time-s")]
     return {
         "system": "resam-flower on Flower/Ray",
         "rounds": rounds,
         "wall_time_s": wall,
         "strategy_time_s": s["wall_time_s"],
+        "first_round_s": times[0] if times else None,
+        "round_median_s": statistics.median(times[1:] or times) if times else None,
+        "aggregate_median_s": statistics.median(float(r["aggregate-time-s"]) for r in rows),
         "test_accuracy": s["final_test_accuracy"],
+    }
+
+
+def run_floor(rounds: int, clients: int = ANCHOR["num-clients"]) -> dict:
+    """Flower's own floor: FedAvg and a ClientApp that echoes a 3 KB model, same engine, clients and rounds.
+
+    What no app on this engine can go below: Ray's start and the per-round cost of the simulation
+    engine's message passing (its polling threads, one Ray actor call per message).
+    """
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from resam_flower.simulation import POLL_INTERVAL_S, backend_config
+
+    client = ClientApp()
+
+    @client.train()
+    def _echo(msg: Message, ctxt: Context) -> Message:
+        content = RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": 1})})
+        return Message(content, reply_to=msg)
+
+    stamps: list[float] = []
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        grid.pull_interval = POLL_INTERVAL_S  # as simulate() does
+        strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=clients, min_train_nodes=clients)
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord({"w": Array(np.zeros(750, np.float32))}),
+            num_rounds=rounds,
+            evaluate_fn=lambda rnd, arrays: stamps.append(time.perf_counter()),
+        )
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(server, client, num_supernodes=clients, backend_config=backend_config())
+    per_round = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return {
+        "system": "Flower floor (FedAvg, echo client, 3 KB)",
+        "rounds": rounds,
+        "wall_time_s": time.perf_counter() - t0,
+        "first_round_s": per_round[0],
+        "round_median_s": statistics.median(per_round[1:] or per_round),
     }
 
 
@@ -205,7 +274,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", nargs="+", choices=["byzfl", "resam", "overhead", "memory"])
+    parser.add_argument("what", nargs="+", choices=["byzfl", "resam", "floor", "overhead", "memory"])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--beta", type=float, default=0.9)
     parser.add_argument("--json", type=Path, default=None)
@@ -216,17 +285,26 @@ def main() -> None:
             results[what] = run_byzfl(args.rounds, args.beta)
         elif what == "resam":
             results[what] = run_resam(args.rounds, args.beta)
+        elif what == "floor":
+            results[what] = run_floor(args.rounds)
         elif what == "overhead":
             results[what] = run_overhead(args.rounds)
         print(json.dumps({what: results.get(what)}), flush=True)
     results["memory"] = peak_memory()
-    if "byzfl" in results and "resam" in results:
-        b, r = results["byzfl"], results["resam"]
-        print(f"| ByzFL loop | {b['wall_time_s']:.1f} s | {100 * b['test_accuracy']:.2f} % |")
-        print(
-            f"| resam-flower (Flower/Ray) | {r['wall_time_s']:.1f} s ({r['wall_time_s'] / b['wall_time_s']:.2f}x) "
-            f"| {100 * r['test_accuracy']:.2f} % |"
-        )
+    if "byzfl" in results:
+        b = results["byzfl"]
+        print("| system | wall time | vs ByzFL | first round | median round | test accuracy |")
+        print("|---|---|---|---|---|---|")
+        for key in ("byzfl", "resam", "floor"):
+            r = results.get(key)
+            if r is None:
+                continue
+            first = f"{r['first_round_s']:.2f} s" if r.get("first_round_s") is not None else "—"
+            acc = f"{100 * r['test_accuracy']:.2f} %" if "test_accuracy" in r else "—"
+            print(
+                f"| {r['system']} | {r['wall_time_s']:.1f} s | {r['wall_time_s'] / b['wall_time_s']:.2f}x "
+                f"| {first} | {r['round_median_s']:.3f} s | {acc} |"
+            )
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

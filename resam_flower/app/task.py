@@ -114,10 +114,10 @@ def worker_step(
 ) -> tuple[ArrayRecord, dict[str, float]]:
     """RESAM's worker computation on the current global model held by ``model``.
 
-    ``local-steps = 1``: one mini-batch gradient (RESAM's DSGD), replied as a gradient (``resam-gradient``=1).
-    ``local-steps = K > 1``, or ``mode = "model"`` (FedAvg-style clients): K local SGD steps with ``local_lr``;
-    replies the trained weights and ``local-lr``, from which :func:`~resam_flower.clients.momentum_mod` derives
-    the direction in ``gradient`` mode.
+    ``local-steps = 1``: one mini-batch gradient (RESAM's DSGD), replied as a gradient
+    (``resam-gradient`` = 1). ``local-steps = K > 1``, or ``mode = "model"`` (FedAvg-style clients): K local
+    SGD steps with ``local_lr``; replies the trained weights and ``local-lr``, from which
+    :func:`~resam_flower.clients.momentum_mod` derives the direction in ``gradient`` mode.
     ``flip`` trains on labels ``C - 1 - y`` (the label-flipping Byzantine behaviour).
     """
     device = next(model.parameters()).device

@@ -59,12 +59,14 @@ class ResilientAveraging(FedAvg):
     Each round the sampled workers reply with their local momentum
     :math:`m_t^i = \beta m_{t-1}^i + (1-\beta) g_t^i` (see :func:`resam_flower.clients.momentum_mod`).
     The server screens the replies, aggregates the valid ones with a resilient averaging rule
-    :math:`R_t = F(m_t^1, \dots, m_t^n)` and updates :math:`\theta_{t+1} = \theta_t - \gamma_t (R_t + \lambda \theta_t)`.
+    :math:`R_t = F(m_t^1, \dots, m_t^n)` and updates
+    :math:`\theta_{t+1} = \theta_t - \gamma_t (R_t + \lambda \theta_t)`.
 
     Parameters
     ----------
     aggregator : str or Aggregator (default: ``"nnm+cwtm"``)
-        Rule spec for :func:`resam_flower.aggregators.build` (``"cwtm"``, ``"nnm+krum"``, ...) or a built rule.
+        Rule spec for :func:`resam_flower.aggregators.build` (``"cwtm"``, ``"nnm+krum"``, ...) or a built
+        rule.
     num_byzantine : int (default: 0)
         ``f``: how many Byzantine replies the rule must tolerate.
     aggregator_params : dict, optional
@@ -87,7 +89,8 @@ class ResilientAveraging(FedAvg):
         A simulated omniscient adversary (simulation only): it replaces the Byzantine nodes' replies with
         forged vectors computed from the honest replies, before screening and aggregation.
     evaluate_fn : callable, optional
-        Centralised evaluation ``(round, arrays) -> MetricRecord``; used by :meth:`start` unless one is given there.
+        Centralised evaluation ``(round, arrays) -> MetricRecord``; used by :meth:`start` unless one is given
+        there.
     seed : int (default: 0)
         Seeds node sampling (reproducible runs).
     node_wait_timeout : float (default: 600.0)
@@ -214,7 +217,8 @@ class ResilientAveraging(FedAvg):
         while len(all_nodes := sorted(grid.get_node_ids())) < need:
             if time.monotonic() >= deadline:
                 raise RuntimeError(
-                    f"only {len(all_nodes)} nodes connected after {self.node_wait_timeout:g} s, {need} needed "
+                    f"only {len(all_nodes)} nodes connected after {self.node_wait_timeout:g} s, "
+                    f"{need} needed "
                     "(min_available_nodes); in a simulation, start as many SuperNodes as num-clients "
                     '(flwr run . --federation-config "num-supernodes=N")'
                 )
