@@ -21,10 +21,12 @@ Conventions shared by every component
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import ClassVar
 
 import torch
+
+from .._component import Component, check_float, check_int
 
 __all__ = [
     "Aggregator",
@@ -39,55 +41,16 @@ class NonFiniteInputError(ValueError):
     """More than ``f`` input rows are non-finite: no rule can give a meaningful answer."""
 
 
-def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
-    """Return ``value`` as an ``int`` or raise a :class:`ValueError` naming the value and the bound."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
-    return value
+class _Component(Component):
+    """What rules and pre-aggregators add to :class:`~resam_flower._component.Component`: the input condition.
 
+    ``f``, ``last_info``, the state hooks, ``params``/``spec``/``repr`` and the validation of the ``(n, d)``
+    input (a floating-point tensor with at least one row) come from the shared base.
+    """
 
-def check_float(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Return ``value`` as a finite ``float`` or raise a :class:`ValueError` naming value and bound."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
-    return value
-
-
-class _Component(ABC):  # noqa: B024 - shared base; subclasses add the abstract methods
-    """What rules and pre-aggregators share: ``f``, the input condition, diagnostics and state."""
-
-    #: Short registry name (``"cwtm"``, ``"nnm"``...).
-    name: ClassVar[str] = ""
     #: Human-readable input condition, e.g. ``"n > 2f"``.
     requirement: ClassVar[str] = "n >= 1"
 
-    def __init__(self, f: int = 0) -> None:
-        self.f = check_int("f", f, low=0)
-        self.last_info: dict[str, Any] = {}
-
-    # -- input condition -------------------------------------------------------------------------
     def min_inputs(self, f: int | None = None) -> int:
         """Smallest number of inputs ``n`` this component accepts when tolerating ``f``."""
         return 1
@@ -100,47 +63,6 @@ class _Component(ABC):  # noqa: B024 - shared base; subclasses add the abstract 
                 f"{self.name} needs {self.requirement} (at least {self.min_inputs(f)} inputs for "
                 f"f={f}), got n={n}"
             )
-
-    # -- state ------------------------------------------------------------------------------------
-    def reset(self) -> None:  # noqa: B027 - optional hook, no-op for stateless components
-        """Forget state carried across calls (no-op for stateless components)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (empty for stateless components)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Restore what :meth:`state_dict` returned."""
-
-    # -- presentation -----------------------------------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        """Constructor parameters other than ``f`` (used by ``repr`` and summaries)."""
-        return {}
-
-    @property
-    def spec(self) -> str:
-        """Registry spec that rebuilds this component, e.g. ``"krum(m=2)"``."""
-        p = self.params()
-        if not p:
-            return self.name
-        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in p.items()) + ")"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(f={self.f}" + "".join(
-            f", {k}={v!r}" for k, v in self.params().items()
-        ) + ")"
-
-    # -- input handling ---------------------------------------------------------------------------
-    def _validate(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{self.name} expects a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 2:
-            raise ValueError(f"{self.name} expects an (n, d) tensor, got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{self.name} expects a floating-point tensor, got {x.dtype}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{self.name} got no inputs (n=0)")
-        return x
 
 
 class Aggregator(_Component):

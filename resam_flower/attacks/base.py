@@ -24,12 +24,12 @@ Conventions shared by every attack
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 
-from ..aggregators.base import check_float, check_int
+from .._component import Component, check_float, check_int
 
 __all__ = ["Attack", "check_int", "check_float", "honest_mean", "honest_std", "replicate"]
 
@@ -49,15 +49,17 @@ def honest_std(honest: torch.Tensor) -> torch.Tensor:
     return dev.square_().sum(dim=0).div_(max(h - 1, 1)).sqrt_()
 
 
-class Attack(ABC):
+class Attack(Component):
     """A Byzantine attack ``A: (h, d) -> (f, d)``.
 
     Subclasses implement :meth:`_forge` on a validated input; :meth:`__call__` validates the input,
-    handles ``f = 0`` and checks the output's shape, dtype and device.
+    handles ``f = 0`` and checks the output's shape, dtype and device. ``f``, ``last_info``, the state
+    hooks, ``params``/``spec``/``repr`` and the validation of the ``(h, d)`` input (``h = 0`` allowed)
+    come from :class:`~resam_flower._component.Component`.
     """
 
-    #: Short registry name (``"alie"``, ``"ipm"``...).
-    name: ClassVar[str] = ""
+    _rows = "h"
+    _empty_ok = True
     #: Omniscient: needs the honest workers' vectors (cannot run on a single node's own update).
     needs_honest: ClassVar[bool] = True
     #: Poisons data rather than vectors (executed by the Byzantine client).
@@ -66,8 +68,7 @@ class Attack(ABC):
     param_aliases: ClassVar[dict[str, str]] = {}
 
     def __init__(self, f: int = 1) -> None:
-        self.f = check_int("f", f, low=0)
-        self.last_info: dict[str, Any] = {}
+        super().__init__(f)
 
     @property
     def client_side(self) -> bool:
@@ -112,49 +113,6 @@ class Attack(ABC):
         if not isinstance(own, torch.Tensor) or not own.is_floating_point():
             raise TypeError(f"{self.name} expects a floating-point torch.Tensor, got {own!r:.80}")
         return self(own.reshape(1, -1), f=1).reshape(own.shape)
-
-    # -- state ------------------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Forget state carried across calls (no-op for stateless attacks)."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (empty for stateless attacks)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        return None
-
-    # -- presentation -----------------------------------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        """Constructor parameters other than ``f`` (used by ``repr``, ``spec`` and client configs)."""
-        return {}
-
-    @property
-    def spec(self) -> str:
-        """Registry spec that rebuilds this attack, e.g. ``"alie(z=1.5)"``."""
-        p = self.params()
-        if not p:
-            return self.name
-        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in p.items()) + ")"
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(f={self.f}"
-            + "".join(f", {k}={v!r}" for k, v in self.params().items())
-            + ")"
-        )
-
-    # -- input handling ---------------------------------------------------------------------------
-    def _validate(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{self.name} expects a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 2:
-            raise ValueError(f"{self.name} expects an (h, d) tensor, got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{self.name} expects a floating-point tensor, got {x.dtype}")
-        return x
 
 
 def replicate(v: torch.Tensor, f: int) -> torch.Tensor:
