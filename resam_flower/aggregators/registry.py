@@ -10,12 +10,12 @@ takes a parameter of that name; a parameter no component takes is an error. Keba
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from .._params import parse_call
 from .base import Aggregator, _Component
 from .pipeline import Pipeline
 
@@ -99,22 +99,6 @@ def _split_chain(spec: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _parse_stage(stage: str) -> tuple[str, dict[str, Any]]:
-    if "(" not in stage:
-        return stage, {}
-    if not stage.endswith(")"):
-        raise ValueError(f"bad aggregator stage {stage!r}: expected name(key=value, ...)")
-    name, inner = stage[: stage.index("(")].strip(), stage[stage.index("(") + 1 : -1]
-    try:
-        call = ast.parse(f"_({inner})", mode="eval").body
-        assert isinstance(call, ast.Call) and not call.args
-        assert all(kw.arg is not None for kw in call.keywords)  # no **mapping
-        params = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-    except (SyntaxError, ValueError, AssertionError) as exc:
-        raise ValueError(f"bad parameters in aggregator stage {stage!r}: use name(key=value, ...)") from exc
-    return name, params
-
-
 def _norm(key: str) -> str:
     return key.replace("-", "_")
 
@@ -155,7 +139,7 @@ def build(spec: str | Sequence[str | _Component] | _Component, f: int = 0, **par
         if isinstance(stage, _Component):
             built.append(stage)
             continue
-        name, inline = _parse_stage(stage)
+        name, inline = parse_call(stage, what="aggregator stage")
         cls = resolve(name)
         accepted = _accepted(cls)
         kwargs = {k: v for k, v in flat.items() if k in accepted}

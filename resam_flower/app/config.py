@@ -7,11 +7,11 @@ fails at start with a message naming the key, the value and the bound.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._params import parse_kwargs
 from ..aggregators import build as build_rule
 from ..aggregators.base import check_float, check_int
 
@@ -23,16 +23,8 @@ MESSAGE_PREFIX = "exp-"
 
 def parse_params(text: str) -> dict[str, Any]:
     """``"z=1.5, target='max-variance'"`` -> ``{"z": 1.5, "target": "max-variance"}`` (empty string -> {})."""
-    text = (text or "").strip()
-    if not text:
-        return {}
-    try:
-        call = ast.parse(f"_({text})", mode="eval").body
-        assert isinstance(call, ast.Call) and not call.args
-        assert all(kw.arg is not None for kw in call.keywords)  # no **mapping
-        return {kw.arg.replace("-", "_"): ast.literal_eval(kw.value) for kw in call.keywords}
-    except (SyntaxError, ValueError, AssertionError) as exc:
-        raise ValueError(f"cannot parse parameters {text!r}: use key=value, key2=value2") from exc
+    shown = (text or "").strip()
+    return parse_kwargs(text, error=f"cannot parse parameters {shown!r}: use key=value, key2=value2")
 
 
 @dataclass(frozen=True)
@@ -151,7 +143,7 @@ class ExperimentConfig:
         )
 
     def to_config_record(self) -> dict[str, Any]:
-        """Flat ``exp-<key>`` entries for a train/evaluate ConfigRecord: the server tells the workers the experiment.
+        """Flat ``exp-<key>`` entries for a train/evaluate ConfigRecord: the server tells the workers the run.
 
         Workers read their settings from the message first (:meth:`from_message`), so a SuperNode or a Python
         simulation needs no run config of its own, and server and workers cannot disagree.

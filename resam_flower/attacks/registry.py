@@ -12,11 +12,11 @@ accepted ones.
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 from typing import Any
 
+from .._params import parse_call
 from .base import Attack
 
 __all__ = ["build", "available", "resolve", "ATTACKS", "ALIASES"]
@@ -82,24 +82,6 @@ def resolve(name: str) -> type[Attack]:
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
-def _parse(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"alie(z=1.5)"`` -> ``("alie", {"z": 1.5})``."""
-    spec = spec.strip()
-    if "(" not in spec:
-        return spec, {}
-    if not spec.endswith(")"):
-        raise ValueError(f"bad attack spec {spec!r}: expected name(key=value, ...)")
-    name, inner = spec[: spec.index("(")].strip(), spec[spec.index("(") + 1 : -1]
-    try:
-        call = ast.parse(f"_({inner})", mode="eval").body
-        if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
-            raise ValueError
-        params = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-    except (SyntaxError, ValueError) as exc:
-        raise ValueError(f"bad parameters in attack spec {spec!r}: use name(key=value, ...)") from exc
-    return name, params
-
-
 def accepted(cls: type[Attack]) -> set[str]:
     """Canonical parameter names of an attack class (``f`` excluded)."""
     return {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "f")}
@@ -142,12 +124,14 @@ def build(name: str | Attack, f: int, **params: Any) -> Attack:
     """
     if isinstance(name, Attack):
         if name.f != f or params:
-            raise ValueError(f"built attack {name.spec} has f={name.f}; cannot rebuild it with f={f}"
-                             + (f" and parameters {sorted(params)}" if params else ""))
+            raise ValueError(
+                f"built attack {name.spec} has f={name.f}; cannot rebuild it with f={f}"
+                + (f" and parameters {sorted(params)}" if params else "")
+            )
         return name
     if not isinstance(name, str):
         raise ValueError(f"attack must be a name or a built Attack, got {name!r:.80}")
-    base, inline = _parse(name)
+    base, inline = parse_call(name, what="attack spec")
     cls = resolve(base)
     kwargs = normalise_params(cls, params)
     kwargs.update(normalise_params(cls, inline))
