@@ -8,6 +8,15 @@ programmatic way used by the sweep runner, the benchmarks and the tests::
 
 The ServerApp and ClientApp are the default app's; the experiment travels to the workers inside the train
 messages (``exp-`` keys), so nothing else needs configuring.
+
+Progress: ``simulate(config, on_round=fn)`` calls ``fn(server_round, row)`` at the end of every round, in
+the ServerApp's thread of this process, with the round's ``metrics.csv`` row (see
+:mod:`resam_flower.app.server_app`)::
+
+    simulate(config, on_round=lambda rnd, row: print(rnd, row.get("test-accuracy")))
+
+An exception raised by ``fn`` stops the simulation and is raised by ``simulate`` as a
+:class:`~resam_flower.app.server_app.RoundCallbackError` naming the callback (its cause chained).
 """
 
 from __future__ import annotations
@@ -21,11 +30,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from .app.config import ExperimentConfig
-from .app.server_app import run_experiment
+from .app.server_app import RoundCallback, RoundCallbackError, run_experiment
 from .clients.worker import make_client_app
 from .strategies.checkpoint import stable_simulation_node_ids
 
-__all__ = ["simulate", "backend_config"]
+__all__ = ["simulate", "backend_config", "RoundCallbackError"]
 
 
 #: Reply polling interval of the in-memory grid in :func:`simulate` (Flower's default is 0.1 s).
@@ -44,15 +53,33 @@ def backend_config(
 
 
 def simulate(
-    run_config: dict[str, Any] | ExperimentConfig, *, backend: dict | None = None, verbose: bool = False
+    run_config: dict[str, Any] | ExperimentConfig,
+    *,
+    backend: dict | None = None,
+    verbose: bool = False,
+    on_round: RoundCallback | None = None,
 ) -> dict:
-    """Run the experiment described by ``run_config`` (kebab-case keys) on the Ray backend; return its summary."""
+    """Run the experiment described by ``run_config`` on the Ray backend; return its summary.
+
+    Parameters
+    ----------
+    run_config : dict or ExperimentConfig
+        The experiment (kebab-case run-config keys, as ``flwr run --run-config`` takes them).
+    backend : dict, optional
+        Ray backend config (default: :func:`backend_config`).
+    verbose : bool (default: False)
+        Flower's INFO logs (per-round lines) and DEBUG logs of the engine.
+    on_round : callable, optional
+        ``on_round(server_round, row)`` after every round (global round number, the round's
+        ``metrics.csv`` row). If it raises, the run stops and :class:`RoundCallbackError` is raised here.
+    """
     cfg = (
         run_config
         if isinstance(run_config, ExperimentConfig)
         else ExperimentConfig.from_run_config(run_config)
     )
     out: dict[str, Any] = {}
+    callback_errors: list[RoundCallbackError] = []
     server = ServerApp()
 
     @server.main()
@@ -61,7 +88,10 @@ def simulate(
             # The in-memory grid sleeps pull_interval (0.1 s) between polls for replies: up to 0.1 s lost
             # every round. Polling an in-process state every 10 ms costs nothing measurable.
             grid.pull_interval = min(grid.pull_interval, POLL_INTERVAL_S)
-        out.update(run_experiment(grid, cfg))
+        try:
+            out.update(run_experiment(grid, cfg, on_round=on_round))
+        except RoundCallbackError as exc:  # raised below, in the caller's thread, once the engine is down
+            callback_errors.append(exc)
 
     from flwr.simulation import run_simulation
 
@@ -76,6 +106,8 @@ def simulate(
             backend_config=backend or backend_config(),
             verbose_logging=verbose,
         )
+    if callback_errors:
+        raise callback_errors[0]
     if not out:
         raise RuntimeError(
             "the simulation ended without a result (see the log above for the ServerApp's error)"

@@ -11,11 +11,20 @@ momentum under ``<results-dir>/<run-name>/momentum/`` (see :mod:`resam_flower.st
 :mod:`resam_flower.clients.momentum_store`). ``resume = true`` continues from that checkpoint if it exists
 (the run config must be the same, except ``num-server-rounds``, ``checkpoint-every``, ``eval-every``,
 ``results-dir`` and ``device``).
+
+Per-round callback (Python API, :func:`run_experiment` and :func:`resam_flower.simulation.simulate`):
+``on_round(server_round, row)`` is called once at the end of every server round, after the centralised
+evaluation, with the global round number (continuing from the checkpoint's after a resume) and that
+round's ``metrics.csv`` row (a copy: the strategy's ``round_log`` entry merged with the round's ``test-*``
+metrics when it was evaluated). An exception raised by the callback stops the run at once with a
+:class:`RoundCallbackError` naming the callback; no results are written for that run (checkpoints already
+written stay, so ``resume = true`` can continue it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -33,9 +42,42 @@ from .config import ExperimentConfig, parse_params
 from .results import write_run
 from .task import evaluate, model_for, test_split
 
-__all__ = ["app", "run_experiment", "build_strategy"]
+__all__ = ["app", "run_experiment", "build_strategy", "metrics_row", "RoundCallback", "RoundCallbackError"]
 
 app = ServerApp()
+
+#: ``on_round(server_round, row)``: see the module docstring.
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+class RoundCallbackError(RuntimeError):
+    """The ``on_round`` callback raised: the run was stopped after that round (the cause is chained)."""
+
+
+def metrics_row(entry: dict[str, Any], evals: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """One ``metrics.csv`` row: a ``round_log`` entry merged with that round's centralised test metrics.
+
+    ``skipped`` is ``""`` when the round was not skipped; ``test-<metric>`` keys are present only for the
+    rounds that were evaluated (every ``eval-every`` rounds and the last).
+    """
+    row = {k: v for k, v in entry.items() if k != "skipped"}
+    row["skipped"] = entry.get("skipped", "")
+    for k, v in evals.get(entry["round"], {}).items():
+        row[f"test-{k}"] = v
+    return row
+
+
+def _notify(on_round: RoundCallback, server_round: int, row: dict[str, Any]) -> None:
+    try:
+        on_round(server_round, row)
+    except Exception as exc:  # a callback error is a bug of the caller: stop, and say whose
+        name = getattr(on_round, "__qualname__", None) or repr(on_round)
+        module = getattr(on_round, "__module__", None)
+        where = f"{module}.{name}" if module else name
+        raise RoundCallbackError(
+            f"the on_round callback {where} raised {type(exc).__name__}: {exc} at round {server_round}; "
+            "the run was stopped"
+        ) from exc
 
 
 def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -> ResilientAveraging:
@@ -44,7 +86,7 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
     if cfg.attacked:
         params = parse_params(cfg.attack_params)
         if cfg.attack.startswith("optimal") and "aggregator" not in params:
-            # The optimal attacks search against the rule actually in use (a separate instance: no shared state).
+            # The optimal attacks search against the rule in use (a separate instance: no shared state).
             params["aggregator"] = build_rule(
                 cfg.aggregator, f=cfg.num_byzantine, **parse_params(cfg.aggregator_params)
             )
@@ -72,8 +114,14 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
     )
 
 
-def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Run one experiment on ``grid``; write its results; return the summary."""
+def run_experiment(
+    grid: Grid, cfg: ExperimentConfig, *, on_round: RoundCallback | None = None
+) -> dict[str, Any]:
+    """Run one experiment on ``grid``; write its results; return the summary.
+
+    ``on_round(server_round, row)``, if given, is called after every round (see the module docstring);
+    an exception it raises stops the run with :class:`RoundCallbackError`.
+    """
     torch.manual_seed(cfg.seed)
     test = test_split(cfg)
     model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
@@ -83,11 +131,20 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
     evals: dict[int, dict[str, float]] = {}  # global round -> centralised test metrics
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round % cfg.eval_every and server_round != last:
-            return None
-        model.load_state_dict(arrays.to_torch_state_dict())
-        evals[server_round] = evaluate(model, test)
-        return MetricRecord(evals[server_round])
+        # Flower's Strategy.start calls this before round 1 and at the end of every round (the last step of
+        # a round), with the global round number (ResilientAveraging adds its round_offset).
+        result = None
+        if server_round % cfg.eval_every == 0 or server_round == last:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            evals[server_round] = evaluate(model, test)
+            result = MetricRecord(evals[server_round])
+        if on_round is not None and server_round > strategy.round_offset:
+            entry = next(
+                (e for e in reversed(strategy.round_log) if e.get("round") == server_round),
+                {"round": server_round},  # a round whose aggregate_train logged nothing
+            )
+            _notify(on_round, server_round, metrics_row(entry, evals))
+        return result
 
     checkpointer = None
     if cfg.checkpoint_every or cfg.resume:
@@ -115,13 +172,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
         evaluate_config=ConfigRecord(cfg.to_config_record()),
     )
     wall = time.perf_counter() - t0
-    rows = []
-    for entry in strategy.round_log:
-        row = {k: v for k, v in entry.items() if k != "skipped"}
-        row["skipped"] = entry.get("skipped", "")
-        for k, v in evals.get(entry["round"], {}).items():
-            row[f"test-{k}"] = v
-        rows.append(row)
+    rows = [metrics_row(entry, evals) for entry in strategy.round_log]
     final_round = max(evals) if evals else 0
     summary = {
         "run_name": cfg.name(),
