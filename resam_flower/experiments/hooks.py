@@ -1,12 +1,8 @@
-"""Process-local hooks around the simulation engine: per-round callbacks, one shared Ray, quiet Flower logs.
+"""Process-local hooks around the simulation engine: one shared Ray, quiet Flower logs, hard Ctrl-C.
 
 All three are context managers that restore what they change on exit; nothing here edits Flower or the app.
+(Per-round progress needs no hook: :func:`resam_flower.simulation.simulate` takes an ``on_round`` callback.)
 
-* :func:`round_callback` calls ``fn(server_round, round_entry)`` after every round of every
-  :class:`~resam_flower.strategies.ResilientAveraging` in this process. In Flower's Python simulation the
-  ServerApp runs in a thread of the calling process, so the sweep's progress bar can follow the rounds live.
-  (Fallback until :func:`resam_flower.simulation.simulate` takes an ``on_round`` argument: then
-  :func:`simulate_with_rounds` passes the callback directly.)
 * :func:`shared_ray` starts Ray once for many simulations. Flower's Ray backend only calls ``ray.init`` when
   Ray is not running, but calls ``ray.shutdown()`` at the end of every simulation; inside this context that
   shutdown is deferred to the context's exit (the same effect as the legacy ``start_simulation``'s
@@ -18,75 +14,16 @@ All three are context managers that restore what they change on exit; nothing he
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import sys
 import threading
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["round_callback", "shared_ray", "quiet_flower", "simulate_with_rounds", "exit_on_interrupt"]
-
-RoundFn = Callable[[int, dict[str, Any]], None]
-
-_lock = threading.Lock()
-_listeners: list[RoundFn] = []
-_original: Any = None
-
-
-@contextlib.contextmanager
-def round_callback(fn: RoundFn) -> Iterator[None]:
-    """Call ``fn(server_round, entry)`` after each ``ResilientAveraging.aggregate_train`` in this process.
-
-    ``entry`` is the round's log entry (received/valid/excluded replies, lr, aggregate norm...). Errors
-    raised by ``fn`` are swallowed: a progress display never stops a training run.
-    """
-    global _original
-    from ..strategies import ResilientAveraging
-
-    with _lock:
-        if not _listeners:
-            _original = ResilientAveraging.aggregate_train
-            original = _original
-
-            def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
-                result = original(self, server_round, replies)
-                entry = dict(self.round_log[-1]) if self.round_log else {}
-                for listener in list(_listeners):
-                    try:
-                        listener(server_round, entry)
-                    except Exception:  # noqa: BLE001 - display code must not kill the run
-                        pass
-                return result
-
-            ResilientAveraging.aggregate_train = aggregate_train
-        _listeners.append(fn)
-    try:
-        yield
-    finally:
-        with _lock:
-            _listeners.remove(fn)
-            if not _listeners:
-                ResilientAveraging.aggregate_train = _original
-                _original = None
-
-
-def simulate_with_rounds(config: dict[str, Any], on_round: RoundFn | None, **kwargs: Any) -> dict:
-    """:func:`resam_flower.simulation.simulate`, reporting each round to ``on_round``.
-
-    Uses ``simulate``'s own ``on_round`` argument when it has one, else :func:`round_callback`.
-    """
-    from .. import simulation
-
-    if on_round is None:
-        return simulation.simulate(config, **kwargs)
-    if "on_round" in inspect.signature(simulation.simulate).parameters:
-        return simulation.simulate(config, on_round=on_round, **kwargs)
-    with round_callback(on_round):
-        return simulation.simulate(config, **kwargs)
+__all__ = ["shared_ray", "quiet_flower", "exit_on_interrupt"]
 
 
 class _DeferredShutdownRay(types.ModuleType):

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..app.results import atomic_write_text
 from .grid import Cell, Sweep, normalized_config
-from .hooks import quiet_flower, shared_ray, simulate_with_rounds
+from .hooks import quiet_flower, shared_ray
 
 __all__ = ["CellResult", "run_sweep", "is_finished", "write_manifest"]
 
@@ -198,6 +198,8 @@ def _read_timing(cell: Cell) -> dict[str, float]:
 def _run_cell(cell: Cell, backend: dict, bar, say, progress: bool, verbose: bool) -> CellResult:
     from tqdm.auto import tqdm
 
+    from .. import simulation  # looked up at call time (tests replace simulation.simulate)
+
     rounds = int(cell.config.get("num-server-rounds", 200))
     inner = tqdm(
         total=rounds,
@@ -210,9 +212,11 @@ def _run_cell(cell: Cell, backend: dict, bar, say, progress: bool, verbose: bool
     )
     marks: list[float] = []
 
-    def on_round(server_round: int, entry: dict[str, Any]) -> None:
+    def on_round(server_round: int, row: dict[str, Any]) -> None:  # simulate()'s per-round callback
         marks.append(time.perf_counter())
         inner.update(1)
+        if "test-accuracy" in row:
+            inner.set_postfix_str(f"acc {100 * row['test-accuracy']:.1f}%", refresh=False)
 
     run_dir = Path(cell.config["results-dir"]) / cell.name
     lines: list[str] = []
@@ -220,7 +224,7 @@ def _run_cell(cell: Cell, backend: dict, bar, say, progress: bool, verbose: bool
     t_call = time.perf_counter()
     try:
         with contextlib.redirect_stdout(_LineWriter(sink)):
-            summary = simulate_with_rounds(cell.config, on_round, backend=backend, verbose=verbose)
+            summary = simulation.simulate(cell.config, backend=backend, verbose=verbose, on_round=on_round)
     except Exception as exc:  # noqa: BLE001 - one failed cell does not stop the sweep
         inner.close()
         run_dir.mkdir(parents=True, exist_ok=True)

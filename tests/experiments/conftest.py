@@ -20,24 +20,32 @@ BASE = {
 
 
 def fake_accuracy(cfg: ExperimentConfig) -> float:
-    """A made-up but deterministic accuracy: momentum helps, attacks hurt, krum is worse."""
+    """A made-up but deterministic accuracy: momentum helps, attacks hurt, krum is worse, and so are more
+    Byzantine workers and (Dirichlet partitions only) heterogeneous data (α < 2)."""
     acc = 0.9 if cfg.momentum > 0 else 0.8
     acc -= {"alie": 0.2, "foe": 0.1}.get(cfg.attack if cfg.attacked else "none", 0.0)
     acc -= 0.05 if cfg.aggregator == "krum" else 0.0
     acc -= 0.01 * cfg.seed + 0.02 * cfg.num_byzantine
+    acc -= 0.03 if cfg.partitioner == "dirichlet" and cfg.alpha < 2 else 0.0
     return round(acc, 4)
 
 
-def write_fake_run(config: dict) -> dict:
-    """What simulate() leaves on disk, with :func:`fake_accuracy` as the final accuracy."""
-    cfg = ExperimentConfig.from_run_config(config)
-    acc = fake_accuracy(cfg)
+def fake_rows(cfg: ExperimentConfig, acc: float) -> list[dict]:
+    """The metrics.csv rows of a fake run: accuracy rising linearly to ``acc``."""
     rows = []
     for rnd in range(1, cfg.num_server_rounds + 1):
         row = {"round": rnd, "valid": cfg.num_clients}
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
             row["test-accuracy"] = acc * rnd / cfg.num_server_rounds
         rows.append(row)
+    return rows
+
+
+def write_fake_run(config: dict) -> dict:
+    """What simulate() leaves on disk, with :func:`fake_accuracy` as the final accuracy."""
+    cfg = ExperimentConfig.from_run_config(config)
+    acc = fake_accuracy(cfg)
+    rows = fake_rows(cfg, acc)
     summary = {
         "final_test_accuracy": acc,
         "initial_test_accuracy": 0.1,
@@ -50,21 +58,32 @@ def write_fake_run(config: dict) -> dict:
     return summary
 
 
+class Calls(list):
+    """The configs simulate() was called with; ``rounds``: the (cell, round) pairs passed to on_round."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds: list[tuple[str, int]] = []
+
+
 @pytest.fixture
 def fake_simulate(monkeypatch):
     """Replace resam_flower.simulation.simulate by a recorder that writes fake results (no Ray)."""
     from resam_flower import simulation
 
-    calls: list[dict] = []
+    calls = Calls()
 
     def simulate(config, *, backend=None, verbose=False, on_round=None):
         calls.append(dict(config))
         if config.get("seed") == 13:
             raise RuntimeError("simulated failure")
-        for rnd in range(1, int(config.get("num-server-rounds", 1)) + 1):
-            if on_round is not None:
-                on_round(rnd, {"round": rnd})
-        return write_fake_run(config)
+        summary = write_fake_run(config)
+        if on_round is not None:  # the rows simulate() would pass: those of metrics.csv
+            cfg = ExperimentConfig.from_run_config(config)
+            for row in fake_rows(cfg, summary["final_test_accuracy"]):
+                on_round(row["round"], row)
+                calls.rounds.append((cfg.name(), row["round"]))
+        return summary
 
     monkeypatch.setattr(simulation, "simulate", simulate)
     return calls

@@ -1,17 +1,14 @@
-"""Sweep runner without Ray (fake simulate): result files, resume, config changes, failures, round hook."""
+"""Sweep runner without Ray (fake simulate): result files, resume, changed configs, failures, progress."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
-from flwr.app import ConfigRecord
-
 from resam_flower.experiments import Sweep, is_finished, run_sweep
-from resam_flower.experiments.hooks import quiet_flower, round_callback
+from resam_flower.experiments import runner as runner_module
+from resam_flower.experiments.hooks import quiet_flower
 from resam_flower.strategies import ResilientAveraging
 from tests.experiments.conftest import BASE
-from tests.flower_helpers import FakeGrid, record, reply
 
 
 def sweep(**grid):
@@ -75,20 +72,43 @@ def test_failed_cell_is_reported_and_the_sweep_goes_on(tmp_path, fake_simulate):
     assert is_finished(by_name["s13"].cell) is None
 
 
-def test_round_callback_follows_a_real_strategy_and_is_removed():
-    seen = []
+def test_progress_follows_the_rounds_through_simulates_on_round(tmp_path, fake_simulate, monkeypatch):
     original = ResilientAveraging.aggregate_train
-    s = ResilientAveraging("mean", lr=1.0, min_train_nodes=2, min_available_nodes=2)
-    theta = record(w=np.array([1.0, 2.0], dtype=np.float32))
-    with round_callback(lambda rnd, entry: seen.append((rnd, entry["valid"]))):
-        assert ResilientAveraging.aggregate_train is not original
-        for rnd in (1, 2):
-            msgs = list(s.configure_train(rnd, theta, ConfigRecord(), FakeGrid([1, 2])))
-            replies = [reply(m, record(w=np.array([0.5, 0.5], np.float32))) for m in msgs]
-            out, _ = s.aggregate_train(rnd, replies)
-    assert ResilientAveraging.aggregate_train is original
-    assert seen == [(1, 2), (2, 2)]
-    np.testing.assert_allclose(out["w"].numpy(), [0.5, 1.5])  # the wrapped round still computed the step
+    ticks = []
+    real_timing = runner_module._timing
+
+    def timing(t_call, t_end, marks, summary):
+        ticks.append(len(marks))
+        assert ResilientAveraging.aggregate_train is original  # nothing is wrapped at runtime any more
+        return real_timing(t_call, t_end, marks, summary)
+
+    monkeypatch.setattr(runner_module, "_timing", timing)
+    results = run(sweep(aggregator=["cwtm"], momentum=[0.0, 0.9]), tmp_path)
+    rounds = BASE["num-server-rounds"]
+    assert [r.status for r in results] == ["done", "done"]
+    assert ticks == [rounds, rounds]  # one progress mark per on_round call
+    assert fake_simulate.rounds == [(r.cell.name, k) for r in results for k in range(1, rounds + 1)]
+    for r in results:
+        assert r.timing["round_s"] >= 0 and r.timing["startup_s"] >= 0 and r.timing["teardown_s"] >= 0
+
+
+def test_a_failing_progress_callback_fails_the_cell_not_the_sweep(tmp_path, fake_simulate, monkeypatch):
+    import tqdm.auto
+
+    class BrokenBar(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.per_round = kwargs.get("unit") == "round"
+
+        def update(self, n=1):
+            if self.per_round:
+                raise RuntimeError("terminal gone")
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", BrokenBar)
+    results = run(sweep(aggregator=["cwtm"], momentum=[0.0, 0.9]), tmp_path)
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert all("terminal gone" in r.error for r in results)  # reported, and the next cell still ran
 
 
 def test_quiet_flower_drops_info_and_keeps_errors(caplog):
