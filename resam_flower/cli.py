@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     for name, func, text in (
-        ("plot", cmd_plot, "draw PNG curves and heatmaps"),
+        ("plot", cmd_plot, "draw PNG curves and worst-case heatmaps (rule x f, rule x α per β)"),
         ("report", cmd_report, "print the Markdown table"),
     ):
         p = sub.add_parser(name, help=text)

@@ -3,17 +3,16 @@
 * ``curves*.png``: one column per β, one row per rule; in each panel one line per attack (mean over
   seeds), the rule's no-attack run dashed, and rules run only without attack (a reference such as the
   plain mean) dotted. Reading across a row shows what worker momentum changes for that rule.
-* ``heatmap_<key>*.png``: worst-case final accuracy over attacks (seed-averaged) for rule × ``key`` with
-  ``key`` = ``num-byzantine`` (f) and/or ``alpha`` when the sweep varies them, one panel per β; with
-  neither, one rule × β panel.
+* ``heatmap_*.png``: worst-case final accuracy over attacks, rule × f and rule × α per β when the sweep
+  varies ``num-byzantine`` and/or ``alpha``, else rule × β (see :mod:`.heatmaps`).
 
-Keys that vary besides those (dataset, lr...) give one file per combination (suffix in the file name).
+Keys that vary besides those (dataset, lr...) give one file per combination (suffix in the file name);
+keys zipped with another one (``num-clients`` with ``num-byzantine``) label it instead (see :mod:`.layout`).
 Rendering uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,28 +22,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .grid import _slug  # noqa: E402
-from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys, worst_case  # noqa: E402
+from .heatmaps import plot_heatmaps  # noqa: E402
+from .layout import describe, file_suffix, reduce_keys, sorted_values, split_runs  # noqa: E402
+from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys  # noqa: E402
 
 __all__ = ["plot_curves", "plot_heatmaps", "plot_sweep", "curve_layout"]
-
-HEAT_KEYS = ("num-byzantine", "alpha")
-LABELS = {"num-byzantine": "f", "alpha": "α", "momentum": "β", "aggregator": "rule"}
-
-
-def _split(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        groups[tuple(run.config.get(k) for k in keys)].append(run)
-    return dict(sorted(groups.items(), key=lambda kv: str(kv[0])))
-
-
-def _suffix(keys: list[str], values: tuple) -> str:
-    return "".join(f"__{LABELS.get(k, k)}{_slug(v)}" for k, v in zip(keys, values, strict=True))
-
-
-def _title(keys: list[str], values: tuple) -> str:
-    return ", ".join(f"{LABELS.get(k, k)}={v}" for k, v in zip(keys, values, strict=True))
 
 
 def _mean_curve(runs: list[Run]) -> tuple[list[int], list[float]]:
@@ -56,25 +38,21 @@ def _mean_curve(runs: list[Run]) -> tuple[list[int], list[float]]:
     return rounds, [100 * mean(by_round[r]) for r in rounds]
 
 
-def _sorted_values(values: set[Any]) -> list[Any]:
-    return sorted(values, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
-
-
 def curve_layout(runs: list[Run]) -> tuple[list[Any], list[Any], list[Any]]:
     """Rows (rules run under attack), reference rules (run only without attack: drawn dotted in every
     panel, e.g. the plain mean), and columns (β values) of a curve figure."""
     attacked = {r.config.get("aggregator") for r in runs if attack_of(r.config) != NO_ATTACK}
     every = {r.config.get("aggregator") for r in runs}
-    rules = _sorted_values(attacked or every)
-    return rules, _sorted_values(every - set(rules)), _sorted_values({r.config.get("momentum") for r in runs})
+    rules = sorted_values(attacked or every)
+    return rules, sorted_values(every - set(rules)), sorted_values({r.config.get("momentum") for r in runs})
 
 
 def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the curve figures; return their paths."""
     keys = row_keys(runs)
-    rest = [k for k in keys if k not in ("aggregator", "momentum")]
+    rest, tied = reduce_keys(runs, [k for k in keys if k not in ("aggregator", "momentum")])
     paths = []
-    for values, group in _split(runs, rest).items():
+    for values, group in split_runs(runs, rest).items():
         rules, reference_rules, betas = curve_layout(group)
         attacks = sorted({attack_of(r.config) for r in group})
         fig, axes = plt.subplots(
@@ -124,84 +102,14 @@ def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
                         handles.append(h)
                         labels.append(lab)
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
-        heading = " — ".join(t for t in (title, _title(rest, values)) if t)
+        where = ", ".join(describe(k, v, tied[k], group) for k, v in zip(rest, values, strict=True))
+        heading = " — ".join(t for t in (title, where) if t)
         fig.suptitle(heading or "test accuracy per round", fontsize=11)
         fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-        path = out_dir / f"curves{_suffix(rest, values)}.png"
+        path = out_dir / f"curves{file_suffix(rest, values)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
-    return paths
-
-
-def _heatmap(ax, matrix: list[list[float]], rows: list[Any], cols: list[Any], xlabel: str, title: str):
-    image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
-    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=10)
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            if not math.isnan(value):
-                ax.text(
-                    j,
-                    i,
-                    f"{value:.1f}",
-                    ha="center",
-                    va="center",
-                    color="white" if value < 60 else "black",
-                    fontsize=8,
-                )
-    return image
-
-
-def plot_heatmaps(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
-    """Write the worst-case heatmaps; return their paths."""
-    keys = row_keys(runs)
-    col_keys = [k for k in HEAT_KEYS if k in keys] or ["momentum"]
-    paths = []
-    for col_key in col_keys:
-        panel_key = "momentum" if col_key != "momentum" and "momentum" in keys else None
-        rest = [k for k in keys if k not in ("aggregator", col_key, panel_key)]
-        for values, group in _split(runs, rest).items():
-            rules = _sorted_values(
-                {r.config.get("aggregator") for r in group if attack_of(r.config) != NO_ATTACK}
-            )
-            if not rules:
-                continue
-            cols = _sorted_values({r.config.get(col_key) for r in group})
-            panels = _sorted_values({r.config.get(panel_key) for r in group}) if panel_key else [None]
-            fig, axes = plt.subplots(
-                1,
-                len(panels),
-                figsize=(1.1 * len(cols) * len(panels) + 3, 0.5 * len(rules) + 2),
-                squeeze=False,
-            )
-            image = None
-            for p, panel in enumerate(panels):
-                matrix = []
-                for rule in rules:
-                    line = []
-                    for col in cols:
-                        cell: dict[str, list[float]] = defaultdict(list)
-                        for r in group:
-                            if (
-                                (r.config.get("aggregator"), r.config.get(col_key)) == (rule, col)
-                                and (panel_key is None or r.config.get(panel_key) == panel)
-                                and r.accuracy is not None
-                            ):
-                                cell[attack_of(r.config)].append(r.accuracy)
-                        line.append(100 * worst_case(cell))
-                    matrix.append(line)
-                name = f"β={panel}" if panel_key else ""
-                image = _heatmap(axes[0][p], matrix, rules, cols, LABELS.get(col_key, col_key), name)
-            fig.colorbar(image, ax=axes[0].tolist(), label="worst-case test accuracy (%)")
-            heading = " — ".join(t for t in (title, "worst case over attacks", _title(rest, values)) if t)
-            fig.suptitle(heading, fontsize=11)
-            path = out_dir / f"heatmap_{LABELS.get(col_key, col_key)}{_suffix(rest, values)}.png"
-            fig.savefig(path, dpi=110, bbox_inches="tight")
-            plt.close(fig)
-            paths.append(path)
     return paths
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from resam_flower.experiments import Sweep, run_sweep
+from resam_flower.experiments import Sweep, load_sweep, run_sweep
+from resam_flower.experiments.heatmaps import worst_case_matrix
+from resam_flower.experiments.layout import dependents, reduce_keys
 from resam_flower.experiments.plots import curve_layout, plot_sweep
 from resam_flower.experiments.report import markdown_table, write_report
 from resam_flower.experiments.results import attack_of, load_runs, pivot, row_keys, worst_case
 from tests.experiments.conftest import BASE
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -87,12 +91,98 @@ def test_heatmaps_per_f_and_alpha(tmp_path, fake_simulate):
         },
     )
     run_sweep(sweep, tmp_path, progress=False, share_ray=False)
-    paths = plot_sweep(tmp_path / "fa")
-    names = sorted(p.name for p in paths)
-    # curves: one file per (f, alpha); heatmaps: rule x f per alpha, rule x alpha per f
-    assert names.count("heatmap_f__α0.5.png") == 1 and "heatmap_α__f2.png" in names
-    assert sum(n.startswith("curves__") for n in names) == 4
-    assert all(p.parent == tmp_path / "fa" / "plots" for p in paths)
+    names = sorted(p.name for p in plot_sweep(tmp_path / "fa"))
+    # curves: one file per (f, alpha); heatmaps: rule x f and rule x alpha, one file per beta
+    assert names == [
+        "curves__α0.5__f1.png", "curves__α0.5__f2.png", "curves__α5__f1.png", "curves__α5__f2.png",
+        "heatmap_f__β0.9.png", "heatmap_f__β0.png", "heatmap_α__β0.9.png", "heatmap_α__β0.png",
+    ]  # fmt: skip
+    assert all((tmp_path / "fa" / "plots" / n).read_bytes().startswith(PNG) for n in names)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What each saved figure shows: file name -> (panel titles, column labels, heading)."""
+    from matplotlib.figure import Figure
+
+    seen: dict[str, tuple[list[str], list[list[str]], str]] = {}
+    real = Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
+        seen[Path(path).name] = ([ax.get_title() for ax in axes], ticks, fig.get_suptitle())
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+def test_the_f_alpha_sweep_gives_rule_by_f_and_rule_by_alpha_per_beta(tmp_path, fake_simulate, drawn):
+    sweep = load_sweep(ROOT / "simulations" / "paper_mnist_f_alpha.toml")
+    assert sweep.grid["setting"][0] == {"num-clients": 11, "num-byzantine": 1}  # n is zipped with f
+    sweep.base = {**sweep.base, "dataset": "digits", "model": "mlp", "num-server-rounds": 2}
+    sweep.grid = {**sweep.grid, "aggregator": ["cwtm", "krum"], "attack": ["alie", "foe"]}
+    run_sweep(sweep, tmp_path, progress=False, share_ray=False)
+    runs = load_runs(tmp_path / sweep.name)
+    assert dependents(runs, "num-byzantine") == ["num-clients"] and dependents(runs, "alpha") == []
+    plot_sweep(tmp_path / sweep.name)
+    heatmaps = sorted(n for n in drawn if n.startswith("heatmap"))
+    assert heatmaps == [
+        "heatmap_f__β0.99.png",
+        "heatmap_f__β0.png",
+        "heatmap_α__β0.99.png",
+        "heatmap_α__β0.png",
+    ]
+    assert sorted(n for n in drawn if n.startswith("curves")) == [
+        "curves__α1__f1.png",
+        "curves__α1__f3.png",
+        "curves__α5__f1.png",
+        "curves__α5__f3.png",
+    ]  # n does not split files: it comes with f
+    titles, ticks, heading = drawn["heatmap_f__β0.png"]
+    assert titles == ["α=1.0", "α=5.0"] and ticks == [["1\nn=11", "3\nn=13"]] * 2
+    assert heading.endswith("worst case over attacks — β=0.0")
+    titles, ticks, _ = drawn["heatmap_α__β0.99.png"]
+    assert titles == ["f=1 (n=11)", "f=3 (n=13)"] and ticks == [["1.0", "5.0"]] * 2
+    assert drawn["curves__α5__f3.png"][2] == "paper_mnist_f_alpha — α=5.0, f=3 (n=13)"
+
+    # the numbers: worst case over {alie, foe} = alie; beta 0.99: 0.9 - 0.2 - 0.02 f - 0.03 [alpha < 2],
+    # krum 0.05 lower
+    at = [r for r in runs if r.config["momentum"] == 0.99]
+    by_f = worst_case_matrix(
+        [r for r in at if r.config["alpha"] == 1.0], ["cwtm", "krum"], "num-byzantine", [1, 3]
+    )
+    assert by_f == [[pytest.approx(65.0), pytest.approx(61.0)], [pytest.approx(60.0), pytest.approx(56.0)]]
+    by_alpha = worst_case_matrix(
+        [r for r in at if r.config["num-byzantine"] == 3], ["cwtm"], "alpha", [1.0, 5.0]
+    )
+    assert by_alpha == [[pytest.approx(61.0), pytest.approx(64.0)]]
+    assert math.isnan(worst_case_matrix(at, ["mean"], "alpha", [1.0])[0][0])  # no such run: blank cell
+
+
+def test_crossed_keys_split_files_and_zipped_keys_label_them(tmp_path, fake_simulate):
+    grid = {"aggregator": "cwtm", "attack": "alie", "num-byzantine": [1, 2], "num-clients": [7, 9]}
+    run_sweep(Sweep("x", BASE, grid), tmp_path, progress=False, share_ray=False)
+    crossed = load_runs(tmp_path / "x")
+    assert dependents(crossed, "num-byzantine") == [] and dependents(crossed, "num-clients") == []
+    assert reduce_keys(crossed, ["num-clients", "num-byzantine"]) == (
+        ["num-clients", "num-byzantine"],
+        {"num-byzantine": [], "num-clients": []},
+    )
+    names = sorted(p.name for p in plot_sweep(tmp_path / "x"))
+    assert [n for n in names if n.startswith("heatmap")] == [
+        "heatmap_f__n7.png",
+        "heatmap_f__n9.png",
+    ]
+    zipped = [r for r in crossed if (r.config["num-clients"], r.config["num-byzantine"]) in {(7, 1), (9, 2)}]
+    assert dependents(zipped, "num-byzantine") == ["num-clients"]
+    assert dependents(zipped, "num-clients") == ["num-byzantine"]
+    # f and n determine each other: f is kept (it has priority), n labels it
+    assert reduce_keys(zipped, ["num-clients", "num-byzantine"]) == (
+        ["num-byzantine"],
+        {"num-byzantine": ["num-clients"]},
+    )
 
 
 def test_empty_results_are_a_clear_error(tmp_path):
