@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._linalg import drop_nonfinite
-from .base import NonFiniteInputError, PreAggregator
-from .clipping import clip_rows
+from .clipping import NormClipping
 
 __all__ = ["AdaptiveRobustClipping", "arc_count"]
 
@@ -22,7 +20,7 @@ def arc_count(n: int, f: int) -> int:
     return max(0, min(n - 1, (2 * f * (n - f)) // n))
 
 
-class AdaptiveRobustClipping(PreAggregator):
+class AdaptiveRobustClipping(NormClipping):
     r"""ARC: clip the ``k`` largest-norm inputs to the norm of the ``(k+1)``-th largest.
 
     With the input norms sorted in decreasing order, :math:`\|x_{\pi(1)}\| \ge \dots \ge \|x_{\pi(n)}\|`,
@@ -52,24 +50,9 @@ class AdaptiveRobustClipping(PreAggregator):
         f = self.f if f is None else f
         return max(1, f)
 
-    def _apply(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
-        self.check(x.shape[0], f)
-        norms = torch.linalg.vector_norm(x, dim=1)
-        ok = torch.isfinite(norms)
-        x, f, r, _ = drop_nonfinite(x, f, ok, self.name)
-        if x.shape[0] == 0:
-            raise NonFiniteInputError(f"{self.name}: every input is non-finite, none left (n=0)")
-        if r:
-            norms = norms[ok]
-        n = x.shape[0]
-        k = arc_count(n, f)
-        self.last_info["nonfinite_rows"] = r
+    def _threshold(self, norms: torch.Tensor, f: int) -> torch.Tensor:
+        k = arc_count(norms.shape[0], f)
+        threshold = torch.topk(norms, k + 1).values[k] if k else norms.max()  # k = 0: nothing is clipped
         self.last_info["k"] = k
-        if k == 0:
-            self.last_info["clipped"] = 0
-            self.last_info["threshold"] = float(norms.max())
-            return x, f
-        threshold = torch.topk(norms, k + 1).values[k]
-        self.last_info["clipped"] = int((norms > threshold).sum())
         self.last_info["threshold"] = float(threshold)
-        return clip_rows(x, norms, threshold), f
+        return threshold

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import torch
 
 from ._linalg import drop_nonfinite
-from .base import NonFiniteInputError, PreAggregator, check_float
+from .base import PreAggregator, check_float
 
-__all__ = ["Clipping", "clip_rows"]
+__all__ = ["Clipping", "NormClipping", "clip_rows"]
 
 
 def clip_rows(x: torch.Tensor, norms: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,34 @@ def clip_rows(x: torch.Tensor, norms: torch.Tensor, threshold: float | torch.Ten
     return x * scale.to(dtype=x.dtype).unsqueeze(1)
 
 
-class Clipping(PreAggregator):
+class NormClipping(PreAggregator):
+    r"""Base of the norm-clipping pre-aggregators: :math:`x_i \mapsto \min(1, \tau / \|x_i\|_2)\, x_i`.
+
+    The threshold :math:`\tau` comes from :meth:`_threshold` (a constant for :class:`Clipping`, a norm
+    order statistic for ARC). Rows whose norm is not finite are dropped first (see :mod:`.base`) and the
+    threshold is chosen on the rest, with ``f`` reduced by the number dropped; ``(n, f) -> (n - k, f - k)``.
+    ``last_info``: ``nonfinite_rows`` (``k``), ``clipped`` (how many rows were scaled), and what
+    :meth:`_threshold` adds.
+    """
+
+    @abstractmethod
+    def _threshold(self, norms: torch.Tensor, f: int) -> float | torch.Tensor:
+        """The clipping threshold for the finite rows' norms ``(n,)`` tolerating ``f``."""
+
+    def _apply(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+        self.check(x.shape[0], f)
+        norms = torch.linalg.vector_norm(x, dim=1)
+        ok = torch.isfinite(norms)
+        x, f, k, _ = drop_nonfinite(x, f, ok, self.name)  # raises when more than f, or all, are dropped
+        if k:
+            norms = norms[ok]
+        self.last_info["nonfinite_rows"] = k
+        threshold = self._threshold(norms, f)
+        self.last_info["clipped"] = int((norms > threshold).sum())
+        return clip_rows(x, norms, threshold), f
+
+
+class Clipping(NormClipping):
     r"""Static clipping: :math:`x_i \mapsto \min\left(1, \frac{c}{\|x_i\|_2}\right) x_i`.
 
     Each input is scaled down to Euclidean norm at most ``c``; shorter inputs are left unchanged
@@ -58,15 +86,5 @@ class Clipping(PreAggregator):
     def params(self) -> dict[str, Any]:
         return {"c": self.c}
 
-    def _apply(self, x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
-        self.check(x.shape[0], f)
-        norms = torch.linalg.vector_norm(x, dim=1)
-        ok = torch.isfinite(norms)
-        x, f, k, _ = drop_nonfinite(x, f, ok, self.name)
-        if x.shape[0] == 0:
-            raise NonFiniteInputError(f"{self.name}: every input is non-finite, none left (n=0)")
-        if k:
-            norms = norms[ok]
-        self.last_info["nonfinite_rows"] = k
-        self.last_info["clipped"] = int((norms > self.c).sum())
-        return clip_rows(x, norms, self.c), f
+    def _threshold(self, norms: torch.Tensor, f: int) -> float:
+        return self.c
