@@ -51,7 +51,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -211,8 +211,11 @@ def _copy(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(a)
 
 
-def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block: int) -> None:
-    n, d = x.shape
+def _network(
+    x: torch.Tensor, rows: list[int] | None, pl: Plan, combine: Combine, out: torch.Tensor, block: int
+) -> None:
+    n, d = pl.n, x.shape[1]
+    picked = None if rows is None else [x[r] for r in rows]  # row views, sliced per block (no copy)
     nblocks = -(-d // block)
     workers = min(torch.get_num_threads(), nblocks) if x.device.type == "cpu" else 1
     counter = itertools.count()  # blocks are handed out dynamically (next() is atomic under the GIL)
@@ -223,17 +226,18 @@ def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, blo
     def work() -> None:
         with torch.inference_mode(inference), torch.no_grad():
             scratch = torch.empty((pl.slots + n + 1, min(block, d)), dtype=x.dtype, device=x.device)
-            width, rows = scratch.shape[1], None
+            width, scratch_rows = scratch.shape[1], None
             for b in iter(counter.__next__, None):
                 if b >= nblocks:
                     return
                 start, stop = b * block, min(d, (b + 1) * block)
-                if rows is None or stop - start != width:  # first block here, or the last, narrower one
+                if scratch_rows is None or stop - start != width:  # first block here, or the narrower last
                     width = stop - start
                     view = scratch[:, :width]
-                    rows = list(view.unbind(0))
-                    s, acc = view[first_out : first_out + n], rows[-1]
-                src = [*x[:, start:stop].unbind(0), *rows]
+                    scratch_rows = list(view.unbind(0))
+                    s, acc = view[first_out : first_out + n], scratch_rows[-1]
+                inputs = x[:, start:stop].unbind(0) if picked is None else [v[start:stop] for v in picked]
+                src = [*inputs, *scratch_rows]
                 for kind, i, j, o in ops:
                     fns[kind](src[i], src[j], out=src[o])
                 if hi > lo:
@@ -246,11 +250,15 @@ def _network(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, blo
         fut.result()
 
 
-def _sort(x: torch.Tensor, pl: Plan, combine: Combine, out: torch.Tensor, block: int) -> None:
+def _sort(
+    x: torch.Tensor, rows: list[int] | None, pl: Plan, combine: Combine, out: torch.Tensor, block: int
+) -> None:
     d = x.shape[1]
+    sub = None if rows is None else torch.tensor(rows, dtype=torch.long, device=x.device)
     for start in range(0, d, block):
         stop = min(d, start + block)
-        s = x[:, start:stop].sort(dim=0).values
+        cols = x[:, start:stop]
+        s = (cols if sub is None else cols.index_select(0, sub)).sort(dim=0).values
         acc = s[pl.lo : pl.hi].sum(dim=0) if pl.hi > pl.lo else None
         combine(s, acc, out[start:stop])
 
@@ -264,6 +272,7 @@ def coordinatewise(
     *,
     method: str = "auto",
     block: int | None = None,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Per column of ``x`` ``(n, d)``: sorted values at ``ranks`` (+ sum of ranks ``summed=(lo, hi)``).
 
@@ -275,11 +284,17 @@ def coordinatewise(
 
     Returns ``out`` ``(d,)`` with ``x``'s dtype and device. ``method``: ``"network"``, ``"sort"`` or
     ``"auto"`` (network unless ``d < SMALL_D``); ``block``: columns per block (default
-    :func:`default_block`). ``x`` must not contain NaN.
+    :func:`default_block`); ``rows``: use only these rows of ``x``, in this order, without copying them
+    (``n`` is then ``len(rows)``). ``x`` must not contain NaN.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n, d = x.shape
+    if rows is not None:
+        rows = [int(r) for r in rows]
+        if any(not 0 <= r < n for r in rows):
+            raise ValueError(f"rows {rows} out of bounds for x with {n} rows")
+        n = len(rows)
     lo, hi = summed if summed is not None else (0, 0)
     pl = plan(n, tuple(int(r) for r in ranks), lo, hi)
     block = default_block(x) if block is None else int(block)
@@ -290,7 +305,7 @@ def coordinatewise(
         return out
     if method == "auto":
         method = "sort" if d < SMALL_D else "network"
-    (_network if method == "network" else _sort)(x, pl, combine, out, block)
+    (_network if method == "network" else _sort)(x, rows, pl, combine, out, block)
     return out
 
 
