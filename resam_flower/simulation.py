@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .app.config import ExperimentConfig
 from .app.server_app import RoundCallback, RoundCallbackError, run_experiment
+from .app.task import prepare_partitions
 from .clients.worker import make_client_app
 from .strategies.checkpoint import stable_simulation_node_ids
 
@@ -95,6 +96,9 @@ def simulate(
 
     from flwr.simulation import run_simulation
 
+    # The split, computed here once into the on-disk cache: the client processes then read it and never
+    # import datasets/flwr_datasets (seconds of every actor's start-up, on the first round's clock).
+    prepare_partitions(cfg)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     with warnings.catch_warnings(), stable_simulation_node_ids(cfg.seed):

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from ..attacks import flip_labels
-from ..data import load_dataset, load_partition
+from ..data import load_dataset, load_partition, partition_indices
 from ..models import build_model
 from .config import ExperimentConfig
 
@@ -58,6 +58,18 @@ def partition_for(cfg: ExperimentConfig, partition_id: int, num_partitions: int)
         cfg.dataset,
         partition_id,
         num_partitions,
+        cfg.partitioner,
+        seed=cfg.seed,
+        dataset_options=_data_options(cfg),
+        **_partitioner_params(cfg),
+    )
+
+
+def prepare_partitions(cfg: ExperimentConfig, num_partitions: int | None = None) -> None:
+    """Compute the run's split once, into the on-disk cache the client processes read it from."""
+    partition_indices(
+        cfg.dataset,
+        num_partitions or cfg.num_clients,
         cfg.partitioner,
         seed=cfg.seed,
         dataset_options=_data_options(cfg),

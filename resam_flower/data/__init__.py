@@ -12,7 +12,14 @@ Sources: :mod:`.sources` (``mnist``, ``fashion-mnist``, ``digits``, ``synthetic`
 
 from .base import NORMALISATION, DataSourceError, DataSplit
 from .cache import CACHE_ENV, cache_dir
-from .partition import PARTITIONERS, build_partitioner, label_histogram, load_partition, partition
+from .partition import (
+    PARTITIONERS,
+    build_partitioner,
+    label_histogram,
+    load_partition,
+    partition,
+    partition_indices,
+)
 from .sources import available_datasets, load_dataset
 
 __all__ = [
@@ -25,6 +32,7 @@ __all__ = [
     "available_datasets",
     "partition",
     "load_partition",
+    "partition_indices",
     "build_partitioner",
     "label_histogram",
     "PARTITIONERS",

@@ -46,7 +46,14 @@ if TYPE_CHECKING:  # imported lazily at run time: ``datasets`` and ``flwr_datase
     from datasets import Dataset
     from flwr_datasets.partitioner import Partitioner
 
-__all__ = ["PARTITIONERS", "build_partitioner", "partition", "load_partition", "label_histogram"]
+__all__ = [
+    "PARTITIONERS",
+    "build_partitioner",
+    "partition",
+    "partition_indices",
+    "load_partition",
+    "label_histogram",
+]
 
 PARTITIONERS = ("iid", "dirichlet", "pathological", "gamma-similarity")
 _ALIASES = {"gamma": "gamma-similarity", "gamma-similarity-niid": "gamma-similarity", "shard": "pathological"}
@@ -232,6 +239,34 @@ def _read_cached_rows(path, num_partitions: int, num_rows: int) -> list[np.ndarr
     return rows if ok else None
 
 
+def _split_key(name, num_partitions, partitioner, seed, split, normalize, dataset_options, params) -> tuple:
+    options = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in (dataset_options or {}).items()))
+    frozen = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in params.items()))
+    key = _canonical_partitioner(partitioner)
+    return (_canonical(name), split, bool(normalize), options, num_partitions, key, frozen, int(seed))
+
+
+def partition_indices(
+    name: str,
+    num_partitions: int,
+    partitioner: str = "iid",
+    *,
+    seed: int = 0,
+    split: str = "train",
+    normalize: bool = True,
+    dataset_options: dict[str, Any] | None = None,
+    **params: Any,
+) -> tuple[torch.Tensor, ...]:
+    """Row indices of every part of the split :func:`load_partition` uses (same arguments).
+
+    Computed once per process and kept in the on-disk cache: calling it in a simulation's driver before
+    the engine starts lets every client process read the split instead of computing it.
+    """
+    num_partitions = check_int("num_partitions", num_partitions, low=1)
+    args = _split_key(name, num_partitions, partitioner, seed, split, normalize, dataset_options, params)
+    return _partition_cached(*args)
+
+
 def load_partition(
     name: str,
     partition_id: int,
@@ -252,15 +287,11 @@ def load_partition(
     """
     num_partitions = check_int("num_partitions", num_partitions, low=1)
     partition_id = check_int("partition_id", partition_id, low=0, high=num_partitions - 1)
-    key = _canonical_partitioner(partitioner)
-    options = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in (dataset_options or {}).items()))
-    frozen = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in params.items()))
-    name = _canonical(name)
-    args = (name, split, bool(normalize), options, num_partitions, key, frozen, int(seed))
+    args = _split_key(name, num_partitions, partitioner, seed, split, normalize, dataset_options, params)
     splits = _splits_cached(*args)
     if splits[partition_id] is None:
         parts = _partition_cached(*args)
-        data = load_dataset(name, split, normalize=normalize, **dict(options))
+        data = load_dataset(args[0], split, normalize=normalize, **dict(args[3]))
         splits[partition_id] = data.subset(
             parts[partition_id], name=f"{data.name}[{partition_id}/{num_partitions}]"
         )
