@@ -216,12 +216,14 @@ def run_overhead(rounds: int) -> dict:
 
     from resam_flower.app.config import ExperimentConfig
     from resam_flower.app.server_app import build_strategy
-    from resam_flower.app.task import model_for, test_split
+    from resam_flower.app.task import model_for, prepare_partitions, test_split
     from resam_flower.clients.worker import make_client_app
-    from resam_flower.simulation import backend_config
+    from resam_flower.simulation import POLL_INTERVAL_S, backend_config
 
     base = {**ANCHOR, "num-byzantine": 0, "attack": "none", "aggregator": "mean", "num-server-rounds": rounds}
-    out = {}
+    prepare_partitions(ExperimentConfig.from_run_config(base))  # as simulate() does: actors read the split
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    out: dict[str, dict[str, float]] = {}
     for name in ("fedavg", "resam"):
         cfg = ExperimentConfig.from_run_config({**base, "mode": "model" if name == "fedavg" else "gradient"})
         times: dict[str, float] = {}
@@ -229,6 +231,8 @@ def run_overhead(rounds: int) -> dict:
 
         @app.main()
         def _main(grid: Grid, context: Context, cfg=cfg, name=name, times=times) -> None:
+            grid.pull_interval = POLL_INTERVAL_S  # the same engine settings for both
+            stamps: list[float] = []
             test = test_split(cfg)
             model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
             if name == "fedavg":
@@ -245,19 +249,27 @@ def run_overhead(rounds: int) -> dict:
                 initial_arrays=ArrayRecord(model.state_dict()),
                 num_rounds=rounds,
                 train_config=ConfigRecord(cfg.to_config_record()),
+                evaluate_fn=lambda rnd, arrays: stamps.append(time.perf_counter()),
             )
             times["rounds_s"] = time.perf_counter() - t0
+            per_round = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+            times["first_round_s"] = per_round[0]
+            times["round_median_s"] = statistics.median(per_round[1:] or per_round)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run_simulation(
                 app, make_client_app(), num_supernodes=cfg.num_clients, backend_config=backend_config()
             )
-        out[name] = times["rounds_s"]
+        out[name] = times
     return {
-        "fedavg_s": out["fedavg"],
-        "resam_s": out["resam"],
-        "ratio": out["resam"] / out["fedavg"],
+        "fedavg_s": out["fedavg"]["rounds_s"],
+        "resam_s": out["resam"]["rounds_s"],
+        "ratio": out["resam"]["rounds_s"] / out["fedavg"]["rounds_s"],
+        "fedavg_round_median_s": out["fedavg"]["round_median_s"],
+        "resam_round_median_s": out["resam"]["round_median_s"],
+        "round_ratio": out["resam"]["round_median_s"] / out["fedavg"]["round_median_s"],
+        "first_round_s": {k: v["first_round_s"] for k, v in out.items()},
         "rounds": rounds,
         "clients": base["num-clients"],
     }
