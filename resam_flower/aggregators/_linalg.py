@@ -24,7 +24,9 @@ judged against ``r``. If ``max psi_ij > rtol`` (default ``1e-2``) the Gram matri
 
 ``last_info["distances"]`` of every rule reports the method used, ``last_info["distance_error"]`` the
 estimated ``max psi``. Rows are screened on the same Gram diagonal (a row is non-finite iff its squared
-norm is), so a call costs one pass over ``x`` plus whatever the rule itself needs.
+norm is), so a call costs one pass over ``x`` plus whatever the rule itself needs. Dropped rows are not
+copied out: :class:`Pairwise` reads the finite rows in place (:meth:`Pairwise.weighted_sum`,
+:meth:`Pairwise.row`, :mod:`._rowops`) and copies them only if :attr:`Pairwise.x` is used.
 The fast path is taken only when float32 matmuls run in full IEEE precision (TF32/bf16 disabled, the
 PyTorch default); otherwise the first Gram matrix is computed in float64 blocks.
 """
@@ -32,10 +34,10 @@ PyTorch default); otherwise the first Gram matrix is computed in float64 blocks.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
+from ._rowops import weighted_sum
 from .base import NonFiniteInputError
 
 __all__ = [
@@ -130,6 +132,16 @@ def finite_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(torch.linalg.vector_norm(x, dim=1))
 
 
+def _count_dropped(ok: torch.Tensor, f: int, name: str) -> int:
+    """Number ``k`` of False entries of ``ok``; raises unless ``0 < n - k`` and ``k <= f``."""
+    k = int((~ok).sum())
+    if k > f:
+        raise NonFiniteInputError(f"{name}: {k} of {ok.numel()} inputs are non-finite, more than f={f}")
+    if k and k == ok.numel():
+        raise NonFiniteInputError(f"{name}: all {k} inputs are non-finite (n=0 left)")
+    return k
+
+
 def drop_nonfinite(
     x: torch.Tensor, f: int, ok: torch.Tensor, name: str, g: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
@@ -138,15 +150,9 @@ def drop_nonfinite(
     Raises :class:`NonFiniteInputError` when ``k > f``, or when every input is non-finite (nothing is left
     to aggregate, even if ``k <= f``).
     """
-    k = int((~ok).sum())
+    k = _count_dropped(ok, f, name)
     if k == 0:
         return x, f, 0, g
-    if k > f:
-        raise NonFiniteInputError(
-            f"{name}: {k} of {x.shape[0]} inputs are non-finite, more than f={f}"
-        )
-    if k == x.shape[0]:
-        raise NonFiniteInputError(f"{name}: all {k} inputs are non-finite (n=0 left)")
     idx = ok.nonzero().squeeze(1).to(x.device)
     x = x.index_select(0, idx)
     if g is not None:
@@ -155,23 +161,58 @@ def drop_nonfinite(
     return x, f - k, k, g
 
 
-def weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``sum_i w_i x_i`` for weights ``(n,)`` (any float dtype) in one read pass; result ``(d,)``."""
-    return w.to(device=x.device, dtype=x.dtype) @ x
+class Pairwise:
+    """What :func:`pairwise_sq_distances` returns: the finite rows and their squared distances.
 
+    Row ``i`` of the finite rows is row ``kept[i]`` of the input ``source``. :attr:`x` copies the finite
+    rows out of ``source`` on first use when some were dropped (``source`` itself otherwise); rules that
+    only need a few rows or a weighted sum of them read ``source`` at ``kept`` instead (no copy):
+    :meth:`weighted_sum`, :meth:`row`.
+    """
 
-class Pairwise(NamedTuple):
-    """What :func:`pairwise_sq_distances` returns: the finite rows and their squared distances."""
+    def __init__(
+        self,
+        source: torch.Tensor,
+        f: int,
+        dropped: int,
+        kept: torch.Tensor,
+        d2: torch.Tensor,
+        method: str,
+        error: float,
+        gram: torch.Tensor,
+        ref: int | None,
+        x: torch.Tensor | None = None,
+    ) -> None:
+        self._x = x if x is not None or dropped else source
+        self.source = source  #: the input, ``(n, d)``, non-finite rows included
+        self.f = f  #: ``f`` minus the number of dropped rows
+        self.dropped = dropped  #: number of non-finite rows dropped
+        self.kept = kept  #: input indices of the finite rows (int64, on the input's device)
+        self.d2 = d2  #: ``(n', n')`` float64 squared distances of the finite rows, zero diagonal
+        self.method = method  #: ``"fast"``, ``"centred"`` or ``"exact"``
+        self.error = error  #: estimated largest relative error of a squared distance (see module doc)
+        self.gram = gram  #: the float64 Gram matrix ``d2`` comes from, of ``x - x[ref]`` (of ``x`` if no ref)
+        self.ref = ref  #: the row ``gram`` is centred at, ``None`` when it is not centred
 
-    x: torch.Tensor  #: the finite rows of the input, ``(n', d)``
-    f: int  #: ``f`` minus the number of dropped rows
-    dropped: int  #: number of non-finite rows dropped
-    kept: torch.Tensor  #: original indices of the rows of ``x`` (int64, on ``x``'s device)
-    d2: torch.Tensor  #: ``(n', n')`` float64 squared distances, zero diagonal
-    method: str  #: ``"fast"``, ``"centred"`` or ``"exact"``
-    error: float  #: estimated largest relative error of a squared distance (see module doc)
-    gram: torch.Tensor  #: the float64 Gram matrix ``d2`` comes from, of ``x - x[ref]`` (of ``x`` if no ref)
-    ref: int | None  #: the row ``gram`` is centred at, ``None`` when it is not centred
+    @property
+    def n(self) -> int:
+        """Number of finite rows ``n'``."""
+        return self.d2.shape[0]
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The finite rows of the input, ``(n', d)`` (a copy when rows were dropped, made once)."""
+        if self._x is None:
+            self._x = self.source.index_select(0, self.kept)
+        return self._x
+
+    def row(self, i: int) -> torch.Tensor:
+        """Finite row ``i`` (a view of the input, no copy)."""
+        return self.source[int(self.kept[i])]
+
+    def weighted_sum(self, w: torch.Tensor) -> torch.Tensor:
+        """``sum_i w_i x_i`` over the finite rows, reading only rows of non-zero weight (no copy)."""
+        return weighted_sum(w, self.source, None if not self.dropped else self.kept)
 
     def centred_gram(self) -> torch.Tensor:
         """The Gram matrix of ``x - x_r`` for a central row ``r``, from :attr:`gram` without a pass.
@@ -242,23 +283,27 @@ def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = R
     fast = _full_precision_matmul(x)
     g = (x @ x.T).to(torch.float64) if fast else _blocked_gram(x, None, torch.float64)
     ok = torch.isfinite(g.diagonal())
+    k = _count_dropped(ok, f, name)
+    f -= k
     kept = torch.arange(n, device=x.device)
-    x, f, k, g = drop_nonfinite(x, f, ok, name, g=g)
-    if k:
+    if k:  # the rows themselves are not copied here (see Pairwise.x)
         kept = kept[ok.to(kept.device)]
-    assert g is not None
+        gi = kept.to(g.device)
+        g = g.index_select(0, gi).index_select(1, gi)
     d2 = sq_distances(g)
     method = "fast" if fast else "exact"
     error = _error_estimate(g, d2, math.sqrt(d) * (eps if fast else eps64))
     if error <= rtol:
         return Pairwise(x, f, k, kept, d2, method, error, g, None)
+    source, x = x, Pairwise(x, f, k, kept, d2, method, error, g, None).x  # the guard reads the finite rows
     ref = central_row(d2)
     if fast and x.dtype != torch.float64:
         g = _blocked_gram(x, ref, x.dtype)
         d2 = sq_distances(g)
         error = _error_estimate(g, d2, math.sqrt(min(d, _block(x))) * eps)
         if error <= rtol:
-            return Pairwise(x, f, k, kept, d2, "centred", error, g, ref)
+            return Pairwise(source, f, k, kept, d2, "centred", error, g, ref, x)
     g = _blocked_gram(x, ref, torch.float64)
     d2 = sq_distances(g)
-    return Pairwise(x, f, k, kept, d2, "exact", _error_estimate(g, d2, math.sqrt(d) * eps64), g, ref)
+    error = _error_estimate(g, d2, math.sqrt(d) * eps64)
+    return Pairwise(source, f, k, kept, d2, "exact", error, g, ref, x)

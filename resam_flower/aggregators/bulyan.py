@@ -129,13 +129,12 @@ class Bulyan(Aggregator):
         self.check(x.shape[0], f)
         p = pairwise_sq_distances(x, f, self.name)
         self.last_info.update(p.info())
-        n, d = p.x.shape
+        n = p.n
         theta = n - 2 * p.f
         beta = theta - 2 * p.f
-        sel = krum_selection(p.d2, p.f, theta).to(p.x.device)
-        self.last_info["selected"] = [int(i) for i in p.kept[sel.to(p.kept.device)]]
+        sel = krum_selection(p.d2, p.f, theta)
+        self.last_info["selected"] = rows = [int(i) for i in p.kept[sel.to(p.kept.device)]]
         if beta == theta:  # f = 0: every selected value is kept
-            w = torch.zeros(n, dtype=torch.float64, device=sel.device)
-            w[sel] = 1.0 / theta
-            return weighted_sum(w, p.x)
-        return mean_around_median(p.x, beta, rows=sel.tolist())
+            w = torch.full((theta,), 1.0 / theta, dtype=torch.float64)
+            return weighted_sum(w, p.source, rows)
+        return mean_around_median(p.source, beta, rows=rows)  # the selected rows, read in place

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._linalg import Pairwise, pairwise_sq_distances, weighted_sum
+from ._linalg import Pairwise, pairwise_sq_distances
 from .base import Aggregator, check_int
 
 __all__ = ["Krum", "MultiKrum", "krum_scores"]
@@ -50,7 +50,7 @@ class _KrumBase(Aggregator):
         self.check(x.shape[0], f)
         p = pairwise_sq_distances(x, f, self.name)
         self.last_info.update(p.info())
-        return p, krum_scores(p.d2, self._neighbours(p.x.shape[0], p.f))
+        return p, krum_scores(p.d2, self._neighbours(p.n, p.f))
 
 
 class Krum(_KrumBase):
@@ -85,7 +85,7 @@ class Krum(_KrumBase):
         p, scores = self._scores(x, f)
         i = int(scores.argmin())
         self.last_info.update(selected=int(p.kept[i]), score=float(scores[i]))
-        return p.x[i].clone()
+        return p.row(i).clone()
 
 
 class MultiKrum(_KrumBase):
@@ -97,7 +97,8 @@ class MultiKrum(_KrumBase):
 
     with :math:`s_i` the Krum score of :class:`Krum` (``k`` nearest other inputs, default ``n - f - 1``).
     ``m`` defaults to ``n - f`` (ByzFL; Blanchard et al., 2017, Multi-Krum with ``m = n - f``). Needs
-    ``n > 2f``. Cost: one Gram matmul plus one weighted sum (``weights @ x``).
+    ``n > 2f``. Cost: one Gram matmul plus one weighted sum of the ``m`` selected rows (matrix-vector
+    products over runs of consecutive selected rows, no copy).
 
     Parameters
     ----------
@@ -125,7 +126,7 @@ class MultiKrum(_KrumBase):
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         p, scores = self._scores(x, f)
-        n = p.x.shape[0]
+        n = p.n
         m = n - p.f if self.m is None else self.m
         if m > n:
             raise ValueError(f"{self.name}: m={m} exceeds the number of finite inputs n={n}")
@@ -134,4 +135,4 @@ class MultiKrum(_KrumBase):
         w = torch.zeros(n, dtype=torch.float64, device=scores.device)
         w[best] = 1.0 / m
         self.last_info["selected"] = sorted(int(i) for i in p.kept[best.to(p.kept.device)])
-        return weighted_sum(w, p.x)
+        return p.weighted_sum(w)  # reads only the m selected rows, in place

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._linalg import pairwise_sq_distances
+from ._rowops import mix
 from .base import PreAggregator
 
 __all__ = ["NearestNeighborMixing", "nearest_neighbours"]
@@ -32,7 +33,10 @@ class NearestNeighborMixing(PreAggregator):
 
     Computed as one mixing matrix ``W`` (``n x n``, rows of ``1/(n-f)`` on the neighbourhoods) applied in
     one matmul ``W @ x``, after one Gram matmul for the distances: two read passes of ``x`` and one write
-    of the ``(n, d)`` output. Non-finite rows are dropped first (``n`` and ``f`` shrink by their number).
+    of the ``(n, d)`` output, allocated in huge pages on CPU (:func:`._rowops.empty_rows`). Non-finite
+    rows are dropped first (``n`` and ``f`` shrink by their number), without copying the others
+    (:func:`._rowops.mix`). Cost at ``n = 20``, ``f = 4``, ``d = 10^6``, float32, one CPU thread: about
+    7x a read pass ``x.sum(0)``, of which the two ``20 x 20 x d`` matmuls take about 2.5-3x each.
     ``last_info``: the distance diagnostics (see :mod:`._linalg`).
     """
 
@@ -47,9 +51,9 @@ class NearestNeighborMixing(PreAggregator):
         self.check(x.shape[0], f)
         p = pairwise_sq_distances(x, f, self.name)
         self.last_info.update(p.info())
-        n = p.x.shape[0]
+        n = p.n
         size = n - p.f
         nbrs = nearest_neighbours(p.d2, size)
-        w = torch.zeros((n, n), dtype=p.x.dtype, device=p.x.device)
-        w.scatter_(1, nbrs.to(p.x.device), 1.0 / size)
-        return w @ p.x, p.f
+        w = torch.zeros((n, n), dtype=p.source.dtype, device=p.source.device)
+        w.scatter_(1, nbrs.to(p.source.device), 1.0 / size)
+        return mix(w, p.source, p.kept if p.dropped else None), p.f
