@@ -6,6 +6,7 @@ Usage::
     python benchmarks/distance_kernels.py --device cuda --d 11000000 --no-byzfl
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/distance_kernels.py   # huge pages for large CPU tensors
     python benchmarks/distance_kernels.py --threads 1 --clock process   # stable on a shared machine
+    python benchmarks/distance_kernels.py --rules krum,multikrum,nnm --floors   # + the BLAS floors
 
 A fresh ``(n, d)`` CPU output (NNM) costs page faults on first touch, 1.5 to 4 read passes at n=20, d=1e6
 on a 2-core machine; PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (huge pages for large tensors) removes most of
@@ -15,6 +16,11 @@ Timings are medians over ``--reps`` interleaved rounds (every rule once per roun
 shared machine affects all rules alike. Three inputs are measured: ``random`` (i.i.d. Gaussian rows: the
 fast Gram path), ``close`` (rows at distance ~1% of their norms, as momentums late in training: the
 centred Gram path of the precision guard) and ``mimic`` (random rows, ``f`` of them duplicates of row 0).
+
+``--floors`` also times, in the same rounds, the products no distance rule can avoid: the Gram matmul
+``x @ x.T`` (every rule), a matrix-vector product ``w @ x`` (the final weighted sum of MultiKrum, MDA,
+MoNNA, GM) and the ``n x n`` mixing matmul ``W @ x`` into a reused output (NNM), so that a rule's ratio
+can be read against what BLAS takes on the same machine.
 """
 
 from __future__ import annotations
@@ -69,6 +75,18 @@ def _component(name: str, f: int):
     return build(name, f=f)
 
 
+def _floors(x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    n = x.shape[0]
+    w = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+    mixing = torch.full((n, n), 1.0 / n, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x)
+    return {
+        "floor x @ x.T": lambda: x @ x.T,
+        "floor w @ x": lambda: w @ x,
+        "floor W @ x (reused out)": lambda: torch.mm(mixing, x, out=out),
+    }
+
+
 def _input(kind: str, n: int, d: int, f: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(n, d, generator=g, dtype=dtype)
@@ -93,10 +111,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--inputs", default="random,close,mimic", help="which inputs to measure")
     ap.add_argument(
-        "--clock", default="wall", choices=["wall", "process"],
+        "--clock",
+        default="wall",
+        choices=["wall", "process"],
         help="process: CPU time of this process (with --threads 1, insensitive to other load on the machine)",
     )
     ap.add_argument("--stat", default="median", choices=["median", "min"], help="min: best of the rounds")
+    ap.add_argument("--floors", action="store_true", help="also time x @ x.T, w @ x and W @ x (see doc)")
     args = ap.parse_args()
     global CLOCK, STAT
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
@@ -117,6 +138,8 @@ def main() -> None:
         comps = {r: _component(r, f) for r in rules if not (r == "bulyan" and n < 4 * f + 3)}
         fns: dict[str, Callable[[], object]] = {"read pass": lambda x=x: x.sum(0)}
         fns |= {r: (lambda c=c, x=x: c(x)) for r, c in comps.items()}
+        if args.floors:
+            fns |= _floors(x)
         ours = _median_times(fns, args.reps, device)
         base = ours["read pass"]
         theirs: dict[str, float] = {}
@@ -135,6 +158,8 @@ def main() -> None:
             other = theirs.get(r)
             extra = f"{other:7.1f}x {other / mine:7.1f}x" if other else f"{'-':>8s} {'-':>8s}"
             print(f"{r:10s} {mine:7.2f}x {extra}  {c.last_info.get('distances')}")
+        for k in (k for k in ours if k.startswith("floor")):
+            print(f"{k:26s} {ours[k] / base:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,11 @@ def _row_index(rows: torch.Tensor | Sequence[int] | None, n: int, m: int) -> lis
     return idx
 
 
+def _tracks_grad(*tensors: torch.Tensor) -> bool:
+    """True when autograd records operations on one of ``tensors`` (``out=`` kernels would refuse)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def weighted_sum(
     w: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -67,11 +72,14 @@ def weighted_sum(
 
     Weights are rounded to ``x``'s dtype; rows listed twice have their weights added first (in float64).
     Only rows with a non-zero weight are read, in runs of consecutive rows, one matrix-vector product
-    each (``torch.mv``, then ``addmv_``). Result ``(d,)``, ``x``'s dtype and device.
+    each (``torch.mv``, then ``addmv_``). Result ``(d,)``, ``x``'s dtype and device. Where autograd
+    tracks ``w`` or ``x``: ``w @ x[rows]`` (differentiable; a copy of the rows, every row read).
     """
     n, d = x.shape
     wv = w.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
     idx = _row_index(rows, n, wv.numel())
+    if _tracks_grad(w, x):
+        return w.to(device=x.device, dtype=x.dtype) @ x[idx]
     per_row = torch.zeros(n, dtype=torch.float64).index_add_(0, torch.tensor(idx, dtype=torch.long), wv)
     used = per_row.nonzero().squeeze(1).tolist()
     out = torch.empty(d, dtype=x.dtype, device=x.device)
@@ -93,12 +101,15 @@ def mix(w: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | Sequence[int] | N
     """``W @ x[rows]`` for a mixing matrix ``W`` ``(r, m)``: a fresh ``(r, d)`` tensor (:func:`empty_rows`).
 
     ``W`` is rounded to ``x``'s dtype. One matmul when ``rows`` is every row of ``x`` in order; otherwise
-    the rows are gathered per column block (never all at once) and each block is one matmul.
+    the rows are gathered per column block (never all at once) and each block is one matmul. Where
+    autograd tracks ``W`` or ``x``: ``W @ x[rows]`` (differentiable).
     """
     n, d = x.shape
     r, m = w.shape
     idx = _row_index(rows, n, m)
     wx = w.to(device=x.device, dtype=x.dtype)
+    if _tracks_grad(w, x):
+        return wx @ x[idx]
     out = empty_rows(r, d, x)
     if idx == list(range(n)):
         return torch.mm(wx, x, out=out)

@@ -94,3 +94,17 @@ def test_device_and_dtype(device):
     m = mix(torch.eye(3, dtype=torch.float64), x, [5, 1, 3])
     assert m.device == x.device
     torch.testing.assert_close(m.cpu(), x[[5, 1, 3]].cpu())
+
+
+def test_inputs_tracked_by_autograd_get_differentiable_products():
+    x = torch.randn(5, 30, generator=_gen(5), requires_grad=True)
+    w = torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0])
+    s = weighted_sum(w, x, [0, 1, 2, 3, 4])
+    m = mix(torch.eye(5)[:2], x, [4, 0, 1, 2, 3])
+    (s.sum() + m.sum()).backward()
+    expected = torch.zeros(5, 30)
+    expected[[0, 2]] += 0.5
+    expected[[4, 0]] += 1.0
+    torch.testing.assert_close(x.grad, expected)
+    with torch.no_grad():  # no tracking: the in-place kernels
+        assert not weighted_sum(w, x).requires_grad and not mix(torch.eye(5), x).requires_grad
