@@ -25,6 +25,7 @@ __all__ = ["FlatSpec", "decode_array", "all_finite"]
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_STYPE = "numpy.ndarray"  # flwr.app's SType.NUMPY: anything else is refused by Array.numpy()
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+_NPY_MAX_HEADER = 10_000  # numpy's own default limit (np.load's max_header_size)
 
 
 @functools.lru_cache(maxsize=256)
@@ -38,7 +39,7 @@ def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...]] | None:
             return None
         dtype = np.dtype(meta["descr"])
         shape = meta["shape"]
-        if not isinstance(shape, tuple) or not all(type(s) is int and s >= 0 for s in shape):
+        if not isinstance(shape, tuple) or not all(type(s) is int and 0 <= s < 2**40 for s in shape):
             return None
     except Exception:  # noqa: BLE001 - an odd header takes numpy's own reader instead
         return None
@@ -59,8 +60,8 @@ def decode_array(arr: Array) -> np.ndarray:
     if arr.stype == _NPY_STYPE and isinstance(data, bytes) and data[:6] == _NPY_MAGIC and len(data) > 10:
         major = data[6]
         size = 2 if major == 1 else 4 if major in (2, 3) else 0
-        if size:
-            hlen = int.from_bytes(data[8 : 8 + size], "little")
+        hlen = int.from_bytes(data[8 : 8 + size], "little") if size else 0
+        if 0 < hlen <= _NPY_MAX_HEADER:  # larger headers: numpy's reader, which refuses them
             start = 8 + size + hlen
             parsed = _npy_header(data[8 + size : start])
             if parsed is not None:

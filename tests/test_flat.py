@@ -93,6 +93,14 @@ def test_decode_array_refuses_what_array_numpy_refuses():
         decode_array(other)
 
 
+def test_decode_array_leaves_oversized_headers_to_numpy():
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }" + b" " * 20_000 + b"\n"
+    data = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header + b"\x00" * 4
+    arr = Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=data)
+    with pytest.raises(ValueError):  # numpy refuses headers above its max_header_size
+        decode_array(arr)
+
+
 def test_all_finite():
     assert all_finite(torch.zeros(0))
     assert all_finite(torch.randn(1000))
