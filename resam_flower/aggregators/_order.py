@@ -21,7 +21,10 @@ comparators are element-wise ``min``/``max`` of whole rows, so all columns are p
   ``torch.maximum(a, b, out=...)``, on the rows of a block of columns. Results go to scratch rows with
   register-like renaming (no copies): the first comparators read ``x`` itself, which is read once and
   never written; the last write of each requested rank goes to that rank's output row, so the rule
-  sees an ``(n, B)`` view and sums a rank range in one call. For the median of 20 rows the pruned
+  sees an ``(n, B)`` view; a rank range is summed row by row, in rank order (one call on the
+  ``(hi - lo, B)`` rows would exceed torch's 32768-element grain and fork OpenMP threads inside the
+  worker threads: oversubscribed, and very slow when other processes compete for the cores; callbacks
+  should likewise stick to single-row calls). For the median of 20 rows the pruned
   plan has 144 such calls per block.
 * Columns are processed in blocks of :func:`default_block` columns (128 KB rows on CPU, so that each
   call stays single-threaded and the scratch rows stay in cache). On CPU,
@@ -33,8 +36,9 @@ comparators are element-wise ``min``/``max`` of whole rows, so all columns are p
 
 The results are *exact*: every requested ``s_(r)`` equals what ``torch.sort`` gives, bit for bit
 (ties and ``±inf`` included). Sums are accumulated in the input dtype, in an order that depends on the
-network, so they match ``sort(...)[lo:hi].sum(0)`` up to rounding. Inputs must not contain NaN (the
-rules drop such rows first). No autograd: results are computed under :func:`torch.no_grad`.
+network (not on the block width nor the thread count), so they match ``sort(...)[lo:hi].sum(0)`` up
+to rounding. Inputs must not contain NaN (the rules drop such rows first). No autograd: results are
+computed under :func:`torch.no_grad`.
 
 Peak extra memory: ``network``: the output ``(d,)`` plus, per worker thread, ``(slots + n + 1) x B``
 scratch values (``slots <= n + 1`` working rows, ``n`` rank-indexed output rows, one sum row; ``B``
@@ -236,12 +240,15 @@ def _network(
                     view = scratch[:, :width]
                     scratch_rows = list(view.unbind(0))
                     s, acc = view[first_out : first_out + n], scratch_rows[-1]
+                    summed = scratch_rows[first_out + lo : first_out + hi]
                 inputs = x[:, start:stop].unbind(0) if picked is None else [v[start:stop] for v in picked]
                 src = [*inputs, *scratch_rows]
                 for kind, i, j, o in ops:
                     fns[kind](src[i], src[j], out=src[o])
-                if hi > lo:
-                    torch.sum(s[lo:hi], dim=0, out=acc)
+                if hi > lo:  # row by row: one call on (hi - lo, w) values would fork OpenMP threads
+                    torch.add(summed[0], summed[1], out=acc) if len(summed) > 1 else acc.copy_(summed[0])
+                    for row in summed[2:]:
+                        acc.add_(row)
                 combine(s, acc if hi > lo else None, out[start:stop])
 
     futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)] if workers > 1 else []
