@@ -211,7 +211,8 @@ class ResilientAveraging(FedAvg):
         return super().start(grid, initial_arrays, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------
-    def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+    def _sample(self, grid: Grid, fraction: float, minimum: int) -> tuple[list[int], list[int]]:
+        """Wait for enough nodes, then ``(sampled, all connected)``, both sorted, from the same listing."""
         need = max(self.min_available_nodes, minimum)
         deadline = time.monotonic() + self.node_wait_timeout
         while len(all_nodes := sorted(grid.get_node_ids())) < need:
@@ -225,7 +226,7 @@ class ResilientAveraging(FedAvg):
             log(INFO, "Waiting for nodes to connect: %d connected (minimum %d).", len(all_nodes), need)
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
         size = min(len(all_nodes), max(int(len(all_nodes) * fraction), minimum))
-        return sorted(self._rng.sample(all_nodes, size))
+        return sorted(self._rng.sample(all_nodes, size)), all_nodes
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -237,9 +238,10 @@ class ResilientAveraging(FedAvg):
             return []
         if self._spec is None or list(arrays.keys()) != list(self._spec.keys):
             self._spec = FlatSpec.from_record(arrays)
-        all_nodes = sorted(grid.get_node_ids())
+        # The population is read after waiting for the nodes, not before: at the start of a simulation the
+        # first listing can be empty, and the adversary must choose among the nodes that are really there.
+        nodes, all_nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         self._check_population(all_nodes)
-        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         self._sampled = set(nodes)
         self._sent_at = time.perf_counter()
         config["server-round"] = server_round
@@ -377,7 +379,7 @@ class ResilientAveraging(FedAvg):
         server_round += self.round_offset
         if self.fraction_evaluate == 0.0:
             return []
-        nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        nodes, _ = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]

@@ -180,3 +180,33 @@ def test_too_few_connected_nodes_fail_after_the_wait_timeout_with_the_counts():
     s = ResilientAveraging("mean", min_available_nodes=5, node_wait_timeout=0.2)
     with pytest.raises(RuntimeError, match="only 2 nodes connected .* 5 needed"):
         start_round(s, [1, 2])
+
+
+class LateGrid(FakeGrid):
+    """No node at the first listing (a simulation just starting), all of them afterwards."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        super().__init__(nodes)
+        self.calls = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.calls += 1
+        return [] if self.calls == 1 else list(self.nodes)
+
+
+def test_nodes_that_connect_late_are_waited_for_and_the_adversary_chooses_among_them():
+    from resam_flower.strategies.adversary import SimulatedAdversary
+
+    s = ResilientAveraging(
+        "cwtm",
+        num_byzantine=1,
+        min_available_nodes=4,
+        node_wait_timeout=5.0,
+        adversary=SimulatedAdversary("alie", 1, seed=0),
+    )
+    grid = LateGrid([11, 12, 13, 14])
+    msgs = list(s.configure_train(1, THETA, ConfigRecord(), grid))
+    assert grid.calls >= 2
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13, 14]
+    roles = [m.content["config"].get("resam-byzantine") for m in msgs]
+    assert sum(bool(r) for r in roles) == 1  # exactly f Byzantine nodes, among the real ones
