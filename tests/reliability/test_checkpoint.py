@@ -4,7 +4,6 @@ the run's lineage (a resumed run never reads momentum from the discarded future)
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 import numpy as np
@@ -48,14 +47,7 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit-identity holds at a fixed intra-op thread count (the worker sets 1; so does the child process)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/reliability/conftest.py
 
 
 def run_inline(cfg: dict) -> dict:

@@ -8,8 +8,6 @@ The Ray tests run Flower's real simulation engine (``simulate``) and are marked 
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -29,13 +27,7 @@ CFG = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/reliability/conftest.py
 
 
 def same(a: dict, b: dict) -> None:
