@@ -169,7 +169,7 @@ def run_floor(rounds: int, clients: int = ANCHOR["num-clients"]) -> dict:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from resam_flower.simulation import POLL_INTERVAL_S, backend_config
+    from resam_flower.simulation import backend_config, poll_faster
 
     client = ClientApp()
 
@@ -183,7 +183,7 @@ def run_floor(rounds: int, clients: int = ANCHOR["num-clients"]) -> dict:
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        grid.pull_interval = POLL_INTERVAL_S  # as simulate() does
+        poll_faster(grid)  # as simulate() does
         strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=clients, min_train_nodes=clients)
         strategy.start(
             grid=grid,
@@ -197,14 +197,18 @@ def run_floor(rounds: int, clients: int = ANCHOR["num-clients"]) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(server, client, num_supernodes=clients, backend_config=backend_config())
-    per_round = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return {
         "system": "Flower floor (FedAvg, echo client, 3 KB)",
         "rounds": rounds,
         "wall_time_s": time.perf_counter() - t0,
-        "first_round_s": per_round[0],
-        "round_median_s": statistics.median(per_round[1:] or per_round),
+        **round_times(stamps),
     }
+
+
+def round_times(stamps: list[float]) -> dict[str, float]:
+    """First round and median of the others, from the times ``evaluate_fn`` was called (round 0, 1, ...)."""
+    per_round = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return {"first_round_s": per_round[0], "round_median_s": statistics.median(per_round[1:] or per_round)}
 
 
 def run_overhead(rounds: int) -> dict:
@@ -218,7 +222,7 @@ def run_overhead(rounds: int) -> dict:
     from resam_flower.app.server_app import build_strategy
     from resam_flower.app.task import model_for, prepare_partitions, test_split
     from resam_flower.clients.worker import make_client_app
-    from resam_flower.simulation import POLL_INTERVAL_S, backend_config
+    from resam_flower.simulation import backend_config, poll_faster
 
     base = {**ANCHOR, "num-byzantine": 0, "attack": "none", "aggregator": "mean", "num-server-rounds": rounds}
     prepare_partitions(ExperimentConfig.from_run_config(base))  # as simulate() does: actors read the split
@@ -231,7 +235,7 @@ def run_overhead(rounds: int) -> dict:
 
         @app.main()
         def _main(grid: Grid, context: Context, cfg=cfg, name=name, times=times) -> None:
-            grid.pull_interval = POLL_INTERVAL_S  # the same engine settings for both
+            poll_faster(grid)  # the same engine settings for both
             stamps: list[float] = []
             test = test_split(cfg)
             model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
@@ -252,9 +256,7 @@ def run_overhead(rounds: int) -> dict:
                 evaluate_fn=lambda rnd, arrays: stamps.append(time.perf_counter()),
             )
             times["rounds_s"] = time.perf_counter() - t0
-            per_round = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-            times["first_round_s"] = per_round[0]
-            times["round_median_s"] = statistics.median(per_round[1:] or per_round)
+            times.update(round_times(stamps))
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -240,6 +240,7 @@ def _read_cached_rows(path, num_partitions: int, num_rows: int) -> list[np.ndarr
 
 
 def _split_key(name, num_partitions, partitioner, seed, split, normalize, dataset_options, params) -> tuple:
+    num_partitions = check_int("num_partitions", num_partitions, low=1)
     options = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in (dataset_options or {}).items()))
     frozen = tuple(sorted((k.replace("-", "_"), _freeze(v)) for k, v in params.items()))
     key = _canonical_partitioner(partitioner)
@@ -262,7 +263,6 @@ def partition_indices(
     Computed once per process and kept in the on-disk cache: calling it in a simulation's driver before
     the engine starts lets every client process read the split instead of computing it.
     """
-    num_partitions = check_int("num_partitions", num_partitions, low=1)
     args = _split_key(name, num_partitions, partitioner, seed, split, normalize, dataset_options, params)
     return _partition_cached(*args)
 
@@ -285,9 +285,9 @@ def load_partition(
     a Ray worker serves in turn cost one load and one split. ``dataset_options`` go to
     :func:`~resam_flower.data.load_dataset`, ``params`` to :func:`partition`.
     """
-    num_partitions = check_int("num_partitions", num_partitions, low=1)
-    partition_id = check_int("partition_id", partition_id, low=0, high=num_partitions - 1)
     args = _split_key(name, num_partitions, partitioner, seed, split, normalize, dataset_options, params)
+    num_partitions = args[4]
+    partition_id = check_int("partition_id", partition_id, low=0, high=num_partitions - 1)
     splits = _splits_cached(*args)
     if splits[partition_id] is None:
         parts = _partition_cached(*args)
