@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import byzfl
 import numpy as np
 import pytest
 import torch
@@ -44,7 +45,6 @@ def test_ties_with_the_threshold_are_left_alone():
 
 @pytest.mark.parametrize(("n", "f"), [(5, 1), (10, 2), (13, 3), (20, 4)])
 def test_matches_byzfl(n, f):
-    byzfl = pytest.importorskip("byzfl")
     rng = np.random.default_rng(n)
     x = rng.normal(size=(n, 6)) * rng.uniform(0.1, 10.0, size=(n, 1))
     theirs = byzfl.ARC(f=f)(x.copy())

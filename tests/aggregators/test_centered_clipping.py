@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import byzfl
 import numpy as np
 import pytest
 import torch
@@ -68,7 +69,6 @@ def test_several_column_blocks(iterations):
 
 @pytest.mark.parametrize("iterations", [1, 3, GRAM_FROM + 1])
 def test_matches_byzfl(iterations):
-    byzfl = pytest.importorskip("byzfl")
     rng = np.random.default_rng(iterations)
     ours = CenteredClipping(tau=3.0, iterations=iterations)
     theirs = byzfl.CenteredClipping(L=iterations, tau=3.0)

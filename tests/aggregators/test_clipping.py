@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import byzfl
 import numpy as np
 import pytest
 import torch
@@ -24,7 +25,6 @@ def test_nothing_to_clip_returns_the_input_itself():
 
 
 def test_matches_byzfl():
-    byzfl = pytest.importorskip("byzfl")
     rng = np.random.default_rng(0)
     x = rng.normal(scale=2.0, size=(8, 5))
     theirs = byzfl.Clipping(c=2.0)(x.copy())

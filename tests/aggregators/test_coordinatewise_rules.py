@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import byzfl
 import pytest
 import torch
 
@@ -96,7 +97,6 @@ _BYZFL = {
 @pytest.mark.parametrize("cls", RULES)
 @pytest.mark.parametrize(("n", "f"), [(5, 2), (10, 2), (10, 4), (13, 3), (13, 6)])
 def test_agrees_with_byzfl_without_ties(cls, n, f):
-    byzfl = pytest.importorskip("byzfl")
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, 1000, generator=g, dtype=torch.float64)
     theirs = torch.from_numpy(_BYZFL[cls](byzfl, f)(x.numpy()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import byzfl
 import pytest
 import torch
 
@@ -76,7 +77,6 @@ def test_search_size():
 
 
 def test_agrees_with_byzfl():
-    byzfl = pytest.importorskip("byzfl")
     x = torch.randn(9, 6, generator=_gen(9), dtype=torch.float64)
     x[:2] += 2.0
     assert torch.allclose(MinimumDiameterAveraging(3)(x), byzfl.MDA(3)(x).double(), atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import byzfl
 import pytest
 import torch
 
@@ -30,7 +31,6 @@ def test_neighbourhood_includes_the_row_itself_first():
 
 @pytest.mark.parametrize("n,f", [(5, 2), (9, 3), (12, 4)])
 def test_agrees_with_byzfl(n, f):
-    byzfl = pytest.importorskip("byzfl")
     x = torch.randn(n, 10, generator=_gen(n), dtype=torch.float64)
     assert torch.allclose(NearestNeighborMixing(f)(x), byzfl.NNM(f)(x).double(), atol=1e-6)
 

@@ -1,6 +1,6 @@
 """The registry API: spec strings, parameter routing, aliases, errors, pipelines, spec round-trip.
 
-Tests that need a rule module which is not importable yet skip with the import error as reason.
+Every registered module is imported as it is: a module that does not import fails the suite (no skip).
 """
 
 from __future__ import annotations
@@ -25,15 +25,6 @@ from resam_flower.aggregators.registry import ALIASES
 ALL = sorted(RULES) + sorted(PRE_AGGREGATORS)
 
 
-def require(*names: str) -> None:
-    """Skip the calling test while one of ``names`` cannot be imported."""
-    for name in names:
-        try:
-            resolve(name)
-        except (ImportError, AttributeError) as exc:
-            pytest.skip(f"{name} not importable yet: {exc}")
-
-
 def constructor_params(name: str) -> dict[str, inspect.Parameter]:
     sig = inspect.signature(resolve(name).__init__)
     return {k: p for k, p in sig.parameters.items() if k not in ("self", "f")}
@@ -55,7 +46,6 @@ def test_available_lists_every_registered_name():
 
 @pytest.mark.parametrize("name", ALL)
 def test_registered_class_matches_its_name_and_family(name):
-    require(name)
     cls = resolve(name)
     assert cls.name == name
     family = Aggregator if name in RULES else PreAggregator
@@ -66,7 +56,6 @@ def test_registered_class_matches_its_name_and_family(name):
 def test_alias_resolves_to_its_target(alias):
     target = ALIASES[alias]
     assert target in RULES or target in PRE_AGGREGATORS
-    require(target)
     assert resolve(alias) is resolve(target)
     assert build(alias, f=0).name == target
 
@@ -115,7 +104,6 @@ def test_unknown_flat_parameter():
 
 
 def test_unknown_parameter_routed_by_stage_name():
-    require("cwtm", "nnm")
     with pytest.raises(ValueError, match="nnm takes no parameter bogus"):
         build("nnm+cwtm", f=1, nnm={"bogus": 1})
 
@@ -128,7 +116,6 @@ def test_bad_f_at_build_time(bad_f):
 
 @pytest.mark.parametrize("pre", sorted(PRE_AGGREGATORS))
 def test_pre_aggregator_cannot_be_last(pre):
-    require(pre, "cwmed")
     with pytest.raises(ValueError, match=f"must be a rule, got pre-aggregator '{pre}'"):
         build(f"cwmed+{pre}", f=1)
     with pytest.raises(ValueError, match="must be a rule"):
@@ -136,7 +123,6 @@ def test_pre_aggregator_cannot_be_last(pre):
 
 
 def test_rule_in_the_middle_is_refused():
-    require("cwmed")
     with pytest.raises(TypeError, match="only the last stage may be a rule"):
         build("cwmed+mean", f=1)
 
@@ -152,7 +138,6 @@ def test_built_aggregator_passes_through_unless_f_disagrees():
 @pytest.mark.parametrize("name", sorted(RULES))
 @pytest.mark.parametrize("f", [1, 2])
 def test_f_too_large_for_n_at_call_time(name, f):
-    require(name)
     rule = build(name, f=f)
     m = rule.min_inputs(f)
     assert m == rule.min_inputs()
@@ -166,14 +151,12 @@ def test_f_too_large_for_n_at_call_time(name, f):
 
 
 def test_pipeline_with_mismatched_f_is_refused():
-    require("nnm", "cwtm")
     with pytest.raises(ValueError, match="share f"):
         Pipeline([resolve("nnm")(f=1)], resolve("cwtm")(f=2))
 
 
 # -- parameter routing --------------------------------------------------------------------------------
 def test_inline_parameters():
-    require("bucketing", "krum")
     p = build("bucketing(s=2)+krum", f=1)
     assert isinstance(p, Pipeline)
     assert p.pre[0].params()["s"] == 2
@@ -182,7 +165,6 @@ def test_inline_parameters():
 
 
 def test_parameters_routed_by_stage_name_and_flat():
-    require("bucketing", "cwtm")
     torch.manual_seed(0)  # seeds drawn at build time come from torch's global generator
     by_name = build("bucketing+cwtm", f=1, bucketing={"s": 3})
     torch.manual_seed(0)
@@ -192,7 +174,6 @@ def test_parameters_routed_by_stage_name_and_flat():
 
 
 def test_inline_parameters_override_routed_ones():
-    require("bucketing", "cwtm")
     p = build("bucketing(s=4)+cwtm", f=1, bucketing={"s": 3})
     assert p.pre[0].params()["s"] == 4
 
@@ -200,18 +181,14 @@ def test_inline_parameters_override_routed_ones():
 def _params_with_underscore() -> list[tuple[str, str]]:
     out = []
     for name in ALL:
-        try:
-            params = constructor_params(name)
-        except (ImportError, AttributeError):
-            continue
+        params = constructor_params(name)
         out += [(name, k) for k, p in params.items() if "_" in k and p.default is not inspect.Parameter.empty]
     return out
 
 
 def test_kebab_case_keys_flat_named_and_inline():
     found = _params_with_underscore()
-    if not found:
-        pytest.skip("no importable component has a snake_case parameter yet")
+    assert found, "no component has a snake_case parameter: the kebab-case route is untested"
     for name, key in found:
         default = constructor_params(name)[key].default
         kebab = key.replace("_", "-")
@@ -228,17 +205,13 @@ def test_kebab_case_keys_flat_named_and_inline():
 def test_flat_parameter_goes_to_every_stage_that_takes_it():
     shared = {}
     for name in ALL:
-        try:
-            for k in constructor_params(name):
-                shared.setdefault(k, []).append(name)
-        except (ImportError, AttributeError):
-            continue
+        for k in constructor_params(name):
+            shared.setdefault(k, []).append(name)
     pairs = [
         (k, v) for k, v in shared.items()
         if any(n in PRE_AGGREGATORS for n in v) and any(n in RULES for n in v)
     ]
-    if not pairs:
-        pytest.skip("no importable pre-aggregator shares a parameter name with an importable rule")
+    assert pairs, "no pre-aggregator shares a parameter name with a rule: flat routing is untested"
     key, owners = pairs[0]
     pre = next(n for n in owners if n in PRE_AGGREGATORS)
     rule = next(n for n in owners if n in RULES)
@@ -248,7 +221,6 @@ def test_flat_parameter_goes_to_every_stage_that_takes_it():
 
 
 def test_list_spec_with_names_and_built_components():
-    require("nnm", "cwtm")
     a = build(["nnm", "cwtm"], f=1)
     b = build([resolve("nnm")(f=1), "cwtm"], f=1)
     assert isinstance(a, Pipeline) and isinstance(b, Pipeline)
@@ -262,7 +234,6 @@ def test_list_spec_with_names_and_built_components():
                                   "bucketing(s=3)+bulyan"])
 @pytest.mark.parametrize("f", [1, 2])
 def test_pipeline_min_inputs_is_the_smallest_accepted_n(spec, f):
-    require(*[s.split("(")[0] for s in spec.split("+")])
     pipe = build(spec, f=f)
     m = pipe.min_inputs()
     # the stages' own conditions, propagated through the output sizes
@@ -283,13 +254,11 @@ def test_pipeline_min_inputs_is_the_smallest_accepted_n(spec, f):
 
 
 def test_bucketing_pipeline_needs_more_inputs_than_the_rule_alone():
-    require("bucketing", "krum")
     krum = build("krum", f=2).min_inputs()
     assert build("bucketing(s=2)+krum", f=2).min_inputs() > krum
 
 
 def test_pipeline_last_info_has_one_entry_per_stage():
-    require("nnm", "cwtm")
     p = build("nnm+cwtm", f=1)
     p(rows(7))
     assert set(p.last_info) == {"nnm", "cwtm"}
@@ -298,7 +267,6 @@ def test_pipeline_last_info_has_one_entry_per_stage():
 # -- spec round-trip ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_spec_round_trip_for_every_rule(name):
-    require(name)
     a = build(name, f=1)
     b = build(a.spec, f=1)
     assert type(b) is type(a)
@@ -307,7 +275,6 @@ def test_spec_round_trip_for_every_rule(name):
 
 @pytest.mark.parametrize("name", sorted(PRE_AGGREGATORS))
 def test_spec_round_trip_for_every_pre_aggregator(name):
-    require(name, "cwmed")
     a = build(f"{name}+cwmed", f=1)
     b = build(a.spec, f=1)
     assert b.spec == a.spec and b.pre[0].params() == a.pre[0].params()
@@ -315,7 +282,6 @@ def test_spec_round_trip_for_every_pre_aggregator(name):
 
 @pytest.mark.parametrize("spec", ["bucketing(s=2)+krum", "arc+nnm+multikrum(m=3)", "clipping(c=0.5)+gm"])
 def test_spec_round_trip_with_parameters(spec):
-    require(*[s.split("(")[0] for s in spec.split("+")])
     a = build(spec, f=1)
     b = build(a.spec, f=1)
     assert b.spec == a.spec
