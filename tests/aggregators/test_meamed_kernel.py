@@ -3,6 +3,7 @@ MeaMed kernel (frozen copy), infinite distances, results independent of the thre
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,12 +47,34 @@ def test_same_choices_as_the_former_kernel(n, f, dtype):
         assert bool((diff.abs() <= bound).all()), method  # one other choice would be far beyond the bound
 
 
-def test_bulyan_and_meamed_share_the_kernel():
+def _closest_mean_by_sorting(v: np.ndarray, beta: int) -> np.ndarray:
+    """Independent reference: per column, sort by (distance to the median, value), average the first beta."""
+    out = np.empty(v.shape[1])
+    for k, col in enumerate(v.T):
+        med = float(np.median(col))  # mean of the two middle values for even t
+        order = np.lexsort((col, np.abs(col - med)))  # primary key |s - M|, ties to the smaller value
+        out[k] = col[order[:beta]].sum() / beta
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bulyan_and_meamed_kernel_against_sorting_by_distance(dtype):
+    """Half-integer values: many distance ties, between equal and between different values (M - a, M + a);
+    sums are exact, so one other choice moves a mean by at least 0.5 / beta."""
     g = torch.Generator().manual_seed(4)
-    x = torch.randint(-3, 4, (12, 2000), generator=g).float()
+    x = (torch.randint(-6, 7, (12, 2000), generator=g) / 2).to(dtype)
     assert bulyan_kernel is mean_of_closest
-    for beta in (7, 9, 12):  # MeaMed's range F = t - beta < beta (F >= beta: test_bulyan_kernel.py)
-        assert torch.equal(mean_of_closest(x, beta), MeanAroundMedian(f=12 - beta)(x))
+    for beta in (1, 4, 7, 9, 11, 12):
+        ref = torch.from_numpy(_closest_mean_by_sorting(x.double().numpy(), beta))
+        for method in ("network", "sort"):
+            out = mean_of_closest(x, beta, method=method)
+            torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-6, msg=f"beta={beta}, {method}")
+        rows = [*range(0, 12, 2), 1, 3, 5]  # Bulyan's call on selected rows, read in place
+        ref_rows = torch.from_numpy(_closest_mean_by_sorting(x[rows].double().numpy(), min(beta, 9)))
+        torch.testing.assert_close(mean_of_closest(x, min(beta, 9), rows=rows).double(), ref_rows,
+                                   rtol=0, atol=1e-6)
+        if beta > 6:  # MeaMed's range f = t - beta < beta
+            torch.testing.assert_close(MeanAroundMedian(f=12 - beta)(x).double(), ref, rtol=0, atol=1e-6)
 
 
 def test_infinite_distances_tie_to_the_smaller_value():
