@@ -1,4 +1,5 @@
-"""Shared fixtures: devices to run the pure-torch core on (CUDA tests skip cleanly without a GPU)."""
+"""Shared fixtures: devices to run the pure-torch core on (CUDA tests skip cleanly without a GPU); torch's
+intra-op thread count restored after every test."""
 
 from __future__ import annotations
 
@@ -21,3 +22,17 @@ def pytest_collection_modifyitems(config, items):
 def device(request) -> torch.device:
     """Each test using it runs on CPU and, where a GPU exists, on CUDA."""
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Restore torch's intra-op thread count after each test.
+
+    Code under test may set it and not restore it (the client worker sets one thread per Ray actor, and in
+    an in-process run that is the test process): without this, results of later tests, e.g. float sums
+    split over threads, would depend on the order in which tests run.
+    """
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
