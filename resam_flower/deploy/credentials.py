@@ -12,7 +12,9 @@ exists. This module writes all of it with :mod:`cryptography` (a Flower dependen
     python -m resam_flower.deploy.credentials --out certs --nodes 5 --host 192.168.1.10
 
 writes ``ca.crt``/``ca.key``, ``server.pem``/``server.key`` (SANs: localhost, 127.0.0.1, ::1 and every
-``--host``), and ``supernode-<i>`` / ``supernode-<i>.pub`` for ``i = 1..nodes``. The CA and keys are for
+``--host``), ``supernode-<i>`` / ``supernode-<i>.pub`` for ``i = 1..nodes`` and ``superexec.secret`` (the
+SuperLink's SuperExec authentication secret). Private files are written with mode 0600 whatever file was
+there before, and a symbolic link in the way is refused. The CA and keys are for
 development and tests (a one-year self-signed CA, unencrypted keys, mode 0600): use your PKI in production.
 """
 
@@ -22,6 +24,8 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import secrets
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Credentials", "generate_credentials", "generate_node_keys", "main"]
+__all__ = ["Credentials", "generate_credentials", "generate_node_keys", "generate_superexec_secret", "main"]
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -46,13 +50,32 @@ class Credentials:
     server_key: Path
     node_private_keys: tuple[Path, ...]
     node_public_keys: tuple[Path, ...]
+    superexec_secret: Path
 
 
 def _write(path: Path, data: bytes, secret: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically with mode 0600 (``secret``) or 0644, whatever was there before.
+
+    A symbolic link at ``path`` is refused (:class:`ValueError`): writing through it would put a private
+    key wherever the link points. The bytes go to a new temporary file in the same folder, created with
+    the final mode (``fchmod``: the umask cannot widen or narrow it), fsynced, then renamed over ``path``,
+    so a file that was there keeps neither its old permissions nor its other hard links.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    if path.is_symlink():
+        raise ValueError(f"refusing to write {path}: it is a symbolic link (to {os.readlink(path)})")
+    mode = 0o600 if secret else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -112,6 +135,17 @@ def generate_node_keys(out: Path, names: Sequence[str]) -> list[tuple[Path, Path
     return pairs
 
 
+def generate_superexec_secret(path: str | Path) -> Path:
+    """A random SuperExec authentication secret (64 hex digits, mode 0600) at ``path``.
+
+    ``flower-superlink --isolation process --superexec-auth-secret-file <path>`` then serves its Runtime
+    API's task hand-out (``acquire-task``) only to a ``flower-superexec`` started with the same file: a
+    process that merely reaches the SuperLink's port cannot take over a run's ServerApp. Flower reads the
+    file as raw bytes, so there is no trailing newline.
+    """
+    return _write(Path(path), secrets.token_hex(32).encode("ascii"), secret=True)
+
+
 def generate_credentials(
     out: str | Path,
     nodes: int = 0,
@@ -140,6 +174,7 @@ def generate_credentials(
         server_key=_write(out / "server.key", _pem_key(server_key), secret=True),
         node_private_keys=tuple(p for p, _ in pairs),
         node_public_keys=tuple(q for _, q in pairs),
+        superexec_secret=generate_superexec_secret(out / "superexec.secret"),
     )
 
 
@@ -162,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     creds = generate_credentials(args.out, args.nodes, args.host, args.days, args.prefix)
     print(f"CA certificate:        {creds.ca_cert}")
     print(f"SuperLink cert / key:  {creds.server_cert} / {creds.server_key}")
+    print(f"SuperExec secret:      {creds.superexec_secret}")
     for private, public in zip(creds.node_private_keys, creds.node_public_keys, strict=True):
         print(f"SuperNode key pair:    {private} / {public}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 import stat
 
@@ -11,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.cli.supernode.register import try_load_public_key
+from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from resam_flower.deploy.credentials import generate_credentials, generate_node_keys, main
@@ -55,9 +57,55 @@ def test_supernode_keys_are_openssh_nist_keys_flower_accepts(creds):
 
 
 def test_private_files_are_owner_only(creds):
-    for path in (creds.ca_key, creds.server_key, *creds.node_private_keys):
+    for path in (creds.ca_key, creds.server_key, creds.superexec_secret, *creds.node_private_keys):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(creds.ca_cert.stat().st_mode) == 0o644
+
+
+def test_superexec_secret_is_what_flower_loads(creds):
+    secret = creds.superexec_secret.read_bytes()
+    assert load_superexec_auth_secret(str(creds.superexec_secret)) == secret
+    assert len(secret) == 64 and int(secret, 16) >= 0  # 32 random bytes as hex, no newline
+    other = generate_credentials(creds.ca_cert.parent / "again", nodes=0).superexec_secret.read_bytes()
+    assert other != secret
+
+
+def test_rewrite_enforces_0600_over_an_old_world_readable_file(tmp_path):
+    old = tmp_path / "supernode-1"
+    old.write_bytes(b"old")
+    old.chmod(0o666)
+    twin = tmp_path / "twin"
+    os.link(old, twin)  # a hard link made before the rewrite must not receive the new key
+    (private, _), = generate_node_keys(tmp_path, ["supernode-1"])
+    assert private == old and stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert old.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert twin.read_bytes() == b"old" and old.stat().st_ino != twin.stat().st_ino
+    creds = generate_credentials(tmp_path, nodes=0)
+    for path in (creds.ca_key, creds.server_key, creds.superexec_secret):  # rewritten too
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlink_in_place_of_a_key_is_refused(tmp_path, dangling):
+    target = tmp_path / "elsewhere" / "authorized"
+    target.parent.mkdir()
+    if not dangling:
+        target.write_bytes(b"precious")
+        target.chmod(0o644)
+    out = tmp_path / "certs"
+    out.mkdir()
+    (out / "supernode-1").symlink_to(target)
+    with pytest.raises(ValueError, match="supernode-1: it is a symbolic link"):
+        generate_node_keys(out, ["supernode-1"])
+    assert (out / "supernode-1").is_symlink()
+    if dangling:
+        assert not target.exists()
+    else:
+        assert target.read_bytes() == b"precious" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    (out / "ca.key").symlink_to(target)
+    with pytest.raises(ValueError, match="ca.key: it is a symbolic link"):
+        generate_credentials(out, nodes=0)
 
 
 def test_more_keys_later_and_bad_arguments(tmp_path):
@@ -73,7 +121,7 @@ def test_command_line(tmp_path, capsys):
     main(["--out", str(tmp_path), "--nodes", "2", "--host", "192.168.1.10"])
     assert {p.name for p in tmp_path.iterdir()} == {
         "ca.crt", "ca.key", "server.pem", "server.key",
-        "supernode-1", "supernode-1.pub", "supernode-2", "supernode-2.pub",
+        "supernode-1", "supernode-1.pub", "supernode-2", "supernode-2.pub", "superexec.secret",
     }
     server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
     assert server.subject.rfc4514_string() == "CN=192.168.1.10"
