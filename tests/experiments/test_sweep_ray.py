@@ -29,16 +29,18 @@ def test_tiny_sweep_on_ray_then_resume(tmp_path):
         summary = json.loads((cell_dir / "summary.json").read_text())
         assert summary["rounds"] == 4 and summary["skipped_rounds"] == 0
         assert summary["config"]["aggregator"] == r.cell.config["aggregator"]
-        assert 0.0 <= summary["final_test_accuracy"] <= 1.0
         timing = json.loads((cell_dir / "timing.json").read_text())
         rounds_seen.append(timing)
         assert timing["total_s"] > 0 and {"startup_s", "round_s", "teardown_s"} <= set(timing)
-    # the accuracy rises over 4 rounds in at least the beta = 0 cells (beta = 0.9 starts slower)
-    assert all(
-        r.summary["final_test_accuracy"] > r.summary["initial_test_accuracy"]
-        for r in results
-        if r.cell.config["momentum"] == 0.0
-    )
+    # Learning well above chance (10 digit classes: 0.10) after 4 rounds. Measured in-process on the same
+    # cells (tests/reliability/inline_grid.py, seeds 0, 1, 2; initial accuracy 0.05-0.17): beta = 0 gives
+    # 0.60-0.65 (cwtm 0.635 0.604 0.646, nnm+cwtm 0.655 0.627 0.630), beta = 0.9 starts slower: 0.30-0.35
+    # (cwtm 0.312 0.337 0.337, nnm+cwtm 0.304 0.331 0.354). This Ray run (seed 0, other node ids): beta = 0
+    # 0.677 (both rules), beta = 0.9 0.290 (cwtm), 0.306 (nnm+cwtm). The whole test takes ~35 s.
+    floor = {0.0: 0.45, 0.9: 0.22}
+    for r in results:
+        acc = r.summary["final_test_accuracy"]
+        assert acc >= floor[r.cell.config["momentum"]], (r.cell.name, acc)
 
     again = run_sweep(sweep, tmp_path, progress=False)
     assert [r.status for r in again] == ["cached"] * 4

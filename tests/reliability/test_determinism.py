@@ -47,7 +47,8 @@ def test_two_runs_are_bit_identical_whatever_the_arrival_order(tmp_path):
     a = inline(cfg, "a", shuffle_seed=1)
     b = inline(cfg, "b", shuffle_seed=2)
     same(a, b)
-    assert a["final_test_accuracy"] != a["initial_test_accuracy"]  # it did train
+    # it did train, well above chance (0.10): 6 rounds give 0.465 (seed 2; seeds 3, 4: 0.549, 0.423)
+    assert a["final_test_accuracy"] >= 0.30
 
 
 def test_the_determinism_check_can_fail(tmp_path, monkeypatch):

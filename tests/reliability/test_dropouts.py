@@ -116,7 +116,8 @@ def test_a_run_with_failing_nodes_goes_on(tmp_path):
     assert log[4]["skipped"] == "2 valid replies, nnm+cwtm needs nnm: n > 2f; cwtm: n > 2f (>= 3)"
     assert all(log[r]["skipped"] == "" for r in (1, 2, 3, 5, 6))
     assert summary["excluded_by_reason"] == {"error": 2}
-    assert summary["final_test_accuracy"] > summary["initial_test_accuracy"]
+    # it learns despite the failures, well above chance (0.10): 0.357 with seed 1 (seeds 2, 3: 0.407, 0.499)
+    assert summary["final_test_accuracy"] >= 0.25
 
 
 def grid_log(run_dir):
