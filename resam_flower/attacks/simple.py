@@ -52,7 +52,8 @@ class Gaussian(Attack):
     :meth:`state_dict` (the same seed gives different, equally reproducible, draws on CPU and CUDA).
 
     ByzFL's ``Gaussian`` draws around a fixed scalar ``mu`` (default 0); this one is centred on the honest
-    mean, as PAPER.md specifies (``N(mu, sigma^2 I)`` with ``mu`` the honest mean).
+    mean (``N(mu, sigma^2 I)`` with ``mu`` the honest mean), so that it stays a small perturbation of the
+    honest cloud rather than a vector any rule can spot.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Fixtures for the attack tests: honest clouds and the aggregation rules available right now."""
+"""Fixtures for the attack tests: honest clouds and the aggregation rules."""
 
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ from resam_flower.aggregators import Aggregator, build
 
 @pytest.fixture
 def rule() -> Callable[[str, int], Aggregator]:
-    """``rule(name, f)``: a built aggregation rule, or skip the test if its module is not written yet."""
+    """``rule(name, f)``: a built aggregation rule (a missing or broken rule module fails the test)."""
 
     def make(name: str, f: int) -> Aggregator:
-        try:
-            return build(name, f=f)
-        except ImportError as exc:  # the aggregators are written concurrently by others
-            pytest.skip(f"aggregator {name!r} not available yet ({exc})")
+        return build(name, f=f)
 
     return make
 

@@ -1,8 +1,14 @@
-"""Every vector attack really hurts plain averaging; the optimal attacks beat their defaults."""
+"""Every vector attack really hurts plain averaging; the optimal attacks reach the best factor of a grid.
+
+The references are computed here, independently of the attacks' code: the forged vectors of a factor
+``t`` are written out (ALIE: ``mu + t * sigma``; IPM: ``-t * mu``), and the grid best and the harmless
+"no-op" (the Byzantine workers send the honest mean) are evaluated with the same rule.
+"""
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 import pytest
@@ -10,11 +16,9 @@ import torch
 
 from resam_flower.aggregators import Aggregator
 from resam_flower.attacks import ATTACKS, build
-from resam_flower.attacks.alie import ALittleIsEnough
-from resam_flower.attacks.ipm import InnerProductManipulation
 
 F = 3
-VECTOR_ATTACKS = sorted(set(ATTACKS) - {"lf"})
+VECTOR_ATTACKS = sorted(set(ATTACKS) - {"lf", "lf-lab"})
 
 
 def mean_shift(honest: torch.Tensor, byz: torch.Tensor) -> float:
@@ -38,8 +42,8 @@ def typical_deviation(honest: torch.Tensor) -> float:
 def test_attack_moves_the_plain_average(name):
     honest = heterogeneous()
     shift = mean_shift(honest, build(name, F)(honest))
-    # The weakest attack here (ALIE with the classic z = 0.25 for n = 13) moves the average by about
-    # 3/13 * 0.25 * ||sigma||, i.e. 1/16 of an honest vector's typical deviation; a no-op moves it by 0.
+    # The weakest attack here (ALIE with the classic z(13, 3) = 0.50) moves the average by about
+    # 3/13 * 0.50 * ||sigma||, i.e. 1/8 of an honest vector's typical deviation; a no-op moves it by 0.
     assert shift > 0.02 * typical_deviation(honest), f"{name} moved the average by only {shift}"
 
 
@@ -54,8 +58,7 @@ def damage(rule: Aggregator, honest: torch.Tensor, byz: torch.Tensor) -> float:
 
 
 class _TrimmedMeanReference(Aggregator):
-    """A minimal coordinate-wise trimmed mean, so the search is tested against a robust rule even before
-    the project's own ``cwtm`` exists."""
+    """A minimal coordinate-wise trimmed mean, independent of the project's ``cwtm``."""
 
     name = "tm-reference"
 
@@ -63,54 +66,52 @@ class _TrimmedMeanReference(Aggregator):
         return x.sort(dim=0).values[f : x.shape[0] - f].mean(0)
 
 
-BASES = {"optimal-alie": ALittleIsEnough.forge_with, "optimal-ipm": InnerProductManipulation.forge_with}
-DEFAULTS: dict[str, Any] = {"optimal-alie": lambda h: ALittleIsEnough(f=F).factor(h, F),
-                            "optimal-ipm": lambda h: 0.1}
+def forged(name: str, honest: torch.Tensor, t: float) -> torch.Tensor:
+    """The base attack's vectors for factor ``t``, written out: ALIE ``mu + t sigma``, IPM ``-t mu``."""
+    mu, sigma = honest.mean(0), honest.std(0)  # sigma: unbiased, as Baruch et al.
+    v = mu + t * sigma if name == "optimal-alie" else -t * mu
+    return v.expand(F, -1)
 
 
-@pytest.mark.parametrize("name", sorted(BASES))
+#: The attacks' published defaults: ALIE's classic z(13, 3) = Phi^-1(9/13); FOE's eps = 0.1.
+DEFAULTS = {"optimal-alie": NormalDist().inv_cdf(9 / 13), "optimal-ipm": 0.1}
+NAMES = sorted(DEFAULTS)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_optimal_beats_the_default_against_the_mean(name):
     honest = heterogeneous(seed=1)
     attack = build(name, F)
     byz = attack(honest)
-    default = BASES[name](honest, F, DEFAULTS[name](honest.shape[0]))
-    assert mean_shift(honest, byz) > 10 * mean_shift(honest, default)
+    assert mean_shift(honest, byz) > 10 * mean_shift(honest, forged(name, honest, DEFAULTS[name]))
     assert attack.last_info["damage"] == pytest.approx(mean_shift(honest, byz), rel=1e-9)
-    torch.testing.assert_close(byz, BASES[name](honest, F, attack.last_info["factor"]))  # the base formula
+    torch.testing.assert_close(byz, forged(name, honest, attack.last_info["factor"]))  # the base formula
 
 
 def best_over(agg: Aggregator, honest: torch.Tensor, name: str, factors: torch.Tensor) -> float:
-    return max(damage(agg, honest, BASES[name](honest, F, float(t))) for t in factors)
+    return max(damage(agg, honest, forged(name, honest, float(t))) for t in factors)
 
 
 def _rule(rule_name, rule):
     return _TrimmedMeanReference(f=F) if rule_name == "tm-reference" else rule(rule_name, F)
 
 
-@pytest.mark.parametrize("rule_name", ["tm-reference", "cwtm", "cwmed", "krum"])
-@pytest.mark.parametrize("name", sorted(BASES))
-def test_optimal_is_at_least_as_damaging_as_the_default(name, rule_name, rule):
+@pytest.mark.parametrize("rule_name", ["tm-reference", "cwtm", "cwmed", "nnm+cwtm"])
+@pytest.mark.parametrize("name", NAMES)
+def test_optimal_reaches_the_grid_best_and_hurts_more_than_a_no_op(name, rule_name, rule):
+    # Coordinate-wise rules (alone or behind NNM) give a damage curve with broad plateaus that a line search
+    # finds. (Krum's curve has narrow spikes where it selects a Byzantine vector: no line search is promised
+    # to hit them, so Krum is not held to the grid best here.)
     agg = _rule(rule_name, rule)
     for seed in range(3):
         honest = heterogeneous(seed=seed)
         found = damage(agg, honest, build(name, F, aggregator=agg)(honest))
-        default = damage(agg, honest, BASES[name](honest, F, DEFAULTS[name](honest.shape[0])))
-        assert found >= default * (1 - 1e-12), f"{name} vs {rule_name}: {found} < default {default}"
-
-
-@pytest.mark.parametrize("rule_name", ["tm-reference", "cwtm", "cwmed"])
-@pytest.mark.parametrize("name", sorted(BASES))
-def test_optimal_is_near_the_grid_best_for_coordinate_wise_rules(name, rule_name, rule):
-    # Coordinate-wise rules give a damage curve with broad plateaus that a line search finds. (Krum's
-    # curve has narrow spikes where it selects a Byzantine vector: no line search is promised to hit them.)
-    agg = _rule(rule_name, rule)
-    for seed in range(2):
-        honest = heterogeneous(seed=seed)
-        found = damage(agg, honest, build(name, F, aggregator=agg)(honest))
         grid = best_over(agg, honest, name, torch.linspace(-20, 20, 161))
+        no_op = damage(agg, honest, honest.mean(0).expand(F, -1))
         assert found >= 0.95 * grid, f"{name} vs {rule_name}: search found {found}, grid best {grid}"
+        assert found > 1.5 * no_op, f"{name} vs {rule_name}: {found} vs {no_op} when sending the mean"
         # and, on this heterogeneous cloud, the search beats ByzFL's one-sided search from 0 for ALIE:
-        if name == "optimal-alie":
+        if name == "optimal-alie" and rule_name != "nnm+cwtm":
             positive = best_over(agg, honest, name, torch.linspace(0, 20, 81))
             assert found > 1.2 * positive
 

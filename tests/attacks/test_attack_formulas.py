@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import pytest
 import torch
 
-from resam_flower.attacks import build, classic_z
+from resam_flower.attacks import build, classic_z, karimireddy_z
+from resam_flower.attacks.ipm import eps_from_lab_factor
 
 # mu = [3, 4, 5]; unbiased coordinate-wise std = [2, 2, 2]
 H = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [5.0, 6.0, 7.0]], dtype=torch.float64)
@@ -32,25 +34,83 @@ def test_alie_given_z_uses_unbiased_std():
     torch.testing.assert_close(build("alie", 1, z=-1.0)(H), rows([1.0, 2.0, 3.0], 1))
 
 
-def test_classic_z_values():
-    # Phi^-1(0.6) = 0.2533471031357997 (n=13, f=3: s = 4, (13-3-4)/(13-3) = 0.6)
-    assert classic_z(13, 3) == pytest.approx(0.2533471031357997, abs=1e-12)
-    assert classic_z(4, 2) == pytest.approx(0.0, abs=1e-12)  # s = 1, cdf 1/2
-    assert classic_z(4, 1) == pytest.approx(-0.4307272992954576, abs=1e-12)  # s = 2, cdf 1/3
+def _phi_inv(p: float) -> float:
+    return NormalDist().inv_cdf(p)
+
+
+def test_classic_z_is_baruch_et_al_published_formula():
+    # Baruch et al. (NeurIPS 2019): s = floor(n/2 + 1) - f, z = Phi^-1((n - s) / n), written out here.
+    # n=13, f=3: s = 7 - 3 = 4, z = Phi^-1(9/13) = 0.5024
+    assert classic_z(13, 3) == pytest.approx(_phi_inv(9 / 13), abs=1e-12)
+    assert classic_z(13, 3) == pytest.approx(0.502402, abs=1e-6)
+    # n=11, f=1: s = 6 - 1 = 5, z = Phi^-1(6/11) = 0.1142 (the variant gives 0 here)
+    assert classic_z(11, 1) == pytest.approx(_phi_inv(6 / 11), abs=1e-12)
+    assert classic_z(11, 1) == pytest.approx(0.114185, abs=1e-6)
+    # n=25, f=5: s = 13 - 5 = 8, z = Phi^-1(17/25)
+    assert classic_z(25, 5) == pytest.approx(_phi_inv(17 / 25), abs=1e-12)
+    # n=4, f=1: s = 2, z = Phi^-1(2/4) = 0
+    assert classic_z(4, 1) == pytest.approx(0.0, abs=1e-12)
     for n, f in [(3, 2), (2, 2), (10, 6)]:
-        with pytest.raises(ValueError, match=f"n={n}, f={f}"):
+        with pytest.raises(ValueError, match=f"classic ALIE z .*n={n}, f={f}"):
             classic_z(n, f)
+
+
+def test_karimireddy_variant_is_the_weaker_formula_under_its_own_name():
+    # Phi^-1((n - f - s) / (n - f)), same s.
+    # n=13, f=3: s = 4, (13 - 3 - 4)/(13 - 3) = 0.6 -> 0.2533
+    assert karimireddy_z(13, 3) == pytest.approx(_phi_inv(0.6), abs=1e-12)
+    assert karimireddy_z(13, 3) == pytest.approx(0.253347, abs=1e-6)
+    # n=11, f=1: s = 5, (11 - 1 - 5)/(11 - 1) = 1/2 -> exactly 0: the forged vector is the honest mean
+    assert karimireddy_z(11, 1) == 0.0
+    assert karimireddy_z(4, 1) == pytest.approx(_phi_inv(1 / 3), abs=1e-12)  # s = 2, cdf 1/3
+    assert karimireddy_z(13, 3) < classic_z(13, 3)
+    with pytest.raises(ValueError, match="karimireddy ALIE z .*n=3, f=2"):
+        karimireddy_z(3, 2)
 
 
 def test_alie_default_z_is_classic_for_n_equal_h_plus_f():
     honest = torch.arange(30, dtype=torch.float64).reshape(10, 3) ** 1.5
     attack = build("alie", 3)
     out = attack(honest)
-    expected = honest.mean(0) + 0.2533471031357997 * honest.std(0)
-    torch.testing.assert_close(out, expected.expand(3, 3))
-    assert attack.last_info["z"] == pytest.approx(0.2533471031357997)
-    # a round with only 2 Byzantine replies: n = 12, s = 5, cdf 5/10 -> z = 0
-    torch.testing.assert_close(attack(honest, f=2), honest.mean(0).expand(2, 3))
+    z13 = _phi_inv(9 / 13)  # n = 13, f = 3
+    torch.testing.assert_close(out, (honest.mean(0) + z13 * honest.std(0)).expand(3, 3))
+    assert attack.last_info["z"] == pytest.approx(z13, abs=1e-12)
+    # a round with only 2 Byzantine replies: n = 12, s = 7 - 2 = 5, z = Phi^-1(7/12)
+    z12 = _phi_inv(7 / 12)
+    torch.testing.assert_close(attack(honest, f=2), (honest.mean(0) + z12 * honest.std(0)).expand(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("z", "expected"),
+    [("karimireddy", lambda: _phi_inv(0.6)), ("lab", lambda: -1.5), ("byzfl", lambda: 1.5),
+     ("classic", lambda: _phi_inv(9 / 13)), (0.7, lambda: 0.7)],
+)
+def test_alie_named_factors(z, expected):
+    honest = torch.arange(30, dtype=torch.float64).reshape(10, 3) ** 1.5
+    attack = build("alie", 3, z=z)
+    out = attack(honest)
+    torch.testing.assert_close(out, (honest.mean(0) + expected() * honest.std(0)).expand(3, 3))
+    assert build(attack.spec, 3).spec == attack.spec
+
+
+def test_alie_lab_factor_is_mu_minus_one_and_a_half_sigma():
+    # LPD-EPFL/ByzantineMomentum: attack "little", factor 1.5, negative -> mu - 1.5 * sigma (sigma unbiased)
+    torch.testing.assert_close(build("alie", 2, z="lab")(H), rows([3.0 - 3.0, 4.0 - 3.0, 5.0 - 3.0], 2))
+    with pytest.raises(ValueError, match="z must be a number or one of classic, karimireddy, lab, byzfl"):
+        build("alie", 2, z="baruch")
+
+
+def test_foe_lab_factor_is_eps_one_tenth():
+    # LPD-EPFL/ByzantineMomentum: attack "empire" (attacks/identical.py), factor 1.1:
+    # mu + 1.1 * (-mu) = -0.1 mu, i.e. eps = 0.1 in -eps * mu
+    mu = H.mean(0)
+    lab = mu + 1.1 * (-mu)
+    torch.testing.assert_close(build("foe", 2, eps="lab")(H), lab.expand(2, 3))
+    assert eps_from_lab_factor(1.1) == pytest.approx(0.1, abs=1e-15)
+    torch.testing.assert_close(build("foe", 1, eps="byzfl")(H), (-2.0 * mu).expand(1, 3))
+    assert build("foe", 1, eps="lab").spec == "ipm(eps='lab')"
+    with pytest.raises(ValueError, match="eps must be a number or one of classic, lab, byzfl"):
+        build("foe", 1, eps="strong")
 
 
 def test_mimic_index():
@@ -169,7 +229,9 @@ def test_minmax_degenerate_identical_honest_vectors_send_the_mean():
 
 
 def test_label_flipping_vector_convention_is_the_mean():
+    # both variants, as vector attacks, send the mean of their inputs (flipped-label vectors)
     torch.testing.assert_close(build("lf", 2)(H), rows([3.0, 4.0, 5.0], 2))
+    torch.testing.assert_close(build("lf-lab", 3)(H), rows([3.0, 4.0, 5.0], 3))
 
 
 def test_single_honest_vector_std_is_zero_not_nan():
