@@ -1,9 +1,12 @@
 """The one flatten/unflatten helper between Flower records and the torch core.
 
 A :class:`FlatSpec` is taken from the global model's :class:`~flwr.app.ArrayRecord`: the ordered keys,
-shapes and dtypes. Floating-point arrays are concatenated, in that key order, into one vector of
-length ``d``; other arrays (integer buffers such as BatchNorm's ``num_batches_tracked``) are not part
-of the vector and are carried over from the global model unchanged.
+shapes and dtypes. Floating-point arrays are concatenated into one vector of length ``d``: first the
+*parameters* (in key order, ``vec[:param_dim]``), then the float *buffers* (BatchNorm's running statistics
+and the like, ``vec[param_dim:]``), so that either part is a view. Other arrays (integer buffers such as
+BatchNorm's ``num_batches_tracked``) are not part of the vector and are carried over from the global model
+unchanged. Which float arrays are buffers is given by the caller (:func:`buffer_keys` of a module), else
+by the convention :func:`default_buffer_keys` (PyTorch's BatchNorm names).
 
 Replies are untrusted: :meth:`FlatSpec.read` checks a reply's record against the spec and returns
 either the vector or the reason it was rejected, never raising on bad input.
@@ -13,14 +16,14 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-__all__ = ["FlatSpec", "decode_array", "all_finite"]
+__all__ = ["FlatSpec", "decode_array", "all_finite", "buffer_keys", "default_buffer_keys", "safe_text"]
 
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_STYPE = "numpy.ndarray"  # flwr.app's SType.NUMPY: anything else is refused by Array.numpy()
@@ -85,6 +88,40 @@ def all_finite(vec: torch.Tensor) -> bool:
     return bool(torch.isfinite(vec).all())
 
 
+def buffer_keys(model: torch.nn.Module) -> list[str]:
+    """Names of ``model``'s floating-point buffers, as they appear in ``model.state_dict()``.
+
+    Pass them to :class:`~resam_flower.strategies.ResilientAveraging` (``buffers=``) when a model's buffers
+    do not follow PyTorch's BatchNorm names (:func:`default_buffer_keys`).
+    """
+    return [name for name, buf in model.named_buffers() if buf is not None and buf.is_floating_point()]
+
+
+def default_buffer_keys(record: Mapping) -> list[str]:
+    """The float arrays of ``record`` whose last dotted name component is a BatchNorm statistic.
+
+    ``running_mean`` and ``running_var`` (``num_batches_tracked`` is an integer and never in the vector).
+    """
+    from .protocol import BUFFER_SUFFIXES
+
+    out = []
+    for key, arr in record.items():
+        if key.rsplit(".", 1)[-1] in BUFFER_SUFFIXES and np.issubdtype(np.dtype(arr.dtype), np.floating):
+            out.append(key)
+    return out
+
+
+def safe_text(value: object, limit: int = 200) -> str:
+    """``value`` as one printable line for a log: control characters escaped, at most ``limit`` characters.
+
+    Reasons and key names that come from replies are attacker-controlled: a newline in them must not forge
+    a log line, and a megabyte of text must not flood the log.
+    """
+    text = str(value)
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: limit + 1])
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class FlatSpec:
     """Keys, shapes and dtypes of a model record, and where each float array sits in the vector."""
@@ -94,21 +131,52 @@ class FlatSpec:
     dtypes: tuple[str, ...]
     offsets: tuple[int, ...]  # start in the flat vector, -1 for arrays outside it
     dim: int
+    param_dim: int = -1  # parameters are vec[:param_dim], float buffers vec[param_dim:]
+    buffer_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.param_dim < 0:
+            object.__setattr__(self, "param_dim", self.dim)
 
     @classmethod
-    def from_record(cls, record: ArrayRecord) -> FlatSpec:
-        keys, shapes, dtypes, offsets = [], [], [], []
-        pos = 0
-        for key, arr in record.items():
-            keys.append(key)
-            shapes.append(tuple(int(s) for s in arr.shape))
-            dtypes.append(str(arr.dtype))
-            if np.issubdtype(np.dtype(arr.dtype), np.floating):
-                offsets.append(pos)
-                pos += int(np.prod(arr.shape, dtype=np.int64))
-            else:
-                offsets.append(-1)
-        return cls(tuple(keys), tuple(shapes), tuple(dtypes), tuple(offsets), pos)
+    def from_record(cls, record: ArrayRecord, buffers: Iterable[str] | None = ()) -> FlatSpec:
+        """The layout of ``record``; float arrays named in ``buffers`` go after the parameters.
+
+        ``buffers=None`` applies :func:`default_buffer_keys`; a name in ``buffers`` that is not a float array
+        of ``record`` raises :class:`ValueError`.
+        """
+        buf = set(default_buffer_keys(record) if buffers is None else buffers)
+        floats = [k for k, a in record.items() if np.issubdtype(np.dtype(a.dtype), np.floating)]
+        unknown = sorted(buf - set(floats))
+        if unknown:
+            raise ValueError(f"buffers {unknown[:5]} are not floating-point arrays of the model")
+        sizes = {k: int(np.prod(record[k].shape, dtype=np.int64)) for k in floats}
+        start, pos = {}, 0
+        for key in [k for k in floats if k not in buf] + [k for k in floats if k in buf]:
+            start[key] = pos
+            pos += sizes[key]
+        param_dim = pos - sum(sizes[k] for k in buf)
+        keys = tuple(record.keys())
+        return cls(
+            keys,
+            tuple(tuple(int(s) for s in record[k].shape) for k in keys),
+            tuple(str(record[k].dtype) for k in keys),
+            tuple(start.get(k, -1) for k in keys),
+            pos,
+            param_dim,
+            tuple(k for k in keys if k in buf),
+        )
+
+    def params_only(self) -> FlatSpec:
+        """The layout of the parameters alone (the keys of a momentum record)."""
+        keep = [i for i, k in enumerate(self.keys) if k not in self.buffer_keys and self.offsets[i] >= 0]
+        return FlatSpec(
+            tuple(self.keys[i] for i in keep),
+            tuple(self.shapes[i] for i in keep),
+            tuple(self.dtypes[i] for i in keep),
+            tuple(self.offsets[i] for i in keep),
+            self.param_dim,
+        )
 
     # ------------------------------------------------------------------------------------------
     def flatten(self, record: ArrayRecord, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -139,7 +207,7 @@ class FlatSpec:
             extra = [k for k in got if k not in self.keys]
             detail = f"missing {missing[:5]}" if missing else ""
             detail += (", " if detail else "") + (f"extra {extra[:5]}" if extra else "")
-            return None, f"keys: {detail or 'different order'}"
+            return None, safe_text(f"keys: {detail or 'different order'}")
         vec = out if out is not None else torch.empty(self.dim, dtype=dtype)
         for key, shape, dt, off in zip(self.keys, self.shapes, self.dtypes, self.offsets, strict=True):
             arr = record[key]
@@ -165,6 +233,16 @@ class FlatSpec:
         if check_finite and not all_finite(vec):
             return None, "nonfinite: NaN or infinite values"
         return vec, None
+
+    def out_of_range(self, vec: torch.Tensor) -> str | None:
+        """The first array whose values ``vec`` would overflow once cast to its dtype (e.g. float16), or None."""
+        for key, shape, dt, off in zip(self.keys, self.shapes, self.dtypes, self.offsets, strict=True):
+            if off < 0 or np.dtype(dt).itemsize >= 4:
+                continue
+            n = int(np.prod(shape, dtype=np.int64))
+            if n and float(vec[off : off + n].abs().max()) > float(np.finfo(np.dtype(dt)).max):
+                return key
+        return None
 
     def unflatten(self, vec: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
         """Record with the float arrays taken from ``vec`` and the others copied from ``like``."""

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..aggregators import build as build_rule
-from ..strategies import ResilientAveraging
-from ..strategies.adversary import SimulatedAdversary
+from ..strategies import Checkpointing, NoProgressError, ResilientAveraging, SimulatedAdversary, core_of
 from ..strategies.checkpoint import Checkpointer, model_digest
 from .config import ExperimentConfig, parse_params
 from .results import write_run
@@ -80,19 +80,11 @@ def _notify(on_round: RoundCallback, server_round: int, row: dict[str, Any]) -> 
         ) from exc
 
 
-def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -> ResilientAveraging:
-    """The strategy (and simulated adversary) described by ``cfg``."""
-    adversary = None
-    if cfg.attacked:
-        params = parse_params(cfg.attack_params)
-        if cfg.attack.startswith("optimal") and "aggregator" not in params:
-            # The optimal attacks search against the rule in use (a separate instance: no shared state).
-            params["aggregator"] = build_rule(
-                cfg.aggregator, f=cfg.num_byzantine, **parse_params(cfg.aggregator_params)
-            )
-        adversary = SimulatedAdversary(cfg.attack, cfg.num_byzantine, seed=cfg.seed, **params)
+def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -> Strategy:
+    """The strategy described by ``cfg``: :class:`ResilientAveraging`, wrapped by the simulated adversary
+    (when ``cfg`` has an attack) and by :class:`Checkpointing` (when ``checkpointer`` is given)."""
     schedule_params = {"step_size": cfg.lr_step_size, "gamma": cfg.lr_gamma, "decay": cfg.lr_decay}
-    return ResilientAveraging(
+    strategy: Strategy = ResilientAveraging(
         aggregator=cfg.aggregator,
         num_byzantine=cfg.num_byzantine,
         aggregator_params=parse_params(cfg.aggregator_params),
@@ -100,18 +92,38 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,
         lr_schedule_params=schedule_params,
-        weight_decay=cfg.weight_decay if cfg.mode == "gradient" else 0.0,
+        weight_decay=_server_weight_decay(cfg),
         max_update_norm=cfg.max_update_norm or None,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=1,
         min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.num_clients,
-        adversary=adversary,
         evaluate_fn=evaluate_fn,
         seed=cfg.seed,
-        checkpointer=checkpointer,
+        round_timeout=float(cfg.extra.get("round-timeout", 600.0)),
+        node_stall_timeout=float(cfg.extra.get("node-stall-timeout", 30.0)),
     )
+    if cfg.attacked:
+        params = parse_params(cfg.attack_params)
+        if cfg.attack.startswith("optimal") and "aggregator" not in params:
+            # The optimal attacks search against the rule in use (a separate instance: no shared state).
+            params["aggregator"] = build_rule(
+                cfg.aggregator, f=cfg.num_byzantine, **parse_params(cfg.aggregator_params)
+            )
+        honest_data = str(cfg.extra.get("data-split", "all")) == "honest"
+        strategy = SimulatedAdversary(
+            strategy, cfg.attack, cfg.num_byzantine, seed=cfg.seed, honest_data=honest_data, **params
+        )
+    if checkpointer is not None:
+        strategy = Checkpointing(strategy, checkpointer)
+    return strategy
+
+
+def _server_weight_decay(cfg: ExperimentConfig) -> float:
+    """λ for the server step: in gradient mode, unless the workers add it to their loss."""
+    at = getattr(cfg, "weight_decay_at", cfg.extra.get("weight-decay-at", "server"))
+    return cfg.weight_decay if cfg.mode == "gradient" and at == "server" else 0.0
 
 
 def run_experiment(
@@ -138,9 +150,9 @@ def run_experiment(
             model.load_state_dict(arrays.to_torch_state_dict())
             evals[server_round] = evaluate(model, test)
             result = MetricRecord(evals[server_round])
-        if on_round is not None and server_round > strategy.round_offset:
+        if on_round is not None and server_round > core.round_offset:
             entry = next(
-                (e for e in reversed(strategy.round_log) if e.get("round") == server_round),
+                (e for e in reversed(core.round_log) if e.get("round") == server_round),
                 {"round": server_round},  # a round whose aggregate_train logged nothing
             )
             _notify(on_round, server_round, metrics_row(entry, evals))
@@ -157,22 +169,27 @@ def run_experiment(
             extra={"evals": evals},
         )
     strategy = build_strategy(cfg, evaluate_fn, checkpointer)
+    core = core_of(strategy)
     if checkpointer is not None and cfg.resume and checkpointer.path.exists():
         ckpt = Checkpointer.load(checkpointer.path)
         initial = checkpointer.resume(strategy, ckpt)
         evals.update({int(r): dict(m) for r, m in ckpt.extra.get("evals", {}).items()})
         log(INFO, "[resam] resuming %s after round %d of %d", cfg.name(), ckpt.round, last)
-    start_round = strategy.round_offset
+    start_round = core.round_offset
     t0 = time.perf_counter()
-    strategy.start(  # its Result is in strategy.round_log, evals and strategy.current_arrays
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=max(last - start_round, 0),
-        train_config=ConfigRecord(cfg.to_config_record()),
-        evaluate_config=ConfigRecord(cfg.to_config_record()),
-    )
+    failure: NoProgressError | None = None
+    try:
+        strategy.start(  # its Result is in core.round_log, evals and core.current_arrays
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=max(last - start_round, 0),
+            train_config=ConfigRecord(cfg.to_config_record()),
+            evaluate_config=ConfigRecord(cfg.to_config_record()),
+        )
+    except NoProgressError as exc:  # the results are written (they say why), then the run fails
+        failure = exc
     wall = time.perf_counter() - t0
-    rows = [metrics_row(entry, evals) for entry in strategy.round_log]
+    rows = [metrics_row(entry, evals) for entry in core.round_log]
     final_round = max(evals) if evals else 0
     summary = {
         "run_name": cfg.name(),
@@ -180,15 +197,16 @@ def run_experiment(
         "final_test_loss": evals.get(final_round, {}).get("loss"),
         "initial_test_accuracy": evals.get(0, {}).get("accuracy"),
         "best_test_accuracy": max((m.get("accuracy", 0.0) for m in evals.values()), default=None),
-        "rounds": len(strategy.round_log),
+        "rounds": len(core.round_log),
         "wall_time_s": wall,
         "resumed_from_round": start_round,
-        "final_model_sha256": model_digest(strategy.current_arrays or initial),
-        "excluded_replies": int(sum(strategy.excluded_total.values())),
-        "excluded_by_reason": dict(strategy.excluded_total),
-        "skipped_rounds": sum(1 for e in strategy.round_log if "skipped" in e),
-        "byzantine_nodes": strategy.adversary.chosen if strategy.adversary else [],
-        "aggregator": strategy.rule.spec,
+        "final_model_sha256": model_digest(core.current_arrays or initial),
+        "excluded_replies": int(sum(core.excluded_total.values())),
+        "excluded_by_reason": dict(core.excluded_total),
+        "skipped_rounds": sum(1 for e in core.round_log if "skipped" in e),
+        "byzantine_nodes": getattr(strategy, "chosen", None) or [],
+        "aggregator": core.rule.spec,
+        "status": "ok" if failure is None else f"failed: {failure}",
         "config": cfg.to_dict(),
     }
     write_run(run_dir, cfg.to_dict(), rows, summary)
@@ -199,6 +217,8 @@ def run_experiment(
         f"results in {run_dir}",
         flush=True,
     )
+    if failure is not None:
+        raise failure
     return summary
 
 

@@ -3,8 +3,13 @@
 Placed outermost, ``ClientApp(mods=[byzantine_mod, momentum_mod(0.9)])``, it reads the node's role from
 
 * the node config ``byzantine`` (real devices: ``flower-supernode --node-config "byzantine='sf'"``), with
-  parameters as ``byzantine-<param>`` (e.g. ``byzantine-sigma=10``); or
-* the train config key ``resam-byzantine`` that the simulated adversary sends to the nodes it controls.
+  parameters as ``byzantine-<param>`` (e.g. ``byzantine-sigma=10``): a device's role is its operator's
+  choice alone; or
+* in a simulation only, the train config key ``resam-byzantine`` that the simulated adversary
+  (:class:`resam_flower.strategies.SimulatedAdversary`) sends to the nodes it controls. A deployed SuperNode
+  ignores that key (with a warning): a server cannot turn an honest device Byzantine. A simulation is
+  recognised as Flower's Ray simulation engine (:func:`resam_flower.compat.in_simulation`) or by the node
+  config flag ``resam-simulated-roles = true`` (in-process test grids).
 
 Roles:
 
@@ -19,22 +24,23 @@ Roles:
 from __future__ import annotations
 
 import zlib
-from logging import INFO
+from logging import INFO, WARNING
 
-import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore import log
 
+from .. import protocol as P
 from ..attacks import corrupt_own_update
-from ..flat import FlatSpec
+from ..compat import in_simulation
+from ..flat import FlatSpec, safe_text
 
 __all__ = ["byzantine_mod", "FLIP_LABELS_KEY", "NODE_ROLE_KEY"]
 
-NODE_ROLE_KEY = "byzantine"
-ROUND_ROLE_KEY = "resam-byzantine"
-FLIP_LABELS_KEY = "resam-flip-labels"
+NODE_ROLE_KEY = P.NODE_ROLE
+FLIP_LABELS_KEY = P.FLIP_LABELS
 OWN_UPDATE_ATTACKS = ("sf", "gaussian", "inf")
+_warned: set[int] = set()
 
 
 def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
@@ -44,8 +50,19 @@ def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
         for k, v in ctxt.node_config.items()
         if k.startswith(NODE_ROLE_KEY + "-")
     }
+    if node_role:
+        return node_role.lower(), params
     config = next(iter(msg.content.config_records.values()), {})
-    return (node_role or str(config.get(ROUND_ROLE_KEY, "") or "")).lower(), params
+    sent = str(config.get(P.ROLE, "") or "").lower()
+    if sent in ("", "none", "honest"):
+        return "", params
+    if ctxt.node_config.get(P.SIMULATED_ROLES) is True or in_simulation():
+        return sent, params
+    if ctxt.node_id not in _warned:
+        _warned.add(ctxt.node_id)
+        log(WARNING, "byzantine_mod: the server asked this node to act Byzantine (%s); ignored: a deployed node "
+            "takes its role from its own node config only", safe_text(sent, 40))
+    return "", params
 
 
 def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -57,7 +74,7 @@ def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> 
         return call_next(msg, ctxt)
     arrays = next(iter(msg.content.array_records.values()))
     if role == "omniscient":
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})  # replaced
         return Message(content=content, reply_to=msg)
     if role == "lf":
         cfg_key, cfg = next(iter(msg.content.config_records.items()))
@@ -65,21 +82,22 @@ def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> 
         return call_next(msg, ctxt)
     if role not in OWN_UPDATE_ATTACKS:
         raise ValueError(
-            f"unknown Byzantine role {role!r}; use lf, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
+            f"unknown Byzantine role {safe_text(role, 40)!r}; use lf, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
         )
     reply = call_next(msg, ctxt)
     if reply.has_error():
         return reply
     key, rec = next(iter(reply.content.array_records.items()))
-    spec = FlatSpec.from_record(arrays)
+    spec = FlatSpec.from_record(arrays, None)  # BatchNorm statistics last: only parameters are corrupted
     own, reason = spec.read(rec, check_finite=False)
     if own is None:
         return reply
+    p = spec.param_dim
     config = next(iter(msg.content.config_records.values()), {})
-    seed = zlib.crc32(f"{ctxt.node_id}/{config.get('server-round', 0)}".encode())
+    seed = zlib.crc32(f"{ctxt.node_id}/{config.get(P.SERVER_ROUND, 0)}".encode())
     if role == "gaussian":
         params.setdefault("seed", seed)
-    bad = corrupt_own_update(role, own, **params)
-    reply.content.array_records[key] = spec.unflatten(bad.to(torch.float32), like=arrays)
+    own[:p] = corrupt_own_update(role, own[:p], **params).to(own.dtype)
+    reply.content.array_records[key] = spec.unflatten(own, like=arrays)
     log(INFO, "byzantine_mod: node %s sent a %s-corrupted update", ctxt.node_id, role)
     return reply

@@ -11,12 +11,23 @@ survives between rounds in simulation and on a real SuperNode alike.
 
 The update direction ``g_t`` comes from the inner reply:
 
-* if the reply's MetricRecord has ``resam-gradient`` = 1, its ArrayRecord *is* a gradient (the ready
-  worker :mod:`resam_flower.clients.worker` does this: one mini-batch gradient, RESAM's DSGD);
+* if the reply's MetricRecord has ``resam-gradient`` = 1, its ArrayRecord *is* a gradient (the default app's
+  worker does this: one mini-batch gradient, RESAM's DSGD);
 * otherwise the reply holds locally trained weights, as from any FedAvg client, and
   ``g_t = (θ_global - θ_local) / η_local`` with ``η_local`` from the reply's ``local-lr`` metric, else the
-  mod's ``local_lr``, else the round config's ``lr``. For K local SGD steps this is the sum of the K
-  gradients.
+  mod's ``local_lr``, else your train config's ``lr`` (read, never written: the server sends its own rate
+  as ``resam-server-lr``). For K local SGD steps this is the sum of the K gradients.
+
+Only *parameters* become momentum. The model's float buffers (BatchNorm's running statistics; the keys the
+server lists in ``resam-buffers``, else PyTorch's BatchNorm names) are statistics, not gradients: the reply
+carries the worker's own values of them (the inner reply's, or the global ones if it has none) and the
+server takes their median. In ``model`` mode (``resam-mode`` = ``"model"`` in the train config) the mod lets
+the inner reply through unchanged, so one ClientApp serves both modes. Every reply it makes says what it
+holds (``resam-momentum`` = 1): a server in the other mode excludes it with a reason instead of misreading it.
+
+Bias correction (optional, off by default, as RESAM's analysis is without it): with few rounds the momentum
+starts small (``m_1 = (1-β) g_1``: 10 % of a gradient at β = 0.9); ``bias_correction=True`` replies
+``m_t / (1 - β^t)`` (Adam's correction, t = this worker's number of updates) while keeping ``m_t``.
 
 Surviving a crash (optional, off by default): with a *momentum directory* — the mod's ``state_dir``, else
 the node config's ``resam-momentum-dir``, else the train config's ``resam-momentum-dir`` (the default app's
@@ -37,14 +48,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
+from .. import protocol as P
 from ..aggregators.base import check_float
-from ..flat import FlatSpec
-from .momentum_store import CHECKPOINT_ROUND_KEY, LINEAGE_KEY, MOMENTUM_DIR_KEY, Lineage, MomentumStore
+from ..flat import FlatSpec, default_buffer_keys
+from .momentum_store import Lineage, MomentumStore
 
 __all__ = ["momentum_mod", "MOMENTUM_STATE_KEY", "GRADIENT_FLAG"]
 
-MOMENTUM_STATE_KEY = "resam-momentum"
-GRADIENT_FLAG = "resam-gradient"
+MOMENTUM_STATE_KEY = P.MOMENTUM_STATE
+GRADIENT_FLAG = P.REPLY_GRADIENT
 
 
 def _single(records: dict, what: str) -> tuple[str, object]:
@@ -63,10 +75,28 @@ def _error_reply(msg: Message, reason: str) -> Message:
     )
 
 
+def _spec(global_rec: ArrayRecord, config) -> FlatSpec:
+    """The model's layout, with the buffers the server named (else PyTorch's BatchNorm names)."""
+    named = config.get(P.BUFFERS)
+    buffers = [str(k) for k in named] if isinstance(named, list) else default_buffer_keys(global_rec)
+    return FlatSpec.from_record(global_rec, [k for k in buffers if k in global_rec])
+
+
+def _with_buffers(reply_rec: ArrayRecord, global_rec: ArrayRecord, spec: FlatSpec) -> ArrayRecord:
+    """An inner reply of parameters only gets the global buffers (they stay as they are)."""
+    if list(reply_rec.keys()) == list(spec.keys) or not spec.buffer_keys:
+        return reply_rec
+    missing = [k for k in spec.keys if k not in reply_rec]
+    if not set(missing) <= set(spec.buffer_keys) | {k for k, o in zip(spec.keys, spec.offsets) if o < 0}:
+        return reply_rec  # not just buffers: spec.read reports what is wrong
+    return ArrayRecord({k: reply_rec[k] if k in reply_rec else global_rec[k] for k in spec.keys})
+
+
 def momentum_mod(
     beta: float = 0.9,
     *,
     local_lr: float | None = None,
+    bias_correction: bool = False,
     state_key: str = MOMENTUM_STATE_KEY,
     state_dir: str | os.PathLike | None = None,
 ) -> Mod:
@@ -77,7 +107,10 @@ def momentum_mod(
     beta
         Momentum coefficient β in [0, 1). β = 0 replies with the plain gradient (robust DSGD).
     local_lr
-        Learning rate of a weights-returning inner app, when its reply does not report ``local-lr``.
+        Learning rate of a weights-returning inner app, when its reply does not report ``local-lr``
+        (default: your train config's ``lr``).
+    bias_correction
+        Reply ``m_t / (1 - β^t)`` instead of ``m_t`` (off by default: RESAM's analysis is without it).
     state_key
         Key of the momentum in ``context.state``.
     state_dir
@@ -96,6 +129,8 @@ def momentum_mod(
         except ValueError as exc:
             return _error_reply(msg, str(exc))
         config = next(iter(msg.content.config_records.values()), {})
+        if config.get(P.MODE) == "model":  # the server wants trained weights: nothing to do here
+            return call_next(msg, ctxt)
         reply = call_next(msg, ctxt)
         if reply.has_error():
             return reply
@@ -103,32 +138,45 @@ def momentum_mod(
             rkey, reply_rec = _single(reply.content.array_records, "ArrayRecord in the inner reply")
         except ValueError as exc:
             return _error_reply(msg, str(exc))
-        spec = FlatSpec.from_record(global_rec)
+        spec = _spec(global_rec, config)
         metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
-        g, reason = spec.read(reply_rec, check_finite=True)
-        if g is None:
+        vec, reason = spec.read(_with_buffers(reply_rec, global_rec, spec), check_finite=True)
+        if vec is None:
             return _error_reply(msg, f"inner reply does not match the model: {reason}")
+        p = spec.param_dim
+        g = vec[:p]
         if float(metrics.get(GRADIENT_FLAG, 0)) != 1.0:
-            eta = metrics.get("local-lr", local_lr if local_lr is not None else config.get("lr"))
+            eta = metrics.get(P.LOCAL_LR, local_lr if local_lr is not None else config.get("lr"))
             if eta is None or float(eta) <= 0:
-                return _error_reply(msg, "weights reply without a local learning rate (local-lr)")
-            g = (spec.flatten(global_rec) - g) / float(eta)
+                return _error_reply(
+                    msg, "weights reply without a local learning rate: report it as the metric local-lr, "
+                    "or pass momentum_mod(..., local_lr=...)"
+                )
+            g = (spec.flatten(global_rec)[:p] - g) / float(eta)
+        mspec = spec.params_only()
         store = _store(ctxt, config, state_dir)
         if store is None:
-            m = _load_momentum(ctxt, state_key, spec)
+            m = _load_momentum(ctxt, state_key, mspec)
         else:
-            m = _load_stored_momentum(ctxt, state_key, spec, *store)
+            m = _load_stored_momentum(ctxt, state_key, mspec, *store)
         m.mul_(beta).add_(g, alpha=1.0 - beta)
-        state = spec.unflatten(m, like=global_rec)
-        ctxt.state[state_key] = state
+        ctxt.state[state_key] = mspec.unflatten(m, like=global_rec)
         if store is not None:
             _save_stored_momentum(ctxt, state_key, m, *store)
+        sent = m
+        if bias_correction and beta > 0:
+            steps = int(ctxt.state.config_records.get(state_key + "-steps", {}).get("steps", 0)) + 1
+            ctxt.state[state_key + "-steps"] = ConfigRecord({"steps": steps})
+            sent = m / (1.0 - beta**steps)
+        vec[:p] = sent
         out = reply.content
-        out.array_records[rkey] = ArrayRecord(dict(state.items()))  # same (immutable) Arrays, own record
+        out.array_records[rkey] = spec.unflatten(vec, like=global_rec)
         for k, v in list(out.metric_records.items()):
-            v[GRADIENT_FLAG] = 1
-            v["momentum-norm"] = float(torch.linalg.vector_norm(m))
+            v[P.REPLY_MOMENTUM] = 1
+            v[P.MOMENTUM_NORM] = float(torch.linalg.vector_norm(sent))
             out.metric_records[k] = v
+        if not out.metric_records:
+            out["metrics"] = MetricRecord({P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: float(torch.linalg.vector_norm(sent))})
         return reply
 
     return mod
@@ -147,18 +195,18 @@ def _load_momentum(ctxt: Context, key: str, spec: FlatSpec) -> torch.Tensor:
 # -- optional crash-safe copy ------------------------------------------------------------------------
 def _store(ctxt: Context, config, state_dir) -> tuple[MomentumStore, int, Lineage, int | None] | None:
     """The node's momentum store, the round, the lineage and the server's checkpoint round (or ``None``)."""
-    root = state_dir or ctxt.node_config.get(MOMENTUM_DIR_KEY) or config.get(MOMENTUM_DIR_KEY)
+    root = state_dir or ctxt.node_config.get(P.MOMENTUM_DIR) or config.get(P.MOMENTUM_DIR)
     if not root:
         return None
-    server_round = int(config.get("server-round", 0))
+    server_round = int(config.get(P.SERVER_ROUND, 0))
     if server_round < 1:
-        log(WARNING, "momentum_mod: no server-round in the train config; momentum kept in memory only")
+        log(WARNING, "momentum_mod: no %s in the train config; momentum kept in memory only", P.SERVER_ROUND)
         return None
-    if LINEAGE_KEY in config:
-        lineage = Lineage.parse(config[LINEAGE_KEY])
+    if P.LINEAGE in config:
+        lineage = Lineage.parse(config[P.LINEAGE])
     else:  # no server lineage: files are valid within this run only (a SuperNode restart, not a new run)
         lineage = Lineage.fresh(f"run{int(ctxt.run_id) & 0xFFFFFFFF:x}")
-    ckpt = config.get(CHECKPOINT_ROUND_KEY)
+    ckpt = config.get(P.CHECKPOINT_ROUND)
     key = ctxt.node_config.get("partition-id", ctxt.node_id)
     return MomentumStore(str(root), key), server_round, lineage, None if ckpt is None else int(ckpt)
 

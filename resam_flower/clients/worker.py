@@ -14,6 +14,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .. import protocol as P
 from ..app.config import MESSAGE_PREFIX, ExperimentConfig
 from ..app.task import evaluate, model_for, partition_for, round_generator, worker_step
 from ..data import load_partition
@@ -47,13 +48,13 @@ def train(msg: Message, ctxt: Context) -> Message:
 
     # Local SGD rate: local-lr if set; else, in gradient mode, the server's current rate (K-step workers
     # then move like the server would), and in model mode the run's lr (the server applies updates with 1.0).
-    default = cfg.lr if cfg.mode == "model" else float(config.get("lr", cfg.lr))
+    default = cfg.lr if cfg.mode == "model" else float(config.get(P.SERVER_LR, cfg.lr))
     local_lr = cfg.local_lr or default
     out, metrics = worker_step(
         model,
         data,
         cfg,
-        round_generator(cfg.seed, pid, int(config.get("server-round", 0))),
+        round_generator(cfg.seed, pid, int(config[P.SERVER_ROUND])),
         flip=bool(config.get(FLIP_LABELS_KEY, False)),
         local_lr=local_lr,
     )

@@ -1,14 +1,33 @@
-"""Flower Message-API strategies: :class:`ResilientAveraging` (RESAM's server)."""
+"""Flower Message-API strategies: :class:`ResilientAveraging` (RESAM's server) and its wrappers.
 
-from .resilient_averaging import AdversaryHook, ResilientAveraging
+Wrappers add a behaviour around any RESAM strategy, as Flower's differential-privacy wrappers do:
+:class:`SimulatedAdversary` (an omniscient adversary, simulation only) and :class:`Checkpointing`
+(checkpoint and resume). ``resam_step`` is the server step as a pure function.
+"""
+
+from .adversary import SimulatedAdversary, honest_data_assignment, spread_metrics
+from .checkpoint import Checkpointer, Checkpointing
+from .resilient_averaging import ResilientAveraging
+from .rounds import NoProgressError, StrategyWrapper, core_of
 from .schedules import LRSchedule, build_schedule
-from .validation import Screened, screen_replies
+from .step import resam_step, robust_buffers
+from .validation import Screened, reply_kind_error, screen_replies
 
 __all__ = [
     "ResilientAveraging",
-    "AdversaryHook",
+    "SimulatedAdversary",
+    "Checkpointing",
+    "Checkpointer",
+    "StrategyWrapper",
+    "NoProgressError",
+    "core_of",
+    "honest_data_assignment",
+    "spread_metrics",
+    "resam_step",
+    "robust_buffers",
     "LRSchedule",
     "build_schedule",
     "Screened",
     "screen_replies",
+    "reply_kind_error",
 ]

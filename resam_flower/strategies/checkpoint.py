@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from ..aggregators.base import check_int
 from ..clients.momentum_store import CHECKPOINT_ROUND_KEY, LINEAGE_KEY, MOMENTUM_DIR_KEY, Lineage
+from .rounds import StrategyWrapper, core_of
 
-__all__ = ["Checkpoint", "Checkpointer", "model_digest", "stable_simulation_node_ids", "FORMAT"]
+__all__ = ["Checkpoint", "Checkpointer", "Checkpointing", "model_digest", "stable_simulation_node_ids", "FORMAT"]
 
 #: Version of the checkpoint layout.
 FORMAT = 1
@@ -182,16 +183,22 @@ class Checkpointer:
             raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ValueError(f"{path} is not a resam-flower checkpoint of format {FORMAT}")
-        return Checkpoint(
-            round=int(raw["round"]),
-            arrays=_to_record(raw["arrays"]),
-            strategy=raw["strategy"],
-            lineage=Lineage.parse(raw["lineage"]),
-            schedule=raw.get("schedule", ""),
-            config=raw.get("config", {}),
-            torch_rng=raw.get("torch_rng"),
-            extra=raw.get("extra", {}),
-        )
+        missing = [k for k in ("round", "arrays", "strategy", "lineage") if k not in raw]
+        if missing:
+            raise ValueError(f"checkpoint {path} is incomplete: no {', '.join(missing)}")
+        try:
+            return Checkpoint(
+                round=int(raw["round"]),
+                arrays=_to_record(raw["arrays"]),
+                strategy=raw["strategy"],
+                lineage=Lineage.parse(raw["lineage"]),
+                schedule=raw.get("schedule", ""),
+                config=raw.get("config", {}),
+                torch_rng=raw.get("torch_rng"),
+                extra=raw.get("extra", {}),
+            )
+        except Exception as exc:  # noqa: BLE001 - any malformed field is a damaged checkpoint
+            raise ValueError(f"checkpoint {path} is damaged: {type(exc).__name__}: {exc}") from exc
 
     # -- resume -------------------------------------------------------------------------------------
     def check_config(self, saved: dict[str, Any]) -> None:
@@ -222,6 +229,39 @@ class Checkpointer:
         self.lineage = ckpt.lineage.resumed(ckpt.round)
         self.saved_round = ckpt.round
         return ckpt.arrays
+
+
+class Checkpointing(StrategyWrapper):
+    """Wrap any RESAM strategy with checkpoints: ``checkpointer`` writes every ``K`` rounds, and resumes.
+
+    Every train message also carries the checkpointer's keys (the run's lineage, the latest checkpoint round,
+    the momentum folder), so that ``momentum_mod`` keeps a crash-safe copy of each worker's momentum and
+    reads the right one after a resume. The checkpoint of a round is written after its last strategy hook
+    (``aggregate_evaluate``) and holds the wrapped strategy's whole state (the adversary's included).
+    """
+
+    def __init__(self, strategy: Any, checkpointer: Checkpointer) -> None:
+        super().__init__(strategy)
+        self.checkpointer = checkpointer
+
+    def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001 - Strategy's signature
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        extra = self.checkpointer.train_config()
+        for msg in messages:
+            key, cfg = next(iter(msg.content.config_records.items()))
+            msg.content.config_records[key] = ConfigRecord({**dict(cfg), **extra})
+        return messages
+
+    def aggregate_evaluate(self, server_round, replies):  # noqa: ANN001
+        out = self.strategy.aggregate_evaluate(server_round, replies)
+        current = core_of(self).current_arrays
+        if current is not None:
+            self.checkpointer.end_of_round(self.strategy, server_round + self.round_offset, current)
+        return out
+
+    def resume(self, ckpt: Checkpoint) -> ArrayRecord:
+        """Restore the wrapped strategy from ``ckpt`` (:meth:`Checkpointer.resume`); the model to start from."""
+        return self.checkpointer.resume(self, ckpt)
 
 
 def _fsync_dir(path: Path) -> None:

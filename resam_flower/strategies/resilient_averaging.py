@@ -2,114 +2,93 @@
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from logging import ERROR, INFO, WARNING
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
+from .. import protocol as P
 from ..aggregators import Aggregator, build
 from ..aggregators.base import check_float, check_int
-from ..flat import FlatSpec
+from ..flat import FlatSpec, safe_text
 from .robust_metrics import median_metrics
+from .rounds import NodeWaiter, run_rounds
 from .schedules import LRSchedule, build_schedule
+from .step import resam_step, robust_buffers
 from .validation import screen_replies
 
-__all__ = ["ResilientAveraging", "AdversaryHook"]
+__all__ = ["ResilientAveraging"]
 
-MODES = ("gradient", "model")
-
-
-class CheckpointHook(Protocol):
-    """What a checkpointer offers the strategy (:class:`resam_flower.strategies.checkpoint.Checkpointer`)."""
-
-    def train_config(self) -> dict[str, Any]:
-        """Entries added to every train config (where workers keep their momentum, the run's lineage)."""
-
-    def end_of_round(self, strategy: ResilientAveraging, server_round: int, arrays: ArrayRecord) -> None:
-        """Called once per round after every strategy hook of the round ran (writes every K rounds)."""
+#: Exclusion categories that prove a sampled node faulty (its row is gone): the rule runs with f - k.
+PROVEN_FAULTY = ("error", "content", "records", "kind", "type", "keys", "shape", "dtype", "decode", "nonfinite")
 
 
-class AdversaryHook(Protocol):
-    """What a simulated adversary offers the strategy (see :mod:`resam_flower.strategies.adversary`).
-
-    The strategy calls it around the rule, never inside it: the rule does not learn who is Byzantine.
-    """
-
-    def node_config(self, server_round: int, sampled: list[int], all_nodes: list[int]) -> dict[int, dict]:
-        """Extra config entries for some sampled nodes (e.g. tell Byzantine nodes to flip labels)."""
-
-    def corrupt(
-        self, server_round: int, replies: list[Message], spec: FlatSpec, reference: torch.Tensor | None
-    ) -> tuple[list[Message], dict[str, float]]:
-        """Replace the Byzantine nodes' replies; return the replies and metrics about the attack."""
-
-
-class ResilientAveraging(FedAvg):
+class ResilientAveraging(Strategy):
     r"""Resilient averaging of momentums (RESAM), Farhadkhani et al., ICML 2022.
 
     Each round the sampled workers reply with their local momentum
-    :math:`m_t^i = \beta m_{t-1}^i + (1-\beta) g_t^i` (see :func:`resam_flower.clients.momentum_mod`).
-    The server screens the replies, aggregates the valid ones with a resilient averaging rule
-    :math:`R_t = F(m_t^1, \dots, m_t^n)` and updates
-    :math:`\theta_{t+1} = \theta_t - \gamma_t (R_t + \lambda \theta_t)`.
+    :math:`m_t^i = \beta m_{t-1}^i + (1-\beta) g_t^i` (:func:`resam_flower.clients.momentum_mod`). The
+    server screens the replies, aggregates the valid ones with a resilient averaging rule
+    :math:`R_t = F(m_t^1, \dots, m_t^n)` and steps :math:`\theta_{t+1} = \theta_t - \gamma_t (R_t +
+    \lambda\theta_t)` (:func:`~resam_flower.strategies.step.resam_step`) on the parameters; the model's float
+    buffers (BatchNorm statistics) become the coordinate-wise median of the values the workers report.
 
     Parameters
     ----------
     aggregator : str or Aggregator (default: ``"nnm+cwtm"``)
-        Rule spec for :func:`resam_flower.aggregators.build` (``"cwtm"``, ``"nnm+krum"``, ...) or a built
-        rule.
+        Rule spec for :func:`resam_flower.aggregators.build` (``"cwtm"``, ``"nnm+krum"``...) or a built rule.
     num_byzantine : int (default: 0)
-        ``f``: how many Byzantine replies the rule must tolerate.
+        ``f``: how many Byzantine nodes the rule must tolerate.
     aggregator_params : dict, optional
-        Extra parameters for the rule (routed as in :func:`~resam_flower.aggregators.build`).
+        Extra parameters for the rule.
     mode : {"gradient", "model"} (default: ``"gradient"``)
-        ``gradient`` (RESAM proper): replies carry the worker's momentum (a gradient-like direction) and the
-        server takes the step. ``model``: replies carry trained weights, as from any FedAvg client; the rule
-        runs on the updates ``reply - θ_t`` and ``θ_{t+1} = θ_t + γ_t R_t``.
+        ``gradient`` (RESAM): replies carry the worker's momentum (``momentum_mod``). ``model``: replies are
+        trained weights from unchanged FedAvg clients; the rule runs on ``reply - θ_t`` and
+        ``θ_{t+1} = θ_t + γ_t R_t``. A reply of the other kind is excluded with a reason saying how to fix it.
     lr : float or LRSchedule, optional
-        Server learning rate γ (default 0.1 in ``gradient`` mode, 1.0 in ``model`` mode).
-    lr_schedule : {"constant", "step", "inverse"} (default: ``"constant"``)
-        Kind of schedule; its parameters (``step_size``, ``gamma``, ``decay``) go in ``lr_schedule_params``.
+        Server learning rate γ (default 0.1 in ``gradient`` mode, 1.0 in ``model`` mode). It is the server's:
+        the clients' own ``lr`` (or any key of your train config) is never written.
+    lr_schedule, lr_schedule_params
+        ``"constant"``, ``"step"`` (``step_size``, ``gamma``) or ``"inverse"`` (``decay``: γ/(1+t/decay)).
     weight_decay : float (default: 0.0)
-        λ, applied by the server in ``gradient`` mode (as the authors' lab does).
+        λ, on the parameters only, in ``gradient`` mode.
     max_update_norm : float, optional
-        Clip the aggregate ``R_t`` to this Euclidean norm before the step.
+        Clip :math:`\|R_t\|` to this norm before the step.
+    buffers : list of str, optional
+        Keys of the model's float buffers (:func:`resam_flower.flat.buffer_keys` of the model). Default:
+        PyTorch's BatchNorm names (``*.running_mean``, ``*.running_var``).
     fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes
-        Node sampling, as in :class:`flwr.serverapp.strategy.FedAvg`.
-    adversary : AdversaryHook, optional
-        A simulated omniscient adversary (simulation only): it replaces the Byzantine nodes' replies with
-        forged vectors computed from the honest replies, before screening and aggregation.
+        Node sampling, as in :class:`flwr.serverapp.strategy.FedAvg` (seeded by ``seed``).
     evaluate_fn : callable, optional
-        Centralised evaluation ``(round, arrays) -> MetricRecord``; used by :meth:`start` unless one is given
-        there.
+        Centralised evaluation ``(round, arrays) -> MetricRecord``; used by :meth:`start` unless one is given.
     seed : int (default: 0)
-        Seeds node sampling (reproducible runs).
-    node_wait_timeout : float (default: 600.0)
-        How long sampling waits for ``min_available_nodes`` to connect before failing with a message that says
-        how many are connected (e.g. a simulation started with fewer SuperNodes than ``num-clients``).
-    checkpointer : CheckpointHook, optional
-        Called at the end of every round with the current model (see
-        :class:`resam_flower.strategies.checkpoint.Checkpointer`); its ``train_config()`` entries are sent
-        to the workers.
-
-    Notes
-    -----
-    Replies are processed in node-id order, whatever their arrival order, so that a run is bit-identical
-    when repeated with the same node ids and seed (floating-point sums depend on the order of terms).
-    :attr:`round_offset` (set when resuming from a checkpoint of round ``K``) is added to the round
-    numbers Flower's :meth:`start` passes (which always count from 1).
+        Seeds node sampling.
+    round_timeout : float (default: 600.0)
+        Seconds :meth:`start` waits for a round's replies (Flower's default is an hour); late nodes count as
+        ``missing``.
+    node_wait_timeout, node_stall_timeout : float (default: 600.0, 30.0)
+        Before a round, wait for enough nodes at most this long in all, and at most ``node_stall_timeout``
+        without a new node connecting; then fail with the numbers and what to pass.
+    exclusions_reduce_f : bool (default: True)
+        A reply excluded as invalid (NaN, wrong shape, error...) proves its node faulty; with ``k`` of them the
+        rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be Byzantine). Missing
+        replies do not reduce ``f``: a late reply may be an honest node's.
+    metric_keys : list of str, optional
+        Client metrics to aggregate (median). Default: any key reported by more than ``f`` valid replies (so
+        at least one honest node sent it), at most 32 keys.
+    fail_if_no_progress : bool (default: True)
+        :meth:`start` raises :class:`NoProgressError` when every round was skipped.
     """
 
-    def __init__(  # noqa: PLR0913 - mirrors FedAvg's flat signature
+    def __init__(  # noqa: PLR0913 - a flat signature, as Flower's strategies have
         self,
         aggregator: str | Aggregator = "nnm+cwtm",
         num_byzantine: int = 0,
@@ -120,146 +99,146 @@ class ResilientAveraging(FedAvg):
         lr_schedule_params: dict[str, float] | None = None,
         weight_decay: float = 0.0,
         max_update_norm: float | None = None,
+        buffers: Iterable[str] | None = None,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
-        adversary: AdversaryHook | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         seed: int = 0,
+        round_timeout: float = 600.0,
         node_wait_timeout: float = 600.0,
-        checkpointer: CheckpointHook | None = None,
+        node_stall_timeout: float = 30.0,
+        exclusions_reduce_f: bool = True,
+        metric_keys: Iterable[str] | None = None,
+        fail_if_no_progress: bool = True,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
     ) -> None:
-        super().__init__(
-            fraction_train=check_float("fraction_train", fraction_train, low=0.0, high=1.0),
-            fraction_evaluate=check_float("fraction_evaluate", fraction_evaluate, low=0.0, high=1.0),
-            min_train_nodes=check_int("min_train_nodes", min_train_nodes, low=0),
-            min_evaluate_nodes=check_int("min_evaluate_nodes", min_evaluate_nodes, low=0),
-            min_available_nodes=check_int("min_available_nodes", min_available_nodes, low=0),
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-        )
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in P.MODES:
+            raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
         self.mode = mode
         self.num_byzantine = check_int("num_byzantine", num_byzantine, low=0)
         self.rule = build(aggregator, f=self.num_byzantine, **(aggregator_params or {}))
         if self.rule.f != self.num_byzantine:
-            raise ValueError(
-                f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}"
-            )
-        default_lr = 0.1 if mode == "gradient" else 1.0
+            raise ValueError(f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}")
         self.schedule = build_schedule(
-            default_lr if lr is None else lr, lr_schedule, **(lr_schedule_params or {})
+            (0.1 if mode == "gradient" else 1.0) if lr is None else lr, lr_schedule, **(lr_schedule_params or {})
         )
         self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         self.max_update_norm = (
-            None
-            if max_update_norm is None
-            else check_float("max_update_norm", max_update_norm, low=0.0, low_open=True)
+            None if max_update_norm is None else check_float("max_update_norm", max_update_norm, low=0.0, low_open=True)
         )
-        self.adversary = adversary
+        self.buffers = None if buffers is None else [str(b) for b in buffers]
+        self.fraction_train = check_float("fraction_train", fraction_train, low=0.0, high=1.0)
+        self.fraction_evaluate = check_float("fraction_evaluate", fraction_evaluate, low=0.0, high=1.0)
+        self.min_train_nodes = check_int("min_train_nodes", min_train_nodes, low=0)
+        self.min_evaluate_nodes = check_int("min_evaluate_nodes", min_evaluate_nodes, low=0)
+        self.min_available_nodes = check_int("min_available_nodes", min_available_nodes, low=0)
         self.evaluate_fn = evaluate_fn
+        self.round_timeout = check_float("round_timeout", round_timeout, low=0.0, low_open=True)
+        self.waiter = NodeWaiter(
+            check_float("node_wait_timeout", node_wait_timeout, low=0.0),
+            check_float("node_stall_timeout", node_stall_timeout, low=0.0),
+        )
+        self.exclusions_reduce_f = bool(exclusions_reduce_f)
+        self.metric_keys = None if metric_keys is None else sorted(set(metric_keys))
+        self.fail_if_no_progress = bool(fail_if_no_progress)
+        self.arrayrecord_key, self.configrecord_key = arrayrecord_key, configrecord_key
         self._rng = random.Random(seed)
-        self.node_wait_timeout = check_float("node_wait_timeout", node_wait_timeout, low=0.0)
         self._spec: FlatSpec | None = None
-        self._arrays: ArrayRecord | None = None
         self._sampled: set[int] | None = None
-        self._current: ArrayRecord | None = None  # θ after the latest aggregate_train
-        self._population: list[int] | None = None  # every connected node at the latest configure_train
+        self._current: ArrayRecord | None = None  # θ_t, then θ_{t+1} once a round aggregates
+        self._population: list[int] | None = None
         self._restored_population: list[int] | None = None
-        self.checkpointer = checkpointer
+        self._sent_at: float | None = None
+        self._told: set[str] = set()  # exclusion categories already explained in the log
         #: added to Flower's round numbers (which restart at 1): the round a resumed run starts after.
         self.round_offset = 0
         self.excluded_total: Counter = Counter()
         #: one dict per round: what was received, kept, excluded (and why), timings, the step taken.
         self.round_log: list[dict[str, Any]] = []
-        self._sent_at: float | None = None
+        #: R_t of the latest round that aggregated (parameters only), for diagnostics.
+        self.last_aggregate: torch.Tensor | None = None
 
     @property
     def current_arrays(self) -> ArrayRecord | None:
         """The global model after the latest round (``None`` before the first)."""
         return self._current
 
-    # ------------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> FlatSpec | None:
+        """The model's layout (parameters first, then float buffers), known after the first round."""
+        return self._spec
+
     def summary(self) -> None:
-        """Log the configuration, as Flower's strategies do."""
+        """Log what the strategy does and what the clients receive."""
         log(INFO, "\t├──> RESAM (resilient averaging of momentums):")
-        log(
-            INFO,
-            "\t│\t├── Rule: %s (f=%d, needs %s)",
-            self.rule.spec,
-            self.num_byzantine,
-            self.rule.requirement,
-        )
-        log(INFO, "\t│\t├── Mode: %s", self.mode)
-        log(INFO, "\t│\t├── Server lr: %s", self.schedule.describe())
-        log(INFO, "\t│\t├── Weight decay: %s | max update norm: %s", self.weight_decay, self.max_update_norm)
-        log(INFO, "\t│\t└── Simulated adversary: %s", getattr(self.adversary, "describe", lambda: None)())
-        super().summary()
+        log(INFO, "\t│\t├── Rule: %s (f=%d, needs %s)", self.rule.spec, self.num_byzantine, self.rule.requirement)
+        log(INFO, "\t│\t├── Mode: %s (replies must be %s)", self.mode,
+            "momentums (momentum_mod)" if self.mode == "gradient" else "trained weights")
+        log(INFO, "\t│\t├── Server lr: %s | weight decay: %s | max update norm: %s",
+            self.schedule.describe(), self.weight_decay, self.max_update_norm)
+        log(INFO, "\t│\t├── Sampling: fraction_train=%s, min_train_nodes=%d, min_available_nodes=%d",
+            self.fraction_train, self.min_train_nodes, self.min_available_nodes)
+        log(INFO, "\t│\t├── Replies weighted: equally (num-examples is never used); client metrics: median")
+        log(INFO, "\t│\t└── Clients receive your train config unchanged, plus %s, %s, %s, %s",
+            P.SERVER_ROUND, P.SERVER_LR, P.MODE, P.BUFFERS)
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """:meth:`flwr.serverapp.strategy.Strategy.start`, using the strategy's ``evaluate_fn`` by default."""
-        if kwargs.get("evaluate_fn") is None and len(args) < 5:
-            kwargs["evaluate_fn"] = self.evaluate_fn
-        fn = kwargs.get("evaluate_fn")
-        if fn is not None and self.round_offset:
-            kwargs["evaluate_fn"] = lambda rnd, arrays: fn(rnd + self.round_offset, arrays)
-        return super().start(grid, initial_arrays, *args, **kwargs)
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
+        """:meth:`flwr.serverapp.strategy.Strategy.start` with RESAM's defaults (see :func:`run_rounds`)."""
+        return run_rounds(self, self, grid, initial_arrays, num_rounds, **kwargs)
 
-    # ------------------------------------------------------------------------------------------
-    def _sample(self, grid: Grid, fraction: float, minimum: int) -> tuple[list[int], list[int]]:
-        """Wait for enough nodes, then ``(sampled, all connected)``, both sorted, from the same listing."""
-        need = max(self.min_available_nodes, minimum)
-        deadline = time.monotonic() + self.node_wait_timeout
-        while len(all_nodes := sorted(grid.get_node_ids())) < need:
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"only {len(all_nodes)} nodes connected after {self.node_wait_timeout:g} s, "
-                    f"{need} needed "
-                    "(min_available_nodes); in a simulation, start as many SuperNodes as num-clients "
-                    '(flwr run . --federation-config "num-supernodes=N")'
-                )
-            log(INFO, "Waiting for nodes to connect: %d connected (minimum %d).", len(all_nodes), need)
-            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+    # -- sampling ---------------------------------------------------------------------------------------
+    def _sample(self, grid: Grid, fraction: float, minimum: int, need: int = 0) -> tuple[list[int], list[int]]:
+        """``(sampled, all connected)``, sorted, once enough nodes are connected."""
+        all_nodes = self.waiter.wait(grid, max(self.min_available_nodes, minimum, need), self._why(need))
         size = min(len(all_nodes), max(int(len(all_nodes) * fraction), minimum))
+        if size < need:
+            raise ValueError(
+                f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {self.rule.requirement}, i.e. "
+                f"at least {need} replies a round, but only {size} of the {len(all_nodes)} connected nodes are "
+                f"sampled (fraction_train={self.fraction_train}, min_train_nodes={self.min_train_nodes}); "
+                "connect more nodes, raise fraction_train, or lower num_byzantine"
+            )
         return sorted(self._rng.sample(all_nodes, size)), all_nodes
+
+    def _why(self, need: int) -> str:
+        if not need:
+            return f"min_available_nodes={self.min_available_nodes}"
+        return f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {need} replies a round"
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes and send them θ_t, the round, the server lr and the mode."""
+        """Sample nodes; send θ_t, the user's train config unchanged, and RESAM's own ``resam-`` keys."""
         server_round += self.round_offset
-        self._arrays = self._current = arrays
+        self._current = arrays
         if self.fraction_train == 0.0:
             return []
         if self._spec is None or list(arrays.keys()) != list(self._spec.keys):
-            self._spec = FlatSpec.from_record(arrays)
-        # The population is read after waiting for the nodes, not before: at the start of a simulation the
-        # first listing can be empty, and the adversary must choose among the nodes that are really there.
-        nodes, all_nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
+            self._spec = FlatSpec.from_record(arrays, self.buffers)
+        first = not self.round_log and self._population is None
+        need = self.rule.min_inputs(self.num_byzantine) if first else 0
+        nodes, all_nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, need)
         self._check_population(all_nodes)
         self._sampled = set(nodes)
         self._sent_at = time.perf_counter()
-        config["server-round"] = server_round
-        config["lr"] = self.schedule(server_round)
-        config["resam-mode"] = self.mode
-        for key, value in (self.checkpointer.train_config() if self.checkpointer else {}).items():
-            config[key] = value
-        extra = self.adversary.node_config(server_round, nodes, all_nodes) if self.adversary else {}
+        cfg = ConfigRecord(dict(config))
+        cfg[P.SERVER_ROUND] = server_round
+        cfg[P.SERVER_LR] = self.schedule(server_round)
+        cfg[P.MODE] = self.mode
+        if self._spec.buffer_keys:
+            cfg[P.BUFFERS] = list(self._spec.buffer_keys)
         log(INFO, "configure_train: sampled %d nodes (out of %d)", len(nodes), len(all_nodes))
-        messages = []
-        for node in nodes:
-            cfg = config
-            if node in extra:
-                cfg = ConfigRecord({**dict(config), **extra[node]})
-            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
-            messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node))
-        return messages
+        return [self._message(node, arrays, cfg, MessageType.TRAIN) for node in nodes]
 
+    def _message(self, node: int, arrays: ArrayRecord, config: ConfigRecord, kind: str) -> Message:
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return Message(content=content, message_type=kind, dst_node_id=node)
+
+    # -- aggregation ------------------------------------------------------------------------------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -268,142 +247,119 @@ class ResilientAveraging(FedAvg):
         Nothing a reply contains can make this raise. Should a bug raise all the same, the round keeps the
         current model, says so (``skipped`` = ``internal error: ...``, logged as an error), the run goes on.
         """
+        server_round += self.round_offset
         try:
-            return self._aggregate_train(server_round + self.round_offset, replies)
+            return self._aggregate_train(server_round, list(replies))
         except Exception as exc:  # noqa: BLE001 - a bug must cost one round, not the run
-            reason = f"internal error: {type(exc).__name__}: {exc}"
+            reason = safe_text(f"internal error: {type(exc).__name__}: {exc}")
             log(ERROR, "aggregate_train: round %d keeps the current model: %s", server_round, reason)
-            self.round_log.append({"round": server_round + self.round_offset, "skipped": reason})
+            self.round_log.append({"round": server_round, "skipped": reason})
             return None, MetricRecord({"skipped": 1.0, "internal-error": 1.0})
 
-    def _aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def _aggregate_train(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord]:
         t0 = time.perf_counter()
-        replies = sorted(replies, key=_sender_key)  # arrival order must not change the result
+        replies.sort(key=_sender_key)  # arrival order must not change the result
         entry: dict[str, Any] = {"round": server_round, "received": len(replies)}
         if self._sampled is not None:
             entry["missing"] = len(self._sampled - {_sender_key(m)[1] for m in replies})
-        if self._spec is None or self._arrays is None:
+        if self._spec is None or self._current is None:
             log(WARNING, "aggregate_train called before configure_train: keeping the model")
-            return None, None
-        theta = self._spec.flatten(self._arrays)
-        attack_metrics: dict[str, float] = {}
-        if self.adversary is not None:
-            ref = theta if self.mode == "model" else None
-            try:
-                replies, attack_metrics = self.adversary.corrupt(server_round, replies, self._spec, ref)
-            except ValueError as exc:  # e.g. too few honest replies for the attack's formula
-                log(WARNING, "aggregate_train: simulated adversary failed (%s): replies left as sent", exc)
-                attack_metrics = {"attack-failed": 1.0}
-        screened = screen_replies(replies, self._spec, self._sampled)
-        for node, reason in screened.details:
-            log(WARNING, "aggregate_train: excluded reply from node %s: %s", node, reason)
+            return None, MetricRecord({"skipped": 1.0})
+        spec = self._spec
+        screened = screen_replies(replies, spec, self._sampled, mode=self.mode)
+        self._explain(screened.details)
         self.excluded_total.update(screened.excluded)
+        faulty = sum(v for k, v in screened.excluded.items() if k in PROVEN_FAULTY)
+        f_eff = max(self.num_byzantine - faulty, 0) if self.exclusions_reduce_f else self.num_byzantine
         n = len(screened.node_ids)
-        entry.update(
-            valid=n,
-            excluded=screened.num_excluded,
-            **{f"excluded-{k}": v for k, v in screened.excluded.items()},
-        )
-        new_arrays = None
-        need = self.rule.min_inputs(self.num_byzantine)
-        if n < need:
-            entry["skipped"] = (
-                f"{n} valid replies, {self.rule.spec} needs {self.rule.requirement} (>= {need})"
-            )
-        else:
-            x = screened.vectors
-            if self.mode == "model":
-                x -= theta
-            try:
-                agg = self.rule(x)
-            except ValueError as exc:  # NonFiniteInputError included: the round is skipped, not the run
-                agg = None
-                entry["skipped"] = f"rule failed: {exc}"
-            if agg is not None:
-                new_arrays = self._step(server_round, theta, agg, entry)
+        entry.update(valid=n, excluded=screened.num_excluded, f=f_eff)
+        entry.update({f"excluded-{k}": v for k, v in screened.excluded.items()})
+        new_arrays = self._update(server_round, screened.vectors, f_eff, entry)
         if "skipped" in entry:
-            log(
-                WARNING,
-                "aggregate_train: round %d keeps the current model: %s",
-                server_round,
-                entry["skipped"],
-            )
+            log(WARNING, "aggregate_train: round %d keeps the current model: %s", server_round, entry["skipped"])
         now = time.perf_counter()
         entry["aggregate-time-s"] = now - t0
         if self._sent_at is not None:  # instructions sent -> model updated: the round's wall time
-            entry["round-time-s"] = now - self._sent_at
-            self._sent_at = None
-        entry.update(attack_metrics)
-        metrics = MetricRecord(
-            {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "round"}
-        )
+            entry["round-time-s"], self._sent_at = now - self._sent_at, None
+        metrics = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "round"}
         metrics["skipped"] = 1.0 if "skipped" in entry else 0.0
-        for key, value in median_metrics(screened.messages).items():
-            if key not in metrics:  # a client cannot overwrite the server's own figures
-                metrics[key] = value
+        quorum = self.num_byzantine + 1
+        for key, value in median_metrics(screened.messages, quorum=quorum, allowed=self.metric_keys).items():
+            metrics.setdefault(f"client-{key}", value)  # client medians, apart from the server's own figures
         self.round_log.append(entry)
         if new_arrays is not None:
             self._current = new_arrays
-        return new_arrays, metrics
+        return new_arrays, MetricRecord(metrics)
 
-    def _step(
-        self, server_round: int, theta: torch.Tensor, agg: torch.Tensor, entry: dict[str, Any]
-    ) -> ArrayRecord | None:
-        agg = agg.to(theta.dtype)
-        norm = float(torch.linalg.vector_norm(agg, dtype=torch.float64))  # float32 squares overflow at 1.8e19
-        if not math.isfinite(norm):
-            entry["skipped"] = "aggregate is not finite"
+    def _update(self, server_round: int, x: torch.Tensor, f: int, entry: dict[str, Any]) -> ArrayRecord | None:
+        """θ_{t+1} from the valid rows ``x`` (parameters, then buffers), or ``None`` with ``entry["skipped"]``."""
+        assert self._spec is not None and self._current is not None
+        spec, n = self._spec, x.shape[0]
+        need = self.rule.min_inputs(f)
+        if n < need:
+            entry["skipped"] = f"{n} valid replies, {self.rule.spec} needs {self.rule.requirement} (>= {need}, f={f})"
             return None
-        if self.max_update_norm is not None and norm > self.max_update_norm:
-            agg = agg * (self.max_update_norm / norm)
+        theta = spec.flatten(self._current)
+        p = spec.param_dim
+        params = x[:, :p]
+        if self.mode == "model":
+            params -= theta[:p]
+        try:
+            self.rule.last_info = {}
+            agg = self.rule.aggregate(params, f)
+        except ValueError as exc:  # NonFiniteInputError included: the round is skipped, not the run
+            entry["skipped"] = safe_text(f"rule failed: {exc}")
+            return None
         lr = self.schedule(server_round)
-        if self.mode == "gradient":
-            step = agg if self.weight_decay == 0.0 else agg + self.weight_decay * theta
-            new_theta = theta - lr * step
-        else:
-            new_theta = theta + lr * agg
+        new_p, norm, reason = resam_step(
+            theta[:p], agg, lr=lr, weight_decay=self.weight_decay, max_update_norm=self.max_update_norm, mode=self.mode
+        )
         entry.update({"lr": lr, "aggregate-norm": norm})
-        if not bool(torch.isfinite(new_theta).all()):
-            entry["skipped"] = "the step overflows the model's dtype"
+        if reason is not None:
+            entry["skipped"] = reason
             return None
-        assert self._arrays is not None and self._spec is not None
-        return self._spec.unflatten(new_theta, like=self._arrays)
+        new_theta = new_p if p == spec.dim else torch.cat([new_p, robust_buffers(x[:, p:])])
+        overflow = spec.out_of_range(new_theta)
+        if overflow is not None:
+            entry["skipped"] = f"the step overflows {overflow}'s dtype"
+            return None
+        self.last_aggregate = agg
+        return spec.unflatten(new_theta, like=self._current)
 
-    # ------------------------------------------------------------------------------------------
+    def _explain(self, details: list[tuple[int | None, str]]) -> None:
+        for node, reason in details:
+            category = reason.split(":", 1)[0]
+            if category not in self._told:  # the first of each kind in full, as an error; then one line each
+                self._told.add(category)
+                log(ERROR, "aggregate_train: reply from node %s excluded: %s", node, reason)
+            else:
+                log(WARNING, "aggregate_train: excluded reply from node %s: %s", node, reason[:120])
+
+    # -- evaluation -------------------------------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes for federated evaluation (seeded)."""
-        server_round += self.round_offset
+        """Sample nodes for federated evaluation (seeded); the user's config goes as it is."""
         if self.fraction_evaluate == 0.0:
             return []
         nodes, _ = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
+        cfg = ConfigRecord({**dict(config), P.SERVER_ROUND: server_round + self.round_offset})
+        return [self._message(node, arrays, cfg, MessageType.EVALUATE) for node in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Coordinate-wise median of the numeric metrics reported (robust to clients that lie).
-
-        This is the last strategy hook of a round: the checkpointer, if any, runs here.
-        """
+        """Median of each metric reported by more than ``f`` replies (robust to clients that lie)."""
         ok = [m for m in replies if not m.has_error()]
-        metrics = median_metrics(ok)
-        if self.checkpointer is not None and self._current is not None:
-            self.checkpointer.end_of_round(self, server_round + self.round_offset, self._current)
+        metrics = median_metrics(ok, quorum=self.num_byzantine + 1, allowed=self.metric_keys)
         return MetricRecord(metrics) if metrics else None
 
-    # ------------------------------------------------------------------------------------------
+    # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Server state beyond the model: sampling RNG, rule state, exclusion counts, round log."""
+        """Server state beyond the model: sampling RNG, rule state, exclusion counts, round log, node ids."""
         return {
             "rng": self._rng.getstate(),
             "rule": self.rule.state_dict(),
             "excluded_total": dict(self.excluded_total),
             "round_log": list(self.round_log),
-            "adversary": self.adversary.state_dict() if hasattr(self.adversary, "state_dict") else None,
             "population": self._population,
         }
 
@@ -413,8 +369,6 @@ class ResilientAveraging(FedAvg):
         self.rule.load_state_dict(state["rule"])
         self.excluded_total = Counter(state["excluded_total"])
         self.round_log = list(state["round_log"])
-        if state.get("adversary") is not None and hasattr(self.adversary, "load_state_dict"):
-            self.adversary.load_state_dict(state["adversary"])
         self._restored_population = state.get("population")
 
     def _check_population(self, all_nodes: list[int]) -> None:
@@ -422,13 +376,8 @@ class ResilientAveraging(FedAvg):
         self._population = all_nodes
         old, self._restored_population = self._restored_population, None
         if old is not None and list(old) != all_nodes:
-            log(
-                WARNING,
-                "resumed run: the %d connected node ids differ from the %d of the checkpoint; sampling and "
-                "the adversary's choice now refer to other nodes (the run cannot match an uninterrupted one)",
-                len(all_nodes),
-                len(old),
-            )
+            log(WARNING, "resumed run: the %d connected node ids differ from the %d of the checkpoint; sampling "
+                "and the adversary's choice now refer to other nodes", len(all_nodes), len(old))
 
 
 def _sender_key(msg: Message) -> tuple[int, int]:

@@ -1,9 +1,11 @@
 """Screening of untrusted train replies before they reach the aggregation rule.
 
 Every reply is checked, none is trusted: a reply is kept only if it comes from a node sampled this
-round, is the first from that node, carries no error, holds exactly one ArrayRecord whose keys,
-shapes and dtypes match the global model, and has only finite values. ``num-examples`` and any other
-client-reported metric are never used as weights (a Byzantine client controls them).
+round, is the first from that node, carries no error, declares the kind of vector the server expects
+(:func:`reply_kind_error`), holds exactly one ArrayRecord whose keys, shapes and dtypes match the global
+model, and has only finite values. ``num-examples`` and any other client-reported metric are never used as
+weights (a Byzantine client controls them). Reasons that quote a reply (its error text, its key names) are
+escaped and shortened before they reach a log (:func:`resam_flower.flat.safe_text`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,43 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import Message
 
-from ..flat import FlatSpec
+from ..flat import FlatSpec, safe_text
+from ..protocol import REPLY_GRADIENT, REPLY_MOMENTUM
 
-__all__ = ["Screened", "screen_replies"]
+__all__ = ["Screened", "screen_replies", "reply_kind_error"]
+
+_FIX_GRADIENT = (
+    "the reply holds trained weights, not a momentum: add momentum_mod(beta) to the ClientApp's mods "
+    "(ClientApp(mods=[momentum_mod(0.9)])), or build the strategy with mode='model'"
+)
+_FIX_MODEL = (
+    "the reply holds a momentum or gradient but the strategy is in model mode: build it with "
+    "mode='gradient', or remove momentum_mod from the ClientApp"
+)
+
+
+def _flag(msg: Message, key: str) -> bool:
+    for rec in msg.content.metric_records.values():
+        value = rec.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == 1.0:
+            return True
+    return False
+
+
+def reply_kind_error(msg: Message, mode: str) -> str | None:
+    """Why ``msg`` is not the kind of reply ``mode`` expects, or ``None``.
+
+    ``gradient`` mode wants a momentum (``resam-momentum`` = 1, set by ``momentum_mod``) or a plain
+    gradient (``resam-gradient`` = 1, a worker without momentum); ``model`` mode wants trained weights
+    (neither flag). A reply of the other kind would be silently misread (weights stepped as a gradient
+    diverge at once), so it is excluded with a reason that says how to fix the app.
+    """
+    directional = _flag(msg, REPLY_MOMENTUM) or _flag(msg, REPLY_GRADIENT)
+    if mode == "gradient" and not directional:
+        return f"kind: {_FIX_GRADIENT}"
+    if mode == "model" and directional:
+        return f"kind: {_FIX_MODEL}"
+    return None
 
 
 @dataclass
@@ -47,6 +83,8 @@ def screen_replies(
     spec: FlatSpec,
     expected_nodes: set[int] | None,
     dtype: torch.dtype = torch.float32,
+    *,
+    mode: str | None = None,
 ) -> Screened:
     """Validate ``replies`` against ``spec``; stack the valid ones into one ``(n, d)`` tensor.
 
@@ -60,6 +98,8 @@ def screen_replies(
         Nodes sampled this round (``None`` accepts any node).
     dtype
         Dtype of the stacked vectors.
+    mode
+        ``"gradient"`` or ``"model"``: also check the kind of each reply (:func:`reply_kind_error`).
     """
     replies = list(replies)
     buf = torch.empty((len(replies), spec.dim), dtype=dtype)
@@ -71,7 +111,7 @@ def screen_replies(
 
     def reject(node: int | None, reason: str) -> None:
         excluded[reason.split(":", 1)[0]] += 1
-        details.append((node, reason))
+        details.append((node, safe_text(reason)))
 
     for msg in replies:
         node = _node_of(msg)
@@ -90,8 +130,12 @@ def screen_replies(
                 reject(node, f"error: {msg.error.reason}")
                 continue
             records = list(msg.content.array_records.values())
+            kind = reply_kind_error(msg, mode) if mode is not None else None
         except Exception as exc:  # noqa: BLE001 - unreadable content is a bad reply
             reject(node, f"content: unreadable reply ({type(exc).__name__})")
+            continue
+        if kind is not None:
+            reject(node, kind)
             continue
         if len(records) != 1:
             reject(node, f"records: expected one ArrayRecord, got {len(records)}")

@@ -17,6 +17,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 import tests.flower_helpers  # noqa: F401 - sets the TaskIdentity that hand-made messages need
+from resam_flower import protocol as P
 
 NodePredicate = Callable[[int, int], bool]
 
@@ -40,7 +41,8 @@ class InlineGrid:
             node: Context(
                 run_id=1,
                 node_id=node,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                # an in-process stand-in for Flower's simulation: nodes accept simulated Byzantine roles
+                node_config={"partition-id": i, "num-partitions": num_nodes, P.SIMULATED_ROLES: True},
                 state=RecordDict(),
                 run_config={},
             )
@@ -50,16 +52,18 @@ class InlineGrid:
         self.error = error
         self.delay = delay
         self.calls = 0
+        self.timeouts: list[float | None] = []  # the deadline of each send_and_receive call
         self._shuffle = None if shuffle_seed is None else random.Random(shuffle_seed)
 
     def get_node_ids(self) -> list[int]:
         return list(self.ids)
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
+        self.timeouts.append(timeout)
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            rnd = int(next(iter(msg.content.config_records.values()), {}).get("server-round", 0))
+            rnd = int(next(iter(msg.content.config_records.values()), {}).get(P.SERVER_ROUND, 0))
             if self.fail is not None and self.fail(rnd, node):
                 continue
             if self.error is not None and self.error(rnd, node):

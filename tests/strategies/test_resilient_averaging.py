@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from resam_flower.strategies import ResilientAveraging
-from tests.flower_helpers import FakeGrid, instruction, record, reply
+from resam_flower import protocol as P
+from resam_flower.strategies import ResilientAveraging, SimulatedAdversary
+from tests.flower_helpers import FakeGrid, instruction, record
+from tests.flower_helpers import reply as _reply
+
+MOMENTUM = {P.REPLY_MOMENTUM: 1}
+
+
+def reply(to, arrays, metrics=None):
+    """A gradient-mode reply (flagged as a momentum, as momentum_mod sends it)."""
+    return _reply(to, arrays, {**MOMENTUM, **(metrics or {})})
 
 THETA = record(w=np.array([1.0, 2.0], dtype=np.float32), n=np.array(7, dtype=np.int64))
 
@@ -17,9 +26,10 @@ def start_round(strategy, nodes, arrays=THETA, rnd=1):
     return {m.metadata.dst_node_id: m for m in msgs}
 
 
-def grad_replies(msgs, grads):
+def grad_replies(msgs, grads, kind=MOMENTUM):
     return [
-        reply(msgs[n], record(w=np.asarray(g, np.float32), n=np.array(7, np.int64))) for n, g in grads.items()
+        _reply(msgs[n], record(w=np.asarray(g, np.float32), n=np.array(7, np.int64)), dict(kind))
+        for n, g in grads.items()
     ]
 
 
@@ -58,7 +68,8 @@ def test_model_mode_aggregates_updates():
     s = ResilientAveraging("cwtm", num_byzantine=1, mode="model", min_train_nodes=3)
     msgs = start_round(s, [1, 2, 3])
     # replies are models; updates: [1,1], [3,3], [1e6,-1e6] -> trimmed mean drops extremes -> per coord middle
-    out, _ = s.aggregate_train(1, grad_replies(msgs, {1: [2, 3], 2: [4, 5], 3: [1e6 + 1, -1e6 + 2]}))
+    weights = {1: [2, 3], 2: [4, 5], 3: [1e6 + 1, -1e6 + 2]}
+    out, _ = s.aggregate_train(1, grad_replies(msgs, weights, kind={"num-examples": 5}))
     np.testing.assert_allclose(w(out), [1 + 3, 2 + 1])
 
 
@@ -80,7 +91,7 @@ def bad_replies(msgs):
     extra = reply(msgs[6], record(w=np.array([1, 1], np.float32), n=np.array(7, np.int64), x=np.zeros(1)))
     empty = reply(msgs[7], None)
     two = Message(
-        content=RecordDict({"a": THETA, "b": THETA, "m": MetricRecord({"num-examples": 1})}), reply_to=msgs[8]
+        content=RecordDict({"a": THETA, "b": THETA, "m": MetricRecord(MOMENTUM)}), reply_to=msgs[8]
     )
     inf = reply(msgs[9], record(w=np.array([np.inf, 1], np.float32), n=np.array(7, np.int64)))
     dup = reply(msgs[1], record(w=np.array([5, 5], np.float32), n=np.array(7, np.int64)))
@@ -110,12 +121,31 @@ def test_reply_from_unsampled_node_is_excluded():
 
 
 def test_too_few_valid_replies_keep_the_model_and_say_why():
-    s = ResilientAveraging("cwtm", num_byzantine=2, min_train_nodes=5)
+    s = ResilientAveraging("cwtm", num_byzantine=2, min_train_nodes=5, exclusions_reduce_f=False)
     msgs = start_round(s, [1, 2, 3, 4, 5])
     replies = grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1], 4: [np.nan, 0], 5: [np.inf, 0]})
     out, m = s.aggregate_train(1, replies)
     assert out is None and m["skipped"] == 1 and m["valid"] == 3
     assert "needs n > 2f" in s.round_log[-1]["skipped"]
+
+
+def test_replies_proven_faulty_reduce_f_so_f_byzantine_nodes_cannot_skip_rounds():
+    # n = 5, f = 2: two NaN replies prove two nodes faulty, so at most f - 2 = 0 of the other 3 are Byzantine:
+    # cwtm runs with f = 0 (the plain mean of the 3) instead of skipping the round.
+    s = ResilientAveraging("cwtm", num_byzantine=2, lr=0.5, min_train_nodes=5)
+    msgs = start_round(s, [1, 2, 3, 4, 5])
+    replies = grad_replies(msgs, {1: [1, 4], 2: [2, 5], 3: [6, 0], 4: [np.nan, 0], 5: [np.inf, 0]})
+    out, m = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(w(out), [1.0 - 0.5 * 3.0, 2.0 - 0.5 * 3.0])
+    assert m["f"] == 0 and m["valid"] == 3 and m["skipped"] == 0
+
+
+def test_missing_replies_do_not_reduce_f():
+    # a late reply may be an honest node's: with 2 of 5 missing, f stays 2 and cwtm (n > 2f) cannot run on 3
+    s = ResilientAveraging("cwtm", num_byzantine=2, min_train_nodes=5)
+    msgs = start_round(s, [1, 2, 3, 4, 5])
+    out, m = s.aggregate_train(1, grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1]}))
+    assert out is None and m["missing"] == 2 and m["f"] == 2 and m["skipped"] == 1
 
 
 def test_num_examples_is_never_a_weight():
@@ -137,7 +167,7 @@ def test_client_metrics_are_aggregated_by_median():
         for n, v in [(1, 1.0), (2, 2.0), (3, 1e9)]
     ]
     _, m = s.aggregate_train(1, rs)
-    assert m["train-loss"] == 2.0
+    assert m["client-train-loss"] == 2.0  # client medians are named apart from the server's figures
 
 
 def test_configure_train_sends_round_lr_and_mode_and_samples_reproducibly():
@@ -146,7 +176,8 @@ def test_configure_train_sends_round_lr_and_mode_and_samples_reproducibly():
     ma, mb = start_round(a, list(range(10))), start_round(b, list(range(10)))
     assert sorted(ma) == sorted(mb) and len(ma) == 5
     cfg = next(iter(ma.values())).content["config"]
-    assert cfg["server-round"] == 1 and cfg["lr"] == pytest.approx(0.1) and cfg["resam-mode"] == "gradient"
+    assert cfg[P.SERVER_ROUND] == 1 and cfg[P.SERVER_LR] == pytest.approx(0.1) and cfg[P.MODE] == "gradient"
+    assert "lr" not in cfg and "server-round" not in cfg  # never a key the user's app may own
 
 
 @pytest.mark.parametrize(
@@ -178,7 +209,7 @@ def test_evaluate_metrics_use_median_and_ignore_error_replies():
 
 def test_too_few_connected_nodes_fail_after_the_wait_timeout_with_the_counts():
     s = ResilientAveraging("mean", min_available_nodes=5, node_wait_timeout=0.2)
-    with pytest.raises(RuntimeError, match="only 2 nodes connected .* 5 needed"):
+    with pytest.raises(RuntimeError, match="only 2 nodes connected, 5 needed"):
         start_round(s, [1, 2])
 
 
@@ -195,14 +226,11 @@ class LateGrid(FakeGrid):
 
 
 def test_nodes_that_connect_late_are_waited_for_and_the_adversary_chooses_among_them():
-    from resam_flower.strategies.adversary import SimulatedAdversary
-
-    s = ResilientAveraging(
-        "cwtm",
-        num_byzantine=1,
-        min_available_nodes=4,
-        node_wait_timeout=5.0,
-        adversary=SimulatedAdversary("alie", 1, seed=0),
+    s = SimulatedAdversary(
+        ResilientAveraging("cwtm", num_byzantine=1, min_available_nodes=4, node_wait_timeout=5.0),
+        "alie",
+        1,
+        seed=0,
     )
     grid = LateGrid([11, 12, 13, 14])
     msgs = list(s.configure_train(1, THETA, ConfigRecord(), grid))

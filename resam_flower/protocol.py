@@ -1,0 +1,93 @@
+"""Every key the RESAM server and its clients exchange, in one place.
+
+The strategy never writes a key a user's app may own (``lr``, ``local-epochs``, ``server-round``...): what it
+sends lives under the ``resam-`` prefix, so a Flower app that adds RESAM keeps its own train config as it was.
+Flower keeps the keys of its differential-privacy strategy + mod pair in one constants module in the same way.
+
+Server -> client (train :class:`~flwr.app.ConfigRecord`)
+    :data:`SERVER_ROUND`, :data:`SERVER_LR`, :data:`MODE`, :data:`BUFFERS`; in simulation only,
+    :data:`ROLE` (a Byzantine node's role this round) and :data:`DATA_PARTITION` / :data:`DATA_PARTITIONS`
+    (which slice of the data a node holds when the data is split among honest nodes); with checkpoints,
+    :data:`MOMENTUM_DIR`, :data:`LINEAGE`, :data:`CHECKPOINT_ROUND`.
+Client -> server (reply :class:`~flwr.app.MetricRecord`)
+    :data:`REPLY_GRADIENT` (set by an inner app whose arrays are a gradient), :data:`REPLY_MOMENTUM` (set by
+    ``momentum_mod``: the arrays are the worker's momentum), :data:`LOCAL_LR` (the local learning rate of an
+    app that returns trained weights), :data:`MOMENTUM_NORM`.
+Node config (set by the operator of a device)
+    :data:`NODE_ROLE` and ``byzantine-<param>`` (a Byzantine device for experiments), :data:`MOMENTUM_DIR`.
+``context.state``
+    :data:`MOMENTUM_STATE` (the worker's momentum, an ArrayRecord).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "SERVER_ROUND",
+    "SERVER_LR",
+    "MODE",
+    "MODES",
+    "BUFFERS",
+    "ROLE",
+    "FLIP_LABELS",
+    "DATA_PARTITION",
+    "DATA_PARTITIONS",
+    "MOMENTUM_DIR",
+    "LINEAGE",
+    "CHECKPOINT_ROUND",
+    "REPLY_GRADIENT",
+    "REPLY_MOMENTUM",
+    "LOCAL_LR",
+    "MOMENTUM_NORM",
+    "NODE_ROLE",
+    "SIMULATED_ROLES",
+    "MOMENTUM_STATE",
+    "BUFFER_SUFFIXES",
+]
+
+PREFIX = "resam-"
+
+# -- server -> client: the train config -------------------------------------------------------------
+#: The global round number (continues after a resume).
+SERVER_ROUND = "resam-server-round"
+#: The server's learning rate γ_t this round (informative: e.g. a K-step worker may move at this rate).
+SERVER_LR = "resam-server-lr"
+#: ``"gradient"`` (replies are momentums of gradients) or ``"model"`` (replies are trained weights).
+MODE = "resam-mode"
+MODES = ("gradient", "model")
+#: Keys of the model's buffers (list of str): reported as values, never turned into momentum.
+BUFFERS = "resam-buffers"
+#: A node's Byzantine role this round, sent by the simulated adversary (honoured in simulation only).
+ROLE = "resam-byzantine"
+#: Set by ``byzantine_mod`` for the inner app of a label-flipping node: train on flipped labels.
+FLIP_LABELS = "resam-flip-labels"
+#: This node's data partition and the number of partitions (simulation, data split among honest nodes).
+DATA_PARTITION = "resam-data-partition"
+DATA_PARTITIONS = "resam-data-partitions"
+#: Crash-safe copy of the momentum: directory, the run's lineage, the server's latest checkpoint round.
+MOMENTUM_DIR = "resam-momentum-dir"
+LINEAGE = "resam-lineage"
+CHECKPOINT_ROUND = "resam-checkpoint-round"
+
+# -- client -> server: the reply's metrics -------------------------------------------------------------
+#: ``1``: the inner app's ArrayRecord holds a gradient (not trained weights).
+REPLY_GRADIENT = "resam-gradient"
+#: ``1``: the reply holds the worker's momentum (set by ``momentum_mod``); required in gradient mode.
+REPLY_MOMENTUM = "resam-momentum"
+#: Local learning rate of an inner app that returns trained weights.
+LOCAL_LR = "local-lr"
+#: Euclidean norm of the momentum the worker sent.
+MOMENTUM_NORM = "resam-momentum-norm"
+
+# -- node config --------------------------------------------------------------------------------------
+#: A device's own Byzantine role (``flower-supernode --node-config "byzantine='sf'"``).
+NODE_ROLE = "byzantine"
+#: Node config flag: this node accepts roles sent by a simulated adversary (in-process test grids; Flower's
+#: Ray simulation is recognised without it).
+SIMULATED_ROLES = "resam-simulated-roles"
+
+# -- context.state ------------------------------------------------------------------------------------
+MOMENTUM_STATE = "resam-momentum"
+
+#: Names (last dotted component) of PyTorch's float buffers that the default convention treats as buffers.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
