@@ -6,11 +6,11 @@ directly. :class:`Adversary` picks the Byzantine nodes and forges their vectors 
 """
 
 from .adversary import Adversary
-from .alie import ALittleIsEnough, classic_z
+from .alie import ALittleIsEnough, classic_z, karimireddy_z
 from .base import Attack
 from .client import corrupt_own_update, flip_labels
 from .ipm import InnerProductManipulation
-from .label_flip import LabelFlipping
+from .label_flip import LabelFlipping, LabLabelFlipping
 from .minmax import MinMax, MinSum
 from .optimal import OptimalALIE, OptimalIPM
 from .registry import ALIASES, ATTACKS, available, build, resolve
@@ -27,6 +27,7 @@ __all__ = [
     "corrupt_own_update",
     "flip_labels",
     "classic_z",
+    "karimireddy_z",
     "SignFlipping",
     "Infinity",
     "Gaussian",
@@ -38,4 +39,5 @@ __all__ = [
     "MinMax",
     "MinSum",
     "LabelFlipping",
+    "LabLabelFlipping",
 ]

@@ -111,6 +111,18 @@ class Adversary:
         """Whether the attack poisons data: Byzantine clients must run it; :meth:`forge` is not used."""
         return self.attack.data_attack
 
+    @property
+    def client_role(self) -> str:
+        """The role a simulated Byzantine node is sent (``resam-byzantine``): the data attack's own role
+        (``"lf"``, ``"lf-lab"``), else ``"omniscient"`` (the node does not train; its reply is forged)."""
+        return self.attack.client_role or "omniscient"
+
+    @property
+    def needs_honest_data(self) -> bool:
+        """Whether the Byzantine nodes compute on the honest nodes' data (``lf-lab``): the server must send
+        them the honest nodes' partitions (``resam-honest-partitions``) and every node its partition."""
+        return self.attack.needs_honest_data
+
     def client_config(self) -> dict[str, Any]:
         """What a Byzantine client needs to run a non-omniscient attack: ``{"attack": name, **params}``.
 

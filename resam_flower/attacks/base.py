@@ -16,7 +16,8 @@ Conventions shared by every attack
 * ``needs_honest``: the attack is omniscient, it needs the other workers' vectors (ALIE, IPM, MinMax...).
   Attacks without it can be run by a Byzantine node alone on its own vector (``client_side``).
 * ``data_attack``: the attack poisons the training data, not the vector (label flipping); it is executed
-  by the Byzantine client itself.
+  by the Byzantine client itself, which a simulated adversary tells with the role ``client_role``
+  (``needs_honest_data``: the node computes on the honest nodes' data, as the lab's label flipping).
 * ``last_info`` holds diagnostics of the latest call (e.g. the factor an optimal attack chose);
   ``state_dict()``/``load_state_dict()`` carry what must survive a checkpoint (e.g. the Gaussian attack's
   call counter, so that a resumed run draws the same noise).
@@ -64,6 +65,12 @@ class Attack(Component):
     needs_honest: ClassVar[bool] = True
     #: Poisons data rather than vectors (executed by the Byzantine client).
     data_attack: ClassVar[bool] = False
+    #: For a data attack: the role (train-config value of ``resam-byzantine``) a simulated Byzantine node
+    #: is sent so that it runs the attack itself (``"lf"``, ``"lf-lab"``); ``None`` for vector attacks.
+    client_role: ClassVar[str | None] = None
+    #: For a data attack: the Byzantine node computes on the *honest* nodes' data (the simulated server
+    #: must send it their partitions, ``resam-honest-partitions``); simulation only.
+    needs_honest_data: ClassVar[bool] = False
     #: Other accepted names of constructor parameters (e.g. ByzFL's ``tau``) -> the canonical name.
     param_aliases: ClassVar[dict[str, str]] = {}
 

@@ -3,11 +3,10 @@
 ``build("alie", f=3)``, ``build("ipm", f=3, eps=2.0)``, ``build("optimal-alie", f=3, aggregator=rule)``
 or, inline as in TOML run configs, ``build("alie(z=1.5)", f=3)``. Names are case-insensitive and
 snake_case or kebab-case alike (``"optimal_alie"`` == ``"optimal-alie"``), and so are parameter
-names. Aliases: ``foe`` -> ``ipm``, ``lie`` -> ``alie``,
-``signflip`` -> ``sf``, ``noise`` -> ``gaussian``, ``labelflip`` -> ``lf`` and a few more (see
-:data:`ALIASES`); ByzFL's parameter names are accepted (``tau`` for IPM's ``eps`` and ALIE's ``z``,
-``epsilon`` for Mimic's ``target``). Unknown names or parameters raise :class:`ValueError` listing the
-accepted ones.
+names. Aliases: ``foe`` -> ``ipm``, ``lie`` -> ``alie``, ``signflip`` -> ``sf``, ``noise`` -> ``gaussian``,
+``labelflip`` -> ``lf``, ``labelflip-lab`` -> ``lf-lab`` and a few more (see :data:`ALIASES`); ByzFL's
+parameter names are accepted (``tau`` for IPM's ``eps`` and ALIE's ``z``, ``epsilon`` for Mimic's
+``target``). Unknown names or parameters raise :class:`ValueError` listing the accepted ones.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ ATTACKS: dict[str, str] = {
     "minmax": "minmax:MinMax",
     "minsum": "minmax:MinSum",
     "lf": "label_flip:LabelFlipping",
+    "lf-lab": "label_flip:LabLabelFlipping",
 }
 
 ALIASES: dict[str, str] = {
@@ -55,6 +55,8 @@ ALIASES: dict[str, str] = {
     "label-flipping": "lf",
     "labelflip": "lf",
     "label-flip": "lf",
+    "label-flipping-lab": "lf-lab",
+    "labelflip-lab": "lf-lab",
 }
 
 

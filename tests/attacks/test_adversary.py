@@ -91,6 +91,16 @@ def test_bad_configuration(call, match):
 def test_client_config_for_client_side_attacks():
     assert Adversary("lf", 2).client_config() == {"attack": "lf"}
     assert Adversary("lf", 2).data_attack and not Adversary("sf", 2).data_attack
+
+
+def test_node_role_of_each_label_flipping_variant():
+    # what a simulated Byzantine node is told: run the data attack itself, or send anything (forged)
+    assert Adversary("lf", 2).client_role == "lf" and not Adversary("lf", 2).needs_honest_data
+    lab = Adversary("lf-lab", 2)
+    assert lab.client_role == "lf-lab" and lab.needs_honest_data and lab.data_attack
+    assert Adversary("alie", 2).client_role == "omniscient" and Adversary("sf", 2).client_role == "omniscient"
+    with pytest.raises(ValueError, match="lf-lab is omniscient"):
+        lab.client_config()  # needs the honest nodes' data: no device can run it alone
     assert Adversary("gaussian", 1, seed=4, sigma=0.5).client_config() == {
         "attack": "gaussian", "sigma": 0.5, "seed": 4}
     assert "alie" in Adversary("alie", 2, seed=1).describe()

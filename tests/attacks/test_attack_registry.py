@@ -8,11 +8,12 @@ import torch
 from resam_flower.attacks import ATTACKS, Attack, available, build
 from resam_flower.attacks.alie import ALittleIsEnough
 from resam_flower.attacks.ipm import InnerProductManipulation
-from resam_flower.attacks.label_flip import LabelFlipping
+from resam_flower.attacks.label_flip import LabelFlipping, LabLabelFlipping
 from resam_flower.attacks.optimal import OptimalALIE
 from resam_flower.attacks.simple import Gaussian, Mimic
 
-OMNISCIENT = {"alie", "ipm", "optimal-alie", "optimal-ipm", "minmax", "minsum", "mimic"}
+OMNISCIENT = {"alie", "ipm", "optimal-alie", "optimal-ipm", "minmax", "minsum", "mimic", "lf-lab"}
+DATA_ATTACKS = {"lf": "lf", "lf-lab": "lf-lab"}  # name -> the role a simulated Byzantine node is sent
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -21,7 +22,9 @@ def test_every_registered_attack_builds_and_reports_its_capabilities(name):
     assert isinstance(a, Attack) and a.name == name and a.f == 2
     assert a.needs_honest == (name in OMNISCIENT)
     assert a.client_side == (name not in OMNISCIENT)
-    assert a.data_attack == (name == "lf")
+    assert a.data_attack == (name in DATA_ATTACKS)
+    assert a.client_role == DATA_ATTACKS.get(name)
+    assert a.needs_honest_data == (name == "lf-lab")
     assert build(a.spec, 2).spec == a.spec  # the spec rebuilds it
 
 
@@ -29,6 +32,7 @@ def test_every_registered_attack_builds_and_reports_its_capabilities(name):
     ("spec", "cls"),
     [("foe", InnerProductManipulation), ("FOE", InnerProductManipulation), ("lie", ALittleIsEnough),
      ("optimal_alie", OptimalALIE), ("Optimal-ALIE", OptimalALIE), ("label_flipping", LabelFlipping),
+     ("label-flipping-lab", LabLabelFlipping), ("lf_lab", LabLabelFlipping),
      ("noise", Gaussian), (" mimic ", Mimic)],
 )
 def test_aliases_and_case(spec, cls):
@@ -63,7 +67,8 @@ def test_available_lists_names():
         (lambda: build("gaussian", 1, sigma=-0.1), "sigma must be >= 0.0, got -0.1"),
         (lambda: build("gaussian", 1, sigma=float("nan")), "sigma must be finite"),
         (lambda: build("gaussian", 1, seed=-1), "seed must be >= 0, got -1"),
-        (lambda: build("ipm", 1, eps="big"), "eps must be a number, got 'big'"),
+        (lambda: build("ipm", 1, eps="big"), "eps must be a number or one of classic, lab, byzfl, got 'big'"),
+        (lambda: build("alie", 1, z="big"), "z must be a number or one of classic, karimireddy, lab, byzfl"),
         (lambda: build("ipm", 1, eps=1.0, tau=2.0), "given twice"),
         (lambda: build("alie", 1, z=float("inf")), "z must be finite"),
         (lambda: build("mimic", 1, target=-1), "target must be >= 0, got -1"),
