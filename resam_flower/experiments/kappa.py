@@ -18,15 +18,18 @@ for translation- and scale-equivariant rules, the estimate *at unit scale* for t
 clipping), and the ``f`` Byzantine rows are kept in the ball of radius ``radius`` around ``x̄_S``. Each
 restart starts from one of several families (Gaussian honest points with Byzantine points far away, on one
 side as in ALIE, or near an extreme honest point; two honest clusters; optionally the lower-bound input
-above), ascends with Adam through torch autograd when the rule is differentiable, then refines with a
-(1+1) evolution strategy (which also serves the rules that are not differentiable, e.g. the coordinate-wise
-ones). If scaling the best Byzantine deviations by 10 still raises the ratio twofold, ``κ*`` is reported as
-unbounded (e.g. the plain mean with ``f > 0``).
+above; optionally inputs given by the caller, e.g. a rule's known worst case), ascends with Adam through
+torch autograd when the rule is differentiable, then refines with a (1+1) evolution strategy (which also
+serves the rules that are not differentiable, e.g. the coordinate-wise ones). Both phases keep only
+improvements, so ``κ̂`` is at least the ratio of every starting input. If scaling the best Byzantine
+deviations by 10 still raises the ratio twofold, ``κ*`` is reported as unbounded (e.g. the plain mean with
+``f > 0``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +185,7 @@ def empirical_kappa(
     lr: float = 0.05,
     radius: float = 100.0,
     include_bound_input: bool = True,
+    starts: Sequence[torch.Tensor] = (),
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
 ) -> KappaEstimate:
@@ -200,6 +204,10 @@ def empirical_kappa(
     include_bound_input
         Also start once from the input that proves the lower bound ``f/(n-f)`` (so ``κ̂ ≥ f/(n-f)`` for
         any rule); ``False`` measures what the search finds by itself.
+    starts
+        Extra starting inputs, each ``(n, d)`` with the honest set ``S`` in its first ``n - f`` rows (e.g.
+        a constructed worst case of the rule). The search only keeps improvements, so
+        ``κ̂ >= ‖F(x) - x̄_S‖ / diam(x_S)`` for each of them (up to rounding of the re-centring).
     """
     n = check_int("n", n, low=1)
     f = check_int("f", f, low=0, high=n - 1)
@@ -210,13 +218,21 @@ def empirical_kappa(
     agg = build(rule, f=f) if isinstance(rule, str) else rule
     agg.check(n, f)
     gen = torch.Generator().manual_seed(seed)
-    families = (["bound"] if include_bound_input and f > 0 else []) + [
-        FAMILIES[i % len(FAMILIES)] for i in range(restarts)
-    ]
+    given = []
+    for k, x in enumerate(starts):
+        x = torch.as_tensor(x, dtype=dtype)
+        if x.shape != (n, d):
+            raise ValueError(f"starts[{k}] has shape {tuple(x.shape)}, expected (n, d) = ({n}, {d})")
+        given.append((x[: n - f].clone(), x[n - f :].clone()))
+    families = (
+        ["bound"] * (include_bound_input and f > 0)
+        + ["given"] * len(given)
+        + [FAMILIES[i % len(FAMILIES)] for i in range(restarts)]
+    )
     best, best_x, evals, used_grad = -1.0, None, 0, False
     per_family: dict[str, float] = {}
     for family in families:
-        h, b = _start(family, n, f, d, gen, dtype)
+        h, b = given.pop(0) if family == "given" else _start(family, n, f, d, gen, dtype)
         if f == 0:
             b = b[:0]
         r1, (h1, b1), e1 = _adam(agg, h, b, radius, steps, lr)
