@@ -12,7 +12,7 @@
 * the RESAM (f, kappa) inequality ``||F - mean_S|| <= kappa(n, f, d) * max_{i,j in S} ||x_i - x_j||`` for
   *every* S of size n - f, on random and adversarial inputs (Byzantine rows along the honest spread's
   principal direction, at the honest extremes, ALIE-like, then a small hill-climbing search), for every rule
-  whose ``kappa()`` is not None;
+  with a proven constant, written out in :data:`PROVEN` (``kappa()`` must state the same, others ``None``);
 * CPU/CUDA parity through the ``device`` fixture, float32 against float64.
 
 Every registered module is imported as it is: a module that does not import fails the suite (no skip).
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -311,14 +312,41 @@ def worst_case(spec: str, f: int, h: np.ndarray, rng: np.random.Generator, steps
     return best
 
 
-def kappa_or_skip(spec: str, n: int, f: int, d: int) -> float:
-    kappa = make(spec, f).kappa(n, f, d)
-    if kappa is None:
-        pytest.skip(f"{spec}.kappa({n}, {f}, {d}) is None")
-    return kappa
+def _dim(n: int, f: int, d: int) -> float:
+    """``sqrt(min(d, n - f - 1))``: a per-coordinate constant times this bounds the vector deviation, since
+    ``Σ_k Δ_k² <= min(d, m - 1) D²`` (each range ``Δ_k <= D``; ``Δ_k² <= 2 Σ_i (x_ik - x̄_k)²`` and
+    ``Σ_i ||x_i - x̄||² <= (m - 1) D² / 2``)."""
+    return math.sqrt(min(d, n - f - 1))
 
 
-KAPPA_SPECS = [s for s in SPECS if "+" not in s]
+#: Proven (f, kappa) constants in RESAM's diameter definition (n > 2f, m = n - f), written out here, not
+#: read from the rules. Coordinate-wise rules: per-coordinate constant times ``_dim``: trimmed mean ``f/m``
+#: (Farhadkhani et al., 2022; tight in 1-d, the lower bound of every rule), median ``⌊(n-1)/2⌋/m``, mean
+#: around median ``2f/m`` (proofs in the rules' ``kappa`` docstrings). MDA ``2f/m`` (RESAM). SMEA
+#: ``sqrt(f/(n-2f))`` (spectral argument of Allouah et al., 2024, plus Popoviciu's inequality).
+PROVEN = {
+    "cwtm": lambda n, f, d: f / (n - f) * _dim(n, f, d),
+    "cwmed": lambda n, f, d: ((n - 1) // 2) / (n - f) * _dim(n, f, d),
+    "meamed": lambda n, f, d: 2 * f / (n - f) * _dim(n, f, d),
+    "mda": lambda n, f, d: 2 * f / (n - f),
+    "smea": lambda n, f, d: math.sqrt(f / (n - 2 * f)),
+}
+KAPPA_SPECS = sorted(PROVEN)
+
+
+@pytest.mark.parametrize("spec", sorted(RULES))
+def test_kappa_states_the_proven_constant_or_none(spec):
+    for n, f, d in [(3, 1, 1), (7, 2, 1), (7, 2, 3), (11, 3, 50), (20, 4, 2), (6, 0, 4)]:
+        kappa = make(spec, f).kappa(n, f, d)
+        if spec in PROVEN:
+            assert kappa == pytest.approx(PROVEN[spec](n, f, d), rel=1e-12), (spec, n, f, d)
+        elif spec == "mean":
+            assert kappa == (0.0 if f == 0 else None)
+        else:
+            assert kappa is None, f"{spec} claims kappa={kappa}: add its proven constant to PROVEN"
+    for spec_f in (1, 2):
+        if spec in PROVEN:  # n <= 2f: no constant
+            assert make(spec, spec_f).kappa(2 * spec_f, spec_f, 2) is None
 
 
 @pytest.mark.parametrize("spec", KAPPA_SPECS)
@@ -327,7 +355,7 @@ KAPPA_SPECS = [s for s in SPECS if "+" not in s]
        byz_scale=st.sampled_from([0.1, 1.0, 10.0, 1e4]))
 def test_resam_inequality_on_random_inputs(spec, seed, f, extra, d, byz_scale):
     n = sizes(spec, f, extra)
-    kappa = kappa_or_skip(spec, n, f, d)
+    kappa = PROVEN[spec](n, f, d)
     rng = np.random.default_rng(seed)
     x = np.concatenate([rng.normal(size=(n - f, d)), byz_scale * rng.normal(size=(f, d))])
     ratio = resam_ratio(call(spec, f, torch.from_numpy(x)).numpy(), x, f)
@@ -339,7 +367,7 @@ def test_resam_inequality_on_random_inputs(spec, seed, f, extra, d, byz_scale):
 @pytest.mark.parametrize(("f", "d"), [(1, 1), (1, 3), (2, 2), (2, 5)])
 def test_resam_inequality_against_adversarial_rows(spec, honest, f, d):
     n = sizes(spec, f, 0)
-    kappa = kappa_or_skip(spec, n, f, d)
+    kappa = PROVEN[spec](n, f, d)
     rng = np.random.default_rng(1000 * f + d)
     ratio = worst_case(spec, f, honest_rows(honest, n - f, d, rng), rng)
     assert ratio <= kappa * (1 + 1e-9) + 1e-12, f"{spec}: ratio {ratio} > kappa {kappa} (n={n}, f={f}, d={d})"
