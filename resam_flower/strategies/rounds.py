@@ -55,7 +55,7 @@ class NodeWaiter:
                     "; in a deployment start more SuperNodes, or lower the requirement"
                 )
             log(INFO, "Waiting for nodes to connect: %d connected (%d needed).", len(nodes), count)
-            time.sleep(max(min(1.0, self.timeout - (now - start)), 0.0))
+            time.sleep(max(min(1.0, self.stall, self.timeout - (now - start)), 0.0))
         return nodes
 
 
