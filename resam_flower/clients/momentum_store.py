@@ -11,8 +11,9 @@ rounds ``K+1, K+2, ...`` are replayed. Files those rounds wrote before the crash
 and must not be read. Every start of the server (fresh or resumed) draws a new generation token, and the
 server sends the run's *lineage* — which generation produced which rounds, ``"<gen>:<first round>,..."`` —
 in every train config. A file of round ``r`` is valid only if its generation is the lineage's generation
-at round ``r``. The worker uses the newest valid file of a round before the current one, and deletes
-invalid files and, below the server's latest checkpoint round, all but the newest valid one.
+at round ``r``. The worker uses the newest valid file of a round before the current one, and keeps at
+most two files (:meth:`MomentumStore.prune`): the newest, and the newest of a round up to the server's
+latest checkpoint.
 
 Config keys (train config, from the server; the node config may set ``resam-momentum-dir`` itself):
 ``resam-momentum-dir``, ``resam-lineage``, ``resam-checkpoint-round``.
@@ -162,17 +163,25 @@ class MomentumStore:
         return path
 
     def prune(self, lineage: Lineage, checkpoint_round: int | None) -> int:
-        """Delete files no restart can need; return how many.
+        """Delete the files no round and no restart can need; return how many.
 
-        Invalid files (a discarded future) go; so do valid files older than the newest valid file of a round
-        ``<= checkpoint_round`` (the server never restarts before its latest checkpoint). Without a checkpoint
-        round, only the newest valid file is kept.
+        At most two files stay, both valid in ``lineage``: the newest one (the next round reads it) and the
+        newest one of a round ``<= checkpoint_round`` (a restart from the server's latest checkpoint replays
+        round ``checkpoint_round + 1`` from it; the server never restarts from an older round). Everything
+        else goes: invalid files (a discarded future) and valid files between those two, which a restart
+        would replace in a new generation. Without a checkpoint yet (``None`` or ``0``) a restart starts from
+        scratch, so only the newest file stays.
         """
-        valid = [(r, p) for r, g, p in self.files() if lineage.generation_at(r) == g]
-        doomed = [p for r, g, p in self.files() if lineage.generation_at(r) != g]
-        limit = checkpoint_round if checkpoint_round is not None else max((r for r, _ in valid), default=0)
-        below = [p for r, p in valid if r <= limit]
-        doomed += below[:-1]
+        files = self.files()
+        valid = [(r, p) for r, g, p in files if lineage.generation_at(r) == g]
+        keep: set[Path] = set()
+        if valid:
+            keep.add(valid[-1][1])
+            limit = checkpoint_round or 0
+            resumable = [p for r, p in valid if r <= limit]
+            if resumable:
+                keep.add(resumable[-1])
+        doomed = [p for _, _, p in files if p not in keep]
         for path in doomed:
             path.unlink(missing_ok=True)
         return len(doomed)
