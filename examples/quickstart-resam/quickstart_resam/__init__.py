@@ -1,0 +1,1 @@
+"""quickstart-resam: Flower's PyTorch quickstart with RESAM."""
