@@ -1,5 +1,5 @@
 """The default ClientApp (``[tool.flwr.app.components] clientapp``): the RESAM worker."""
 
-from ..clients.worker import make_client_app
+from .worker import make_client_app
 
 app = make_client_app()

@@ -15,10 +15,16 @@ from .._params import parse_kwargs
 from ..aggregators import build as build_rule
 from ..aggregators.base import check_float, check_int
 
-__all__ = ["ExperimentConfig", "parse_params", "MESSAGE_PREFIX"]
+__all__ = ["ExperimentConfig", "parse_params", "MESSAGE_PREFIX", "WEIGHT_DECAY_AT", "DATA_SPLITS"]
 
 #: Prefix of the experiment's keys inside train/evaluate ConfigRecords.
 MESSAGE_PREFIX = "exp-"
+#: Where weight decay acts: the server step ``θ - γ(R + λθ)`` (ByzFL) or each worker's gradient ``g + λθ``
+#: (L2 in the workers' loss, before momentum, clipping and the rule: the authors' lab's scripts).
+WEIGHT_DECAY_AT = ("server", "worker")
+#: Who holds the training data: every node (Byzantine ones included), or the honest nodes only (ByzFL and the
+#: authors' lab: ``n - f`` partitions; the simulated server assigns them, see ``app.task.data_assignment``).
+DATA_SPLITS = ("all", "honest")
 
 
 def parse_params(text: str) -> dict[str, Any]:
@@ -46,12 +52,15 @@ class ExperimentConfig:
     lr_gamma: float = 0.1
     lr_decay: float = 100.0
     weight_decay: float = 1e-4
+    weight_decay_at: str = "server"
+    worker_clip: float = 0.0
     max_update_norm: float = 0.0
     batch_size: int = 32
     local_steps: int = 1
     local_lr: float = 0.0
     dataset: str = "mnist"
     partitioner: str = "iid"
+    data_split: str = "all"
     alpha: float = 1.0
     model: str = "mnist-cnn"
     seed: int = 0
@@ -99,6 +108,13 @@ class ExperimentConfig:
         check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         check_float("lr", self.lr, low=0.0, low_open=True)
         check_float("weight-decay", self.weight_decay, low=0.0)
+        for key, value, allowed in (
+            ("weight-decay-at", self.weight_decay_at, WEIGHT_DECAY_AT),
+            ("data-split", self.data_split, DATA_SPLITS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"run config {key} must be one of {', '.join(allowed)}, got {value!r}")
+        check_float("worker-clip", self.worker_clip, low=0.0)
         check_float("max-update-norm", self.max_update_norm, low=0.0)
         check_int("batch-size", self.batch_size, low=1)
         check_int("local-steps", self.local_steps, low=1)
@@ -123,7 +139,13 @@ class ExperimentConfig:
         if self.num_byzantine and self.attack not in ("", "none"):
             from ..attacks import resolve
 
-            resolve(self.attack)  # unknown attack names fail here, at start
+            attack = resolve(self.attack)  # unknown attack names fail here, at start
+            if attack.needs_honest_data and (self.local_steps != 1 or self.mode != "gradient"):
+                raise ValueError(
+                    f"attack {attack.name} redraws the honest workers' mini-batch gradients: it needs "
+                    f"local-steps = 1 and mode = gradient, got local-steps={self.local_steps}, "
+                    f"mode={self.mode!r}"
+                )
         parse_params(self.attack_params)
 
     # ------------------------------------------------------------------------------------------
@@ -131,6 +153,25 @@ class ExperimentConfig:
     def attacked(self) -> bool:
         """Whether a simulated adversary runs (some Byzantine nodes and an attack)."""
         return self.num_byzantine > 0 and self.attack not in ("", "none")
+
+    @property
+    def server_weight_decay(self) -> float:
+        """λ of the server step: ``weight-decay`` in gradient mode with ``weight-decay-at = "server"``, else 0
+        (the workers add it to their gradients, or, in model mode, the server applies trained weights)."""
+        return self.weight_decay if self.mode == "gradient" and self.weight_decay_at == "server" else 0.0
+
+    @property
+    def worker_weight_decay(self) -> float:
+        """λ the workers add to their gradients (``weight-decay-at = "worker"``), else 0."""
+        return self.weight_decay if self.weight_decay_at == "worker" else 0.0
+
+    @property
+    def num_data_partitions(self) -> int:
+        """Partitions of the training data: ``num-clients``, or with ``data-split = "honest"`` and an attack,
+        the ``num-clients - num-byzantine`` honest nodes (without an attack every node is honest)."""
+        if self.data_split == "honest" and self.attacked:
+            return self.num_clients - self.num_byzantine
+        return self.num_clients
 
     def name(self) -> str:
         """Run name: ``run_name`` or one derived from the main knobs."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Iterable
 
 import torch
 from flwr.app import ArrayRecord
@@ -24,8 +25,15 @@ __all__ = [
     "partition_for",
     "test_split",
     "worker_step",
+    "minibatch_gradient",
+    "regularise_and_clip",
+    "gradient_record",
+    "sample_batch",
     "evaluate",
     "round_generator",
+    "data_assignment",
+    "honest_partitions",
+    "prepare_partitions",
 ]
 
 
@@ -66,10 +74,11 @@ def partition_for(cfg: ExperimentConfig, partition_id: int, num_partitions: int)
 
 
 def prepare_partitions(cfg: ExperimentConfig, num_partitions: int | None = None) -> None:
-    """Compute the run's split once, into the on-disk cache the client processes read it from."""
+    """Compute the run's split once, into the on-disk cache the client processes read it from (default:
+    ``cfg.num_data_partitions``, i.e. ``n - f`` partitions when the data is split among honest nodes)."""
     partition_indices(
         cfg.dataset,
-        num_partitions or cfg.num_clients,
+        num_partitions or cfg.num_data_partitions,
         cfg.partitioner,
         seed=cfg.seed,
         dataset_options=_data_options(cfg),
@@ -115,6 +124,77 @@ def round_generator(seed: int, partition_id: int, server_round: int) -> torch.Ge
     return g
 
 
+def sample_batch(num_examples: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """Indices of one mini-batch: the first ``batch_size`` of a permutation drawn from ``gen``.
+
+    A worker's ``k``-th local step uses the ``k``-th draw of :func:`round_generator`'s stream; anyone with the
+    seed, the partition and the round redraws the same batch (the lab's label flipping does).
+    """
+    return torch.randperm(num_examples, generator=gen)[:batch_size]
+
+
+def regularise_and_clip(model: nn.Module, weight_decay: float = 0.0, clip: float = 0.0) -> float:
+    r"""Worker-side weight decay, then clipping, on the gradients of ``model``'s *parameters* (in place).
+
+    :math:`g \leftarrow g + \lambda\theta` (the gradient of :math:`\tfrac{\lambda}{2}\|\theta\|^2` added to
+    the loss), then, if ``clip > 0`` and :math:`\|g\| > c` (the norm over all parameters together),
+    :math:`g \leftarrow g \cdot c / \|g\|`: the order of the authors' lab's scripts (LPD-EPFL/
+    ByzantineMomentum ``attack.py``: L2 is in the loss, then ``if grad_norm > gradient_clip:
+    grad.mul_(gradient_clip / grad_norm)`` on the flat gradient). Buffers (BatchNorm statistics) have no
+    gradient and are never touched. Returns :math:`\|g\|` before clipping.
+
+    Note: the lab's ``l2-regularize`` loss term is :math:`\lambda\|\theta\|` (``params.norm()``, not
+    squared; ``experiments/loss.py`` in ByzantineMomentum and robust-collaborative-learning), whose
+    gradient is :math:`\lambda\theta/\|\theta\|`; this function uses the usual :math:`\lambda\theta`.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if weight_decay:
+            p.grad.add_(p.detach(), alpha=weight_decay)
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+    if clip > 0 and norm > clip:
+        for p in params:
+            p.grad.mul_(clip / norm)
+    return norm
+
+
+def minibatch_gradient(
+    model: nn.Module, data, cfg: ExperimentConfig, gen: torch.Generator, *, flip: bool = False
+) -> float:
+    """One mini-batch's gradient in ``model``'s ``.grad`` (worker decay and clipping applied); the data loss.
+
+    The batch is :func:`sample_batch`'s next draw from ``gen``; ``flip`` trains on labels ``C - 1 - y``.
+    """
+    device = next(model.parameters()).device
+    idx = sample_batch(len(data), cfg.batch_size, gen)
+    x, y = data.images[idx].to(device), data.labels[idx].to(device)
+    if flip:
+        y = flip_labels(y, data.num_classes)
+    model.zero_grad(set_to_none=False)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    regularise_and_clip(model, cfg.worker_weight_decay, cfg.worker_clip)
+    return float(loss.detach())
+
+
+def gradient_record(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> ArrayRecord:
+    """A gradient reply: each parameter's gradient (``grads`` if given, else ``.grad``), every other entry
+    of the state (BatchNorm statistics, integer counters) as the model holds it."""
+    params = dict(model.named_parameters())
+    out = {}
+    for key, value in model.state_dict().items():
+        p = params.get(key)
+        if p is None:
+            out[key] = value.detach().clone()
+        elif grads is not None:
+            out[key] = grads[key].detach().clone()
+        else:
+            out[key] = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+    return ArrayRecord(torch_state_dict={k: v.cpu() for k, v in out.items()})
+
+
 def worker_step(
     model: nn.Module,
     data,
@@ -127,49 +207,84 @@ def worker_step(
     """RESAM's worker computation on the current global model held by ``model``.
 
     ``local-steps = 1``: one mini-batch gradient (RESAM's DSGD), replied as a gradient
-    (``resam-gradient`` = 1). ``local-steps = K > 1``, or ``mode = "model"`` (FedAvg-style clients): K local
-    SGD steps with ``local_lr``; replies the trained weights and ``local-lr``, from which
-    :func:`~resam_flower.clients.momentum_mod` derives the direction in ``gradient`` mode.
-    ``flip`` trains on labels ``C - 1 - y`` (the label-flipping Byzantine behaviour).
+    (``resam-gradient`` = 1), with the model's buffers as they are after the forward pass (BatchNorm's
+    running statistics: values, not gradients). ``local-steps = K > 1``, or ``mode = "model"`` (FedAvg-style
+    clients): K local SGD steps with ``local_lr``; replies the trained weights and ``local-lr``, from which
+    :func:`~resam_flower.clients.momentum_mod` derives the direction in ``gradient`` mode. Every step's
+    gradient gets the worker-side weight decay (``weight-decay-at = "worker"``) and clipping
+    (``worker-clip``) of :func:`regularise_and_clip`. ``flip`` trains on labels ``C - 1 - y`` (the
+    label-flipping Byzantine behaviour).
     """
-    device = next(model.parameters()).device
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(data)
     losses = []
     weights_reply = cfg.local_steps > 1 or cfg.mode == "model"
     opt = torch.optim.SGD(model.parameters(), lr=local_lr) if weights_reply else None
     for _ in range(cfg.local_steps):
-        idx = torch.randperm(n, generator=gen)[: cfg.batch_size]
-        x, y = data.images[idx].to(device), data.labels[idx].to(device)
-        if flip:
-            y = flip_labels(y, data.num_classes)
-        model.zero_grad(set_to_none=False)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        losses.append(float(loss.detach()))
+        losses.append(minibatch_gradient(model, data, cfg, gen, flip=flip))
         if opt is not None:
             opt.step()
     metrics = {
         "train-loss": sum(losses) / len(losses),
-        "num-examples": float(min(n, cfg.batch_size) * cfg.local_steps),
+        "num-examples": float(min(len(data), cfg.batch_size) * cfg.local_steps),
     }
-    state = model.state_dict()
     if opt is None:
-        grads = dict(model.named_parameters())
-        out = {}
-        for key, value in state.items():
-            p = grads.get(key)
-            if p is not None:
-                out[key] = p.grad.detach().clone()
-            elif value.is_floating_point():
-                out[key] = torch.zeros_like(value)
-            else:
-                out[key] = value.detach().clone()
         metrics["resam-gradient"] = 1.0
-        return ArrayRecord(torch_state_dict={k: v.cpu() for k, v in out.items()}), metrics
+        return gradient_record(model), metrics
     metrics["local-lr"] = float(local_lr)
-    return ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in state.items()}), metrics
+    return ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()}), metrics
+
+
+# -- who holds the data ----------------------------------------------------------------------------------
+def data_assignment(
+    all_node_ids: Iterable[int], byzantine_ids: Iterable[int], split: str
+) -> dict[int, tuple[int, int]]:
+    """``{node_id: (partition_id, num_partitions)}``: which slice of the training data each node holds.
+
+    * ``split = "all"``: every node, ranked by node id, holds partition ``0 .. n-1`` of ``n``.
+    * ``split = "honest"`` (ByzFL and the authors' lab): the ``h = n - f`` honest nodes, ranked by node id,
+      hold partitions ``0 .. h-1`` of ``h``; the ``j``-th Byzantine node (by id) gets a copy of partition
+      ``j mod h`` (used only by attacks that train on their own data, such as ``lf``; ``lf-lab`` uses the
+      honest nodes' partitions).
+
+    The simulated server sends each sampled node its pair as ``resam-data-partition`` /
+    ``resam-data-partitions``; a worker uses them over its node config's ``partition-id`` /
+    ``num-partitions``. With ``"all"`` the server need not send them (the node config has the same
+    split), except for ``lf-lab``, whose Byzantine nodes must know the honest nodes' partitions.
+    """
+    if split not in ("all", "honest"):
+        raise ValueError(f"data split must be 'all' or 'honest', got {split!r}")
+    nodes, byz = _ids("all_node_ids", all_node_ids), _ids("byzantine_ids", byzantine_ids)
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"all_node_ids has duplicates: {sorted(nodes)}")
+    unknown = sorted(set(byz) - set(nodes))
+    if unknown:
+        raise ValueError(f"byzantine_ids {unknown} are not in all_node_ids")
+    if split == "all":
+        return {node: (i, len(nodes)) for i, node in enumerate(sorted(nodes))}
+    bad = set(byz)
+    honest = sorted(n for n in nodes if n not in bad)
+    if not honest:
+        raise ValueError(f"data split 'honest' needs an honest node, got {len(nodes)} nodes all Byzantine")
+    out = {node: (i, len(honest)) for i, node in enumerate(honest)}
+    out.update({node: (j % len(honest), len(honest)) for j, node in enumerate(sorted(bad))})
+    return out
+
+
+def honest_partitions(
+    assignment: dict[int, tuple[int, int]], nodes: Iterable[int], byzantine_ids: Iterable[int]
+) -> list[int]:
+    """The partitions held by the honest nodes among ``nodes`` (this round's sampled nodes), sorted: what a
+    ``lf-lab`` Byzantine node is sent as ``resam-honest-partitions``."""
+    bad = set(_ids("byzantine_ids", byzantine_ids))
+    return sorted(assignment[n][0] for n in _ids("nodes", nodes) if n not in bad)
+
+
+def _ids(name: str, ids: Iterable[int]) -> list[int]:
+    out = list(ids)
+    for i in out:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{name} must be integers, got {i!r}")
+    return out
 
 
 @torch.no_grad()

@@ -1,0 +1,70 @@
+"""Run config of the lab's choices: weight-decay-at, data-split, worker-clip, and what the server derives."""
+
+from __future__ import annotations
+
+import pytest
+
+from resam_flower.app.config import ExperimentConfig
+
+BASE = {"dataset": "digits", "model": "mlp", "num-clients": 13, "num-byzantine": 3, "weight-decay": 1e-4}
+
+
+def cfg(**kw) -> ExperimentConfig:
+    return ExperimentConfig.from_run_config({**BASE, **kw})
+
+
+def test_defaults_are_ours_server_decay_all_nodes_no_clipping():
+    c = cfg()
+    assert (c.weight_decay_at, c.data_split, c.worker_clip) == ("server", "all", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"weight-decay-at": "client"}, "weight-decay-at must be one of server, worker, got 'client'"),
+        ({"data-split": "byzantine"}, "data-split must be one of all, honest, got 'byzantine'"),
+        ({"worker-clip": -1.0}, "worker-clip must be >= 0.0, got -1.0"),
+        ({"weight-decay-at": 1}, "weight-decay-at must be str, got 1"),
+        ({"attack": "lf-lab", "local-steps": 2}, "lf-lab redraws .* local-steps = 1 and mode = gradient.*=2"),
+        ({"attack": "lf-lab", "mode": "model"}, "lf-lab .*mode='model'"),
+    ],
+)
+def test_bad_values_raise_naming_the_key_the_value_and_the_bound(kw, match):
+    with pytest.raises(ValueError, match=match):
+        cfg(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "server", "worker"),
+    [
+        ({}, 1e-4, 0.0),
+        ({"weight-decay-at": "worker"}, 0.0, 1e-4),  # the server must not decay twice
+        ({"mode": "model"}, 0.0, 0.0),  # model mode: the server applies trained weights
+        ({"mode": "model", "weight-decay-at": "worker"}, 0.0, 1e-4),
+    ],
+)
+def test_where_the_decay_acts(kw, server, worker):
+    c = cfg(**kw)
+    assert (c.server_weight_decay, c.worker_weight_decay) == (server, worker)
+
+
+@pytest.mark.parametrize(
+    ("kw", "parts"),
+    [
+        ({"attack": "alie"}, 13),
+        ({"attack": "alie", "data-split": "honest"}, 10),  # n - f honest nodes
+        ({"attack": "none", "data-split": "honest"}, 13),  # no adversary: every node is honest
+        ({"attack": "alie", "num-byzantine": 0, "data-split": "honest"}, 13),
+    ],
+)
+def test_number_of_data_partitions(kw, parts):
+    assert cfg(**kw).num_data_partitions == parts
+
+
+def test_the_new_keys_travel_to_the_workers():
+    c = cfg(**{"weight-decay-at": "worker", "data-split": "honest", "worker-clip": 2.0, "attack": "lf-lab"})
+    rec = c.to_config_record()
+    sent = (rec["exp-weight-decay-at"], rec["exp-data-split"], rec["exp-worker-clip"])
+    assert sent == ("worker", "honest", 2.0)
+    back = ExperimentConfig.from_message(rec)
+    assert (back.weight_decay_at, back.data_split, back.worker_clip) == sent and back.attack == "lf-lab"
