@@ -3,7 +3,11 @@
 Sources, first match wins:
 
 1. ``data_dir=`` or ``$RESAM_CIFAR10_DIR``: torchvision's ``cifar-10-batches-py`` folder (or its
-   parent), the python version of CIFAR-10, read here with a numpy-only unpickler;
+   parent), the python version of CIFAR-10, read here with a numpy-only unpickler. Each batch file is
+   size-checked before it is read (at most :data:`MAX_BATCH_BYTES`) and its MD5 compared with the
+   official one (torchvision's list) before it is unpickled; other files are refused unless
+   ``$RESAM_CIFAR10_UNVERIFIED=1`` (a CIFAR-10 of your own making: still size-checked, unpickled with
+   bounds, and checked for uint8 rows of 3072 pixels and labels in 0..9);
 2. the hub data set ``uoft-cs/cifar10`` through :func:`datasets.load_dataset` (Hugging Face keeps its
    own download cache; this needs network access once).
 
@@ -15,6 +19,7 @@ it works on any :class:`datasets.Dataset` with an image column and a label colum
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -23,12 +28,34 @@ import numpy as np
 
 from .base import DataSourceError
 from .cache import cache_dir, file_lock, load_arrays, save_arrays
-from .safe_pickle import loads_arrays
+from .safe_pickle import loads_arrays, read_bounded
 
-__all__ = ["CIFAR10_DIR_ENV", "HF_CIFAR10", "hf_to_arrays", "load_cifar10_arrays"]
+__all__ = [
+    "CIFAR10_DIR_ENV",
+    "CIFAR10_MD5",
+    "CIFAR10_UNVERIFIED_ENV",
+    "HF_CIFAR10",
+    "MAX_BATCH_BYTES",
+    "hf_to_arrays",
+    "load_cifar10_arrays",
+]
 
 #: Environment variable naming a folder with torchvision's ``cifar-10-batches-py``.
 CIFAR10_DIR_ENV = "RESAM_CIFAR10_DIR"
+#: Set to ``1`` to read batch files whose MD5 is not the official one.
+CIFAR10_UNVERIFIED_ENV = "RESAM_CIFAR10_UNVERIFIED"
+#: MD5 of the official ``cifar-10-batches-py`` files (as torchvision's ``CIFAR10`` checks them).
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+#: Largest batch file read: an official one (10,000 images of 3,072 bytes, labels, names) is ~31 MB.
+MAX_BATCH_BYTES = 32 * 2**20
+_BATCH_ROWS = 10_000
 #: Hugging Face hub name of CIFAR-10 (columns ``img``: Image, ``label``: ClassLabel(10)).
 HF_CIFAR10 = "uoft-cs/cifar10"
 
@@ -60,15 +87,51 @@ def hf_to_arrays(
 _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
+def _read_batch(path: Path, name: str, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file: size, then MD5 (``verify``), then a bounded unpickling, then its structure."""
+    try:
+        raw = read_bounded(path, MAX_BATCH_BYTES)
+    except ValueError as exc:
+        raise DataSourceError(f"{exc}: not a CIFAR-10 python batch") from exc
+    md5 = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if verify and md5 != CIFAR10_MD5[name]:
+        raise DataSourceError(
+            f"{path} has MD5 {md5}, not the official {CIFAR10_MD5[name]}: not torchvision's CIFAR-10 batch; "
+            f"set {CIFAR10_UNVERIFIED_ENV}=1 to read a CIFAR-10 of your own making"
+        )
+    try:
+        entry = loads_arrays(raw)
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as exc:
+        raise DataSourceError(f"{path} is not a CIFAR-10 python batch: {exc}") from exc
+    data = entry.get("data") if isinstance(entry, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataSourceError(
+            f"{path} is not a CIFAR-10 python batch: 'data' must be uint8 rows of 3072 pixels"
+        )
+    if data.shape[0] > _BATCH_ROWS:
+        raise DataSourceError(f"{path}: {data.shape[0]} images, a CIFAR-10 batch has at most {_BATCH_ROWS}")
+    try:
+        y = np.asarray(entry["labels"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise DataSourceError(f"{path} is not a CIFAR-10 python batch: bad 'labels' ({exc})") from exc
+    if y.shape != (data.shape[0],):
+        raise DataSourceError(f"{path}: {data.shape[0]} images but labels of shape {y.shape}")
+    if y.size and not (0 <= y.min() and y.max() < 10):
+        raise DataSourceError(f"{path}: labels must be in 0..9, got {y.min()}..{y.max()}")
+    return data.reshape(-1, 3, 32, 32), y
+
+
 def _from_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read the python version of CIFAR-10 (``cifar-10-batches-py``, as torchvision downloads it).
 
     ``folder`` is that folder or its parent. Each batch is a pickled dict with ``data`` (uint8
-    ``(n, 3072)``, channel-first rows) and ``labels``; it is unpickled with numpy arrays allowed and
-    nothing else (:mod:`.safe_pickle`).
+    ``(n, 3072)``, channel-first rows) and ``labels``; it is read only if it is at most
+    :data:`MAX_BATCH_BYTES` long and (unless ``$RESAM_CIFAR10_UNVERIFIED=1``) has the official MD5, and
+    unpickled with numpy arrays allowed, nothing else, allocations bounded by its size (:mod:`.safe_pickle`).
     """
     if (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
+    verify = os.environ.get(CIFAR10_UNVERIFIED_ENV, "") != "1"
     images, labels = [], []
     for name in _BATCHES[split]:
         path = folder / name
@@ -77,14 +140,7 @@ def _from_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                 f"no CIFAR-10 batch {name} in {folder}; {CIFAR10_DIR_ENV} (or data_dir=) must name a folder "
                 f"holding cifar-10-batches-py (the 'CIFAR-10 python version' archive, unpacked)"
             )
-        try:
-            entry = loads_arrays(path.read_bytes())
-            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            y = np.asarray(entry["labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-            raise DataSourceError(f"{path} is not a CIFAR-10 python batch: {exc}") from exc
-        if y.shape != (data.shape[0],):
-            raise DataSourceError(f"{path}: {data.shape[0]} images but {y.shape[0]} labels")
+        data, y = _read_batch(path, name, verify)
         images.append(data)
         labels.append(y)
     return np.concatenate(images), np.concatenate(labels)

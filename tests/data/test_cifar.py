@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import datasets
 import numpy as np
 import pytest
@@ -115,6 +117,7 @@ def test_local_batches_folder(tmp_path, monkeypatch, use_parent):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not use the hub"))
     folder, batches = _batches_folder(tmp_path)
     monkeypatch.setenv("RESAM_CIFAR10_DIR", str(tmp_path if use_parent else folder))
+    monkeypatch.setenv("RESAM_CIFAR10_UNVERIFIED", "1")  # a miniature CIFAR-10, not the official bytes
     test = load_dataset("cifar10", "test", normalize=False)
     assert test.images.shape == (2, 3, 32, 32)
     expected = batches["test_batch"][0].reshape(2, 3, 32, 32) / 255.0
@@ -125,9 +128,10 @@ def test_local_batches_folder(tmp_path, monkeypatch, use_parent):
     assert len(train) == 10 and train.labels.tolist() == expected_labels
 
 
-def test_local_batch_with_foreign_pickle_refused(tmp_path):
+def test_local_batch_with_foreign_pickle_refused(tmp_path, monkeypatch):
     import pickle
 
+    monkeypatch.setenv("RESAM_CIFAR10_UNVERIFIED", "1")
     folder, _ = _batches_folder(tmp_path)
 
     class Evil:
@@ -136,4 +140,99 @@ def test_local_batch_with_foreign_pickle_refused(tmp_path):
 
     (folder / "test_batch").write_bytes(pickle.dumps({"data": Evil()}, protocol=2))
     with pytest.raises(DataSourceError, match="not a CIFAR-10 python batch: refusing to load"):
+        load_dataset("cifar10", "test", data_dir=str(tmp_path))
+
+
+def test_batches_other_than_the_official_ones_are_refused_by_default(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("RESAM_CIFAR10_UNVERIFIED", raising=False)
+    folder, _ = _batches_folder(tmp_path)
+    md5 = hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()  # independent of the loader
+    with pytest.raises(
+        DataSourceError, match=rf"MD5 {md5}, not the official 40351d587109b95175f43aff81a1287e"
+    ):
+        load_dataset("cifar10", "test", data_dir=str(tmp_path))
+    assert cifar_module.CIFAR10_MD5["test_batch"] == "40351d587109b95175f43aff81a1287e"  # torchvision's
+
+
+def test_a_verified_hash_is_read(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("RESAM_CIFAR10_UNVERIFIED", raising=False)
+    folder, batches = _batches_folder(tmp_path)
+    official = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in cifar_module.CIFAR10_MD5}
+    monkeypatch.setattr(cifar_module, "CIFAR10_MD5", official)  # as if these were the official files
+    images, labels = cifar_module.load_cifar10_arrays("test", data_dir=tmp_path)
+    assert np.array_equal(images, batches["test_batch"][0].reshape(2, 3, 32, 32))
+    assert labels.tolist() == batches["test_batch"][1]
+
+
+def test_oversized_batch_refused_before_it_is_read(tmp_path, monkeypatch):
+    import builtins
+
+    monkeypatch.setenv("RESAM_CIFAR10_UNVERIFIED", "1")
+    folder, _ = _batches_folder(tmp_path)
+    with open(folder / "test_batch", "r+b") as fh:  # sparse: 1 byte more than allowed, no disk used
+        fh.truncate(cifar_module.MAX_BATCH_BYTES + 1)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    with pytest.raises(DataSourceError, match=rf"{cifar_module.MAX_BATCH_BYTES + 1} bytes, more than the"):
+        load_dataset("cifar10", "test", data_dir=str(tmp_path))
+    assert not [f for f in opened if f.endswith("test_batch")]
+
+
+def _memo_bomb() -> bytes:
+    """9 bytes: None stored at memo index 2**32 - 16 (the unpickler grows its memo table to it)."""
+    import struct
+
+    return b"\x80\x02N" + b"r" + struct.pack("<I", 0xFFFFFFF0) + b"."
+
+
+def _reconstruct_bomb() -> bytes:
+    """~100 bytes: numpy's _reconstruct asked for a 1 GiB array (what numpy pickles do with shape (0,))."""
+    return (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01J\x00\x00\x00\x40\x85q\x02"
+        b"c_codecs\nencode\nX\x01\x00\x00\x00bX\x06\x00\x00\x00latin1\x86R\x87R."
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_memo_bomb(), "memo index 4294967280"),
+        (_reconstruct_bomb(), r"an array of shape \(1073741824,\) \(1073741824 bytes\)"),
+        (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R.", "refusing dtype object"),
+        (b"\x80\x02X\xff\xff\xff\x7fab.", "malformed data pickle"),
+    ],
+    ids=["memo", "reconstruct", "object-dtype", "truncated"],
+)
+def test_small_pickles_asking_for_huge_memory_are_refused(tmp_path, monkeypatch, payload, message):
+    from resam_flower.data.safe_pickle import loads_arrays
+
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        loads_arrays(payload)
+    monkeypatch.setenv("RESAM_CIFAR10_UNVERIFIED", "1")
+    folder, _ = _batches_folder(tmp_path)
+    (folder / "test_batch").write_bytes(payload)
+    with pytest.raises(DataSourceError, match=message):
+        load_dataset("cifar10", "test", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "uint8 rows of 3072 pixels"),
+        ({"data": np.zeros((2, 3071), np.uint8), "labels": [0, 1]}, "uint8 rows of 3072 pixels"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, r"labels must be in 0..9, got 0..10"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "2 images but labels of shape"),
+        ([1, 2], "uint8 rows of 3072 pixels"),
+    ],
+)
+def test_batch_structure_is_checked(tmp_path, monkeypatch, entry, message):
+    monkeypatch.setenv("RESAM_CIFAR10_UNVERIFIED", "1")
+    folder, _ = _batches_folder(tmp_path)
+    (folder / "test_batch").write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(DataSourceError, match=message):
         load_dataset("cifar10", "test", data_dir=str(tmp_path))
