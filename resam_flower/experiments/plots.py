@@ -5,6 +5,11 @@
   plain mean) dotted. Reading across a row shows what worker momentum changes for that rule.
 * ``heatmap_*.png``: worst-case final accuracy over attacks, rule × f and rule × α per β when the sweep
   varies ``num-byzantine`` and/or ``alpha``, else rule × β (see :mod:`.heatmaps`).
+* ``mechanism*.png`` (runs whose ``metrics.csv`` has the simulated adversary's per-round columns): RESAM's
+  mechanism, one row per (rule, attack) and one line per β (mean over seeds): the honest spread relative to
+  the signal, ``honest-spread-max / honest-mean-norm`` = max_{i,j∈H} ‖m_i − m_j‖ / ‖m̄_H‖, and the
+  aggregation error ``aggregation-error`` = ‖R_t − m̄_H‖, against the round (log scale). Worker momentum
+  should shrink the first, and with it the second (κ · spread bounds it for an (f, κ)-resilient rule).
 
 Keys that vary besides those (dataset, lr...) give one file per combination (suffix in the file name);
 keys zipped with another one (``num-clients`` with ``num-byzantine``) label it instead (see :mod:`.layout`).
@@ -13,6 +18,8 @@ Rendering uses matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
+import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,17 @@ from .heatmaps import plot_heatmaps  # noqa: E402
 from .layout import describe, file_suffix, reduce_keys, sorted_values, split_runs  # noqa: E402
 from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys  # noqa: E402
 
-__all__ = ["plot_curves", "plot_heatmaps", "plot_sweep", "curve_layout"]
+__all__ = ["plot_curves", "plot_heatmaps", "plot_mechanism", "plot_sweep", "curve_layout", "mechanism_series",
+           "MECHANISM_COLUMNS"]
+
+#: ``metrics.csv`` columns the simulated adversary writes each round (it knows the honest set H).
+MECHANISM_COLUMNS = ("honest-spread-max", "honest-spread-mean", "honest-mean-norm", "aggregation-error",
+                     "kappa-empirical")
+#: The two quantities drawn: name -> axis label.
+MECHANISM_PANELS = {
+    "spread-ratio": "honest spread / ‖mean_H‖",
+    "aggregation-error": "aggregation error ‖R − mean_H‖",
+}
 
 
 def _mean_curve(runs: list[Run]) -> tuple[list[int], list[float]]:
@@ -113,6 +130,97 @@ def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     return paths
 
 
+def _round_values(path: Path) -> dict[str, dict[int, float]]:
+    """``{panel: {round: value}}`` of one run's ``metrics.csv`` (finite values only; ``{}`` without the
+    columns). ``spread-ratio`` = ``honest-spread-max / honest-mean-norm`` (rounds of zero mean skipped)."""
+    out: dict[str, dict[int, float]] = {name: {} for name in MECHANISM_PANELS}
+    try:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                rnd = int(float(row["round"]))
+                spread, norm, err = (_number(row.get(k)) for k in
+                                     ("honest-spread-max", "honest-mean-norm", "aggregation-error"))
+                if spread is not None and norm:
+                    out["spread-ratio"][rnd] = spread / norm
+                if err is not None:
+                    out["aggregation-error"][rnd] = err
+    except (OSError, KeyError, ValueError):
+        return {}
+    return out if any(out.values()) else {}
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def mechanism_series(runs: list[Run]) -> dict[tuple[Any, str, Any], dict[str, tuple[list[int], list[float]]]]:
+    """``{(rule, attack, β): {panel: (rounds, mean over the runs)}}`` for the runs that recorded the columns.
+
+    Per run and round, ``spread-ratio`` = ``honest-spread-max / honest-mean-norm`` and ``aggregation-error``
+    as written; the runs of a cell (seeds) are averaged round by round, over the rounds every one of them has.
+    """
+    cells: dict[tuple[Any, str, Any], list[dict[str, dict[int, float]]]] = defaultdict(list)
+    for run in runs:
+        values = _round_values(run.path / "metrics.csv")
+        if values:
+            key = (run.config.get("aggregator"), attack_of(run.config), run.config.get("momentum"))
+            cells[key].append(values)
+    out = {}
+    for key, per_run in cells.items():
+        out[key] = {}
+        for panel in MECHANISM_PANELS:
+            rounds = sorted(set.intersection(*(set(v[panel]) for v in per_run)))
+            out[key][panel] = (rounds, [mean([v[panel][r] for v in per_run]) for r in rounds])
+    return out
+
+
+def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
+    """Write the mechanism figures (see the module docstring); none when no run recorded the columns."""
+    keys = row_keys(runs)
+    rest, tied = reduce_keys(runs, [k for k in keys if k not in ("aggregator", "momentum")])
+    paths = []
+    for values, group in split_runs(runs, rest).items():
+        series = mechanism_series(group)
+        if not series:
+            continue
+        rows = sorted({(rule, attack) for rule, attack, _ in series}, key=str)
+        betas = sorted_values({beta for _, _, beta in series})
+        colors = {b: plt.cm.viridis(i / max(len(betas) - 1, 1)) for i, b in enumerate(betas)}
+        size = (9.0, 2.8 * len(rows) + 0.6)
+        fig, axes = plt.subplots(len(rows), 2, figsize=size, squeeze=False, sharex=True)
+        for i, (rule, attack) in enumerate(rows):
+            for j, (panel, ylabel) in enumerate(MECHANISM_PANELS.items()):
+                ax = axes[i][j]
+                for beta in betas:
+                    xs, ys = series.get((rule, attack, beta), {}).get(panel, ([], []))
+                    if xs:
+                        marker = "o" if len(xs) < 30 else None  # a short series stays visible
+                        ax.plot(xs, ys, label=f"β={beta}", color=colors[beta], linewidth=1.4, marker=marker,
+                                markersize=3)
+                if all(y > 0 for line in ax.get_lines() for y in line.get_ydata()) and ax.get_lines():
+                    ax.set_yscale("log")
+                ax.set_title(f"{rule}, {attack}", fontsize=10)
+                ax.set_ylabel(ylabel, fontsize=9)
+                ax.grid(alpha=0.3)
+                if i == len(rows) - 1:
+                    ax.set_xlabel("round")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), frameon=False)
+        where = ", ".join(describe(k, v, tied[k], group) for k, v in zip(rest, values, strict=True))
+        heading = " — ".join(t for t in (title, where) if t)
+        fig.suptitle(f"{heading + ': ' if heading else ''}honest spread and aggregation error", fontsize=11)
+        fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+        path = out_dir / f"mechanism{file_suffix(rest, values)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def plot_sweep(
     directory: str | Path, out_dir: str | Path | None = None, title: str | None = None
 ) -> list[Path]:
@@ -124,4 +232,4 @@ def plot_sweep(
     out = Path(out_dir) if out_dir is not None else directory / "plots"
     out.mkdir(parents=True, exist_ok=True)
     name = title if title is not None else directory.name
-    return plot_curves(runs, out, name) + plot_heatmaps(runs, out, name)
+    return plot_curves(runs, out, name) + plot_heatmaps(runs, out, name) + plot_mechanism(runs, out, name)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from resam_flower.app.results import write_run
 from resam_flower.experiments import Sweep, load_sweep, run_sweep
 from resam_flower.experiments.heatmaps import worst_case_matrix
 from resam_flower.experiments.layout import dependents, reduce_keys
-from resam_flower.experiments.plots import curve_layout, plot_sweep
+from resam_flower.experiments.plots import curve_layout, mechanism_series, plot_sweep
 from resam_flower.experiments.report import markdown_table, write_report
 from resam_flower.experiments.results import attack_of, load_runs, pivot, row_keys, worst_case
 from tests.experiments.conftest import BASE
@@ -207,3 +208,53 @@ def test_reference_rules_are_overlaid_not_given_a_row(tmp_path, fake_simulate):
     text = markdown_table(runs)
     assert "| mean | 0.9 | — | — | 86.00 | 1 |" in text  # the reference keeps its own row in the table
     assert sorted(p.name for p in plot_sweep(tmp_path / "ref")) == ["curves.png", "heatmap_β.png"]
+
+
+# -- the mechanism figure ------------------------------------------------------------------------------------
+def mechanism_run(root: Path, rule: str, attack: str, beta: float, seed: int, rows: list[dict]) -> None:
+    config = {**BASE, "aggregator": rule, "attack": attack, "momentum": beta, "seed": seed}
+    summary = {"final_test_accuracy": 0.9, "initial_test_accuracy": 0.1, "config": config}
+    write_run(root / f"{rule}-{attack}-{beta}-{seed}", config, rows, summary)
+
+
+def spread_rows(spread: list, norm: list, err: list) -> list[dict]:
+    return [
+        {"round": r + 1, "valid": 7, "honest-spread-max": s, "honest-mean-norm": m, "aggregation-error": e,
+         "kappa-empirical": "" if s in ("", 0) or e == "" else e / s}
+        for r, (s, m, e) in enumerate(zip(spread, norm, err, strict=True))
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def mechanism(tmp_path) -> Path:
+    root = tmp_path / "mech"
+    # cwtm, alie, beta 0, two seeds; round 3 of seed 1 has a zero mean (no ratio) and seed 0 has no round 4
+    seed0 = spread_rows([2.0, 4.0, 1.0], [1.0, 2.0, 1.0], [0.5, 1.0, 0.3])
+    seed1 = spread_rows([4.0, 2.0, 1.0, 9.0], [1.0, 1.0, 0.0, 1.0], [1.5, 3.0, 0.1, 9.0])
+    mechanism_run(root, "cwtm", "alie", 0.0, 0, seed0)
+    mechanism_run(root, "cwtm", "alie", 0.0, 1, seed1)
+    mechanism_run(root, "cwtm", "alie", 0.9, 0, spread_rows([1.0, 0.5], [2.0, 2.0], [0.2, 0.1]))
+    # a run without an adversary writes no such columns, and a row may leave them empty
+    mechanism_run(root, "cwtm", "none", 0.0, 0, [{"round": 1, "valid": 7}, {"round": 2, "valid": 7}])
+    mechanism_run(root, "cwtm", "sf", 0.9, 0, spread_rows([3.0, ""], [1.5, ""], [0.3, ""]))
+    return root
+
+
+def test_mechanism_series_are_the_seed_means_of_spread_over_mean_norm_and_of_the_error(mechanism):
+    series = mechanism_series(load_runs(mechanism))
+    assert sorted(series, key=str) == [("cwtm", "alie", 0.0), ("cwtm", "alie", 0.9), ("cwtm", "sf", 0.9)]
+    b0 = series[("cwtm", "alie", 0.0)]
+    # ratios seed 0: 2/1, 4/2, 1/1; seed 1: 4/1, 2/1, (zero mean), 9/1 -> rounds both have: 1, 2
+    assert b0["spread-ratio"] == ([1, 2], [pytest.approx(3.0), pytest.approx(2.0)])
+    # errors seed 0: 0.5, 1.0, 0.3; seed 1: 1.5, 3.0, 0.1, 9.0 -> rounds 1..3
+    assert b0["aggregation-error"] == ([1, 2, 3], [pytest.approx(v) for v in (1.0, 2.0, 0.2)])
+    b9 = series[("cwtm", "alie", 0.9)]
+    assert b9 == {"spread-ratio": ([1, 2], [0.5, 0.25]), "aggregation-error": ([1, 2], [0.2, 0.1])}
+    assert series[("cwtm", "sf", 0.9)] == {"spread-ratio": ([1], [2.0]), "aggregation-error": ([1], [0.3])}
+
+
+def test_plot_draws_the_mechanism_figure_when_the_columns_are_there(mechanism):
+    paths = plot_sweep(mechanism)
+    assert sorted(p.name for p in paths) == ["curves.png", "heatmap_β.png", "mechanism.png"]
+    data = (mechanism / "plots" / "mechanism.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 5_000
