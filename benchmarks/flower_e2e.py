@@ -1,8 +1,8 @@
 """End-to-end benchmark: RESAM on Flower's Ray simulation vs ByzFL's own loop, and vs plain FedAvg.
 
-Four measurements (issue 3), each printed as a Markdown row and saved as JSON (``--json``):
+Four measurements, each printed as a Markdown row and saved as JSON (``--json``):
 
-1. ``byzfl`` / ``resam``: the ANCHORS.md MNIST configuration — CNN conv20-conv50-fc500-fc10 (431,080 params),
+1. ``byzfl`` / ``resam``: the MNIST configuration of ByzFL's benchmark — CNN conv20-conv50-fc500-fc10 (431,080 params),
    10 honest + 3 Byzantine sending ALIE vectors (z = 1.5), NNM + trimmed mean (f = 3), β = 0.9, batch 32,
    SGD lr 0.1, weight decay 1e-4, IID, 300 steps — once through ByzFL 0.0.11's own framework
    (``byzfl.Client``/``Server``/``ByzantineClient`` in one process) and once through Flower's Ray
@@ -56,7 +56,7 @@ ANCHOR = {
 
 
 def run_byzfl(rounds: int, beta: float = 0.9, seed: int = 0) -> dict:
-    """ByzFL 0.0.11's own training loop on the ANCHORS configuration (one process)."""
+    """ByzFL 0.0.11's own training loop on that MNIST configuration (one process)."""
     from byzfl import ByzantineClient, Client, Server
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import Any
 
 from flwr.app import Context
@@ -33,23 +32,9 @@ from .app.config import ExperimentConfig
 from .app.server_app import RoundCallback, RoundCallbackError, run_experiment
 from .app.task import prepare_partitions
 from .clients.worker import make_client_app
-from .strategies.checkpoint import stable_simulation_node_ids
+from .compat import poll_faster, run_simulation, stable_simulation_node_ids
 
-__all__ = ["simulate", "backend_config", "RoundCallbackError"]
-
-
-#: Reply polling interval of the in-memory grid in :func:`simulate` (Flower's default is 0.1 s).
-POLL_INTERVAL_S = 0.01
-
-
-def poll_faster(grid: Grid) -> None:
-    """Make the simulation engine's in-memory grid poll for replies every :data:`POLL_INTERVAL_S`.
-
-    It sleeps ``pull_interval`` (0.1 s) between polls: up to 0.1 s lost every round. Polling an in-process
-    state every 10 ms costs nothing measurable. Other grids (no ``pull_interval``) are left as they are.
-    """
-    if isinstance(getattr(grid, "pull_interval", None), float):
-        grid.pull_interval = min(grid.pull_interval, POLL_INTERVAL_S)
+__all__ = ["simulate", "backend_config", "poll_faster", "RoundCallbackError"]
 
 
 def backend_config(
@@ -101,15 +86,12 @@ def simulate(
         except RoundCallbackError as exc:  # raised below, in the caller's thread, once the engine is down
             callback_errors.append(exc)
 
-    from flwr.simulation import run_simulation
-
     # The split, computed here once into the on-disk cache: the client processes then read it and never
     # import datasets/flwr_datasets (seconds of every actor's start-up, on the first round's clock).
     prepare_partitions(cfg)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    with warnings.catch_warnings(), stable_simulation_node_ids(cfg.seed):
-        warnings.simplefilter("ignore")
+    with stable_simulation_node_ids(cfg.seed):
         run_simulation(
             server_app=server,
             client_app=make_client_app(),

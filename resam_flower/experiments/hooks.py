@@ -18,55 +18,11 @@ import logging
 import os
 import sys
 import threading
-import types
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["shared_ray", "quiet_flower", "exit_on_interrupt"]
-
-
-class _DeferredShutdownRay(types.ModuleType):
-    """Stand-in for the ``ray`` module inside Flower's Ray backend: everything but ``shutdown`` delegates."""
-
-    def __init__(self, ray: types.ModuleType) -> None:
-        super().__init__("ray")
-        self._ray = ray
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ray, name)
-
-    def shutdown(self, *args: Any, **kwargs: Any) -> None:
-        """Deferred to the exit of :func:`shared_ray`."""
-
-
-def _reusable_pool_type(base: type, idle: dict[str, list[Any]]) -> type:
-    """A subclass of Flower's ``BasicActorPool`` that takes idle actors from ``idle`` and gives them back.
-
-    Flower's ``ClientAppActor`` is generic (the ClientApp travels with each job), so an idle actor can serve
-    the next simulation; what it caches (data partitions, models) is keyed by the experiment's config.
-    """
-
-    class ReusableActorPool(base):  # type: ignore[misc, valid-type]
-        def __init__(self, actor_type: type, client_resources: dict, actor_kwargs: dict) -> None:
-            super().__init__(actor_type, client_resources, actor_kwargs)
-            self._reuse_key = repr((actor_type, sorted(client_resources.items()), actor_kwargs))
-
-        def add_actors_to_pool(self, num_actors: int) -> None:
-            cached = idle.setdefault(self._reuse_key, [])
-            reused = [cached.pop() for _ in range(min(num_actors, len(cached)))]
-            self.pool.extend(reused)
-            self.num_actors += len(reused)
-            super().add_actors_to_pool(num_actors - len(reused))
-
-        def terminate_all_actors(self) -> None:
-            if self._future_to_actor:  # a job is still out: do not hand these actors to the next run
-                super().terminate_all_actors()
-                return
-            idle.setdefault(self._reuse_key, []).extend(self.pool)
-            self.pool = []
-
-    return ReusableActorPool
 
 
 @contextlib.contextmanager
@@ -88,7 +44,8 @@ def shared_ray(
     import time
 
     import ray
-    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from ..compat import ray_backend_kept_alive
 
     started = False
     t0 = time.perf_counter()
@@ -107,18 +64,10 @@ def shared_ray(
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
         started = True
     init_s = time.perf_counter() - t0
-    original_ray, original_pool = raybackend.ray, raybackend.BasicActorPool
-    idle: dict[str, list[Any]] = {}
-    raybackend.ray = _DeferredShutdownRay(original_ray)
-    if reuse_actors:
-        raybackend.BasicActorPool = _reusable_pool_type(original_pool, idle)
     try:
-        yield init_s
+        with ray_backend_kept_alive(reuse_actors):
+            yield init_s
     finally:
-        raybackend.ray, raybackend.BasicActorPool = original_ray, original_pool
-        for actors in idle.values():
-            for actor in actors:
-                actor.terminate.remote()
         if started:
             ray.shutdown()
         if saved_niceness is None:

@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,44 +273,4 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# -- node ids in simulation ----------------------------------------------------------------------------
-_LOCAL = threading.local()
-
-
-@contextmanager
-def stable_simulation_node_ids(seed: int) -> Iterator[None]:
-    """Within the block, Flower's in-memory link state gives nodes ids drawn from ``random.Random(seed)``.
-
-    Flower's simulation draws node ids from ``os.urandom`` at each start, and the strategy samples nodes, and
-    the simulated adversary chooses its nodes, by id. Two runs, or a run and its resumption, therefore pick
-    different partitions unless ids are a function of the seed: node ``i`` (partition ``i``) then gets the
-    ``i``-th id of a seeded stream in every run. Only node ids are affected (run and task ids stay random).
-    """
-    import flwr.server.superlink.linkstate.in_memory_linkstate as linkstate
-
-    rng = random.Random(f"resam-flower/node-ids/{seed}")
-    original_draw = linkstate.generate_rand_int_from_bytes
-    original_create = linkstate.InMemoryLinkState.create_node
-
-    def draw(num_bytes: int, exclude: set[int] | None = None) -> int:
-        if not getattr(_LOCAL, "creating_node", False):
-            return original_draw(num_bytes, exclude)
-        while True:
-            value = rng.getrandbits(8 * num_bytes)
-            if value not in (exclude or ()):
-                return value
-
-    def create_node(self, *args: Any, **kwargs: Any) -> int:
-        _LOCAL.creating_node = True
-        try:
-            return original_create(self, *args, **kwargs)
-        finally:
-            _LOCAL.creating_node = False
-
-    linkstate.generate_rand_int_from_bytes = draw
-    linkstate.InMemoryLinkState.create_node = create_node
-    try:
-        yield
-    finally:
-        linkstate.generate_rand_int_from_bytes = original_draw
-        linkstate.InMemoryLinkState.create_node = original_create
+from ..compat import stable_simulation_node_ids  # noqa: E402 - re-exported where it was
