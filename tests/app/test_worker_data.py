@@ -111,3 +111,16 @@ def test_the_split_is_prepared_with_n_minus_f_partitions(monkeypatch):
     prepare_partitions(ExperimentConfig.from_run_config({**BASE, "data-split": "honest"}))
     prepare_partitions(ExperimentConfig.from_run_config(BASE))
     assert seen == [4, 5]
+
+
+def test_a_handler_leaves_the_thread_count_as_it_found_it():
+    # one intra-op thread while the worker computes (virtual clients share the cores), then as before
+    cfg, _, arrays = setup()
+    config = {**cfg.to_config_record(), P.SERVER_ROUND: 1}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        replied(instruction(7, arrays, config), {"partition-id": 0, "num-partitions": 5})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
