@@ -13,7 +13,10 @@ strategy, and :func:`check_round` verifies what must hold whatever the replies:
   nodes that sent nothing; without an adversary the number kept is exactly the number of first replies of
   sampled nodes whose content is valid;
 * too few valid replies for the rule: ``None`` and the round says why; enough valid replies of ordinary
-  magnitude (no adversary): the round aggregates.
+  magnitude: the round aggregates (with a simulated adversary too);
+* the value (no adversary, a :class:`Reference` given): the new model is ``θ - γ (F(valid replies) + λ θ)``
+  with ``F`` a rule built independently by ``resam_flower.aggregators.build``, applied to the vectors of the
+  kept replies (float parameters in the global model's key order, replies in node-id order).
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from resam_flower.aggregators import Aggregator
+from resam_flower.protocol import REPLY_MOMENTUM
 from tests.flower_helpers import FakeGrid, instruction
 
 SHAPES = {"w": (3, 2), "b": (2,)}
@@ -42,7 +48,7 @@ VALID_KINDS = ("good", "zero", "huge", "tiny", "metric-spoof", "extra-config")
 INVALID_KINDS = (
     "nan", "inf", "shape", "scalar", "dtype64", "dtype16", "int-buffer", "missing-key", "extra-key",
     "key-order", "no-arrays", "empty", "two-records", "error", "garbage-bytes", "truncated", "npz",
-    "lying-header", "lying-metadata", "big-endian", "stype",
+    "lying-header", "lying-metadata", "big-endian", "stype", "undeclared",
 )  # fmt: skip
 KINDS = VALID_KINDS + INVALID_KINDS
 #: Valid kinds with values large enough that a rule may legitimately give up (squared norms overflow).
@@ -86,6 +92,8 @@ def make_reply(kind: str, to: Message, rng: np.random.Generator) -> Message:
     arrays: dict[str, Array] = {k: Array(a) for k, a in v.items()}
     arrays["n"] = Array(np.array(7, np.int64))
     metrics: dict = {"num-examples": int(rng.integers(-(2**63), 2**63))}
+    if kind != "undeclared":  # gradient mode: a reply declares that its arrays are a momentum
+        metrics[REPLY_MOMENTUM] = 1
     if kind == "nan" or kind == "inf":
         flat = v["w"].reshape(-1).copy()
         flat[rng.integers(0, flat.size)] = np.nan if kind == "nan" else rng.choice([np.inf, -np.inf])
@@ -150,6 +158,30 @@ class Outcome:
     extreme: bool
     received: int
     excluded_before: Counter = field(default_factory=Counter)
+    #: The first reply of each sampled node whose content is valid, by node id.
+    kept: dict[int, Message] = field(default_factory=dict)
+
+
+@dataclass
+class Reference:
+    """An independent copy of the strategy's rule and step: ``θ - lr (F(x) + weight_decay θ)``.
+
+    ``rule`` is built by the caller with ``build`` (and the same seed as the strategy's, if seeded); it is
+    called on every round where the strategy's rule runs, so stateful rules (centred clipping) keep step.
+    """
+
+    rule: Aggregator
+    lr: float
+    weight_decay: float
+
+
+FLOAT_KEYS = [k for k, a in GLOBAL.items() if np.issubdtype(a.numpy().dtype, np.floating)]
+
+
+def vector(msg: Message) -> np.ndarray:
+    """The float parameters of a reply, flattened in the global model's key order (Flower's Message API)."""
+    arrays = msg.content["arrays"]
+    return np.concatenate([arrays[k].numpy().astype(np.float32).ravel() for k in FLOAT_KEYS])
 
 
 def run_round(strategy, server_round: int, num_nodes: int, plan: list[tuple[str, int, int]]) -> Outcome:
@@ -157,22 +189,28 @@ def run_round(strategy, server_round: int, num_nodes: int, plan: list[tuple[str,
     nodes = list(range(1, num_nodes + 1))
     sent = strategy.configure_train(server_round, GLOBAL, ConfigRecord(), FakeGrid(nodes))
     msgs = {m.metadata.dst_node_id: m for m in sent}
-    replies, first, extreme = [], {}, False
+    replies, first, kept = [], {}, {}
     for kind, index, seed in plan:
         node = nodes[index] if index < num_nodes else 10_000 + index
         to = msgs.get(node) or instruction(node, GLOBAL)
         replies.append(make_reply(kind, to, np.random.default_rng(seed)))
         if node in msgs and node not in first:
             first[node] = kind
+            if kind in VALID_KINDS:
+                kept[node] = replies[-1]
     valid_firsts = [k for k in first.values() if k in VALID_KINDS]
     extreme = any(k in EXTREME_KINDS for k in valid_firsts)
     before = Counter(strategy.excluded_total)
     arrays, metrics = strategy.aggregate_train(server_round, replies)
-    return Outcome(arrays, metrics, len(valid_firsts), len(msgs) - len(first), extreme, len(replies), before)
+    return Outcome(
+        arrays, metrics, len(valid_firsts), len(msgs) - len(first), extreme, len(replies), before,
+        dict(sorted(kept.items())),
+    )  # fmt: skip
 
 
-def check_round(strategy, out: Outcome, *, exact: bool = True) -> None:
-    """Assert the properties of the module docstring (``exact``: no adversary rewrote the replies)."""
+def check_round(strategy, out: Outcome, *, exact: bool = True, reference: Reference | None = None) -> None:
+    """Assert the properties of the module docstring (``exact``: no adversary rewrote the replies;
+    ``reference``: also check the new model's value)."""
     m, entry = out.metrics, strategy.round_log[-1]
     assert m is not None, "aggregate_train returned no metrics"
     assert "internal-error" not in m, entry["skipped"]  # a bug caught by the strategy's last-resort guard
@@ -187,14 +225,51 @@ def check_round(strategy, out: Outcome, *, exact: bool = True) -> None:
     assert entry["missing"] == out.expected_missing
     if exact:
         assert valid == out.expected_valid, f"kept {valid} replies, {out.expected_valid} were valid"
-    need = strategy.rule.min_inputs(strategy.num_byzantine)
+    f = round_f(strategy.num_byzantine, m)
+    need = strategy.rule.min_inputs(f)
     if valid < need:
         assert out.arrays is None and "needs" in entry["skipped"], "too few replies but the round aggregated"
-    elif exact and not out.extreme:
+    elif not out.extreme:
         assert out.arrays is not None, f"round skipped with enough ordinary replies: {entry.get('skipped')}"
     assert (out.arrays is None) == ("skipped" in entry) == (m["skipped"] == 1.0)
     if out.arrays is not None:
         check_model(out.arrays)
+    if reference is not None:
+        assert exact, "the value check needs the replies as sent (no adversary)"
+        check_value(f, out, reference)
+
+
+def round_f(num_byzantine: int, m: MetricRecord) -> int:
+    """The ``f`` a round reports (``num_byzantine`` less the replies excluded as certainly faulty, so at
+    least ``num_byzantine - excluded``); ``num_byzantine`` if it reports none."""
+    f = int(m["f"]) if "f" in m else num_byzantine
+    assert max(num_byzantine - int(m["excluded"]), 0) <= f <= num_byzantine, f"f={f}"
+    return f
+
+
+def check_value(f: int, out: Outcome, ref: Reference) -> None:
+    """``θ - lr (F(x) + λ θ)`` on the kept replies' vectors ``x`` (reference rule, the round's ``f``).
+
+    Extreme rounds (values near float32's range) may overflow in one computation and not the other: the
+    rule still runs (its state keeps step), the value is not compared.
+    """
+    if not out.kept:
+        return
+    x = torch.from_numpy(np.stack([vector(msg) for msg in out.kept.values()]))
+    if x.shape[0] < ref.rule.min_inputs(f):
+        return
+    try:
+        agg = ref.rule.aggregate(x, f).double()
+    except ValueError:
+        assert out.arrays is None, "the reference rule refused the replies the strategy aggregated"
+        return
+    if out.extreme or out.arrays is None:
+        return
+    theta = np.concatenate([GLOBAL[k].numpy().astype(np.float64).ravel() for k in FLOAT_KEYS])
+    want = theta - ref.lr * (agg.numpy() + ref.weight_decay * theta)
+    got = np.concatenate([out.arrays[k].numpy().astype(np.float64).ravel() for k in FLOAT_KEYS])
+    scale = max(1.0, float(np.abs(theta).max()), ref.lr * float(agg.abs().max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg="new model != θ - lr (F + λθ)")
 
 
 def check_model(arrays: ArrayRecord) -> None:

@@ -7,12 +7,14 @@ replies, duplicated node ids, replies from nodes that were not sampled, huge (up
 vectors, corrupted Array bytes, truncated or lying npy headers, Array metadata that lies about dtype and
 shape, non-numpy serialisations, spoofed metrics; and fewer valid replies than the rule needs. Every round
 must pass :func:`fuzz_cases.check_round` (no exception, finite model of the right layout or ``None``, every
-exclusion counted with its reason, exact count of kept replies, aggregation whenever the rule can).
+exclusion counted with its reason, exact count of kept replies, aggregation whenever the rule can, and
+without an adversary the new model's value against an independently built rule).
 ``benchmarks/fuzz_rounds.py`` runs the same checks on 10,000+ seeded rounds.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import numpy as np
@@ -20,9 +22,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from resam_flower.aggregators import Aggregator, build, resolve
 from resam_flower.strategies import ResilientAveraging
 from resam_flower.strategies.adversary import SimulatedAdversary
-from tests.reliability.fuzz_cases import GLOBAL, INVALID_KINDS, KINDS, check_round, run_round
+from tests.reliability.fuzz_cases import GLOBAL, INVALID_KINDS, KINDS, Reference, check_round, run_round
+
+LR, WD = 0.1, 0.01
 
 #: Reply kinds that break a component outside this test's reach; each has a strict-xfail regression test
 #: below, and comes back into the fuzzed kinds once fixed.
@@ -30,8 +35,8 @@ KNOWN_BUGS: dict[str, str] = {}
 FUZZ_KINDS = [k for k in KINDS if k not in KNOWN_BUGS]
 
 REQUIRED = ["nnm+cwtm", "krum", "gm", "cc", "mda"]
-OTHERS = ["cwmed", "multikrum", "meamed", "monna", "bulyan", "dnc", "arc+cwtm", "bucketing(s=2)+cwtm", "caf",
-          "smea", "mean"]  # fmt: skip
+OTHERS = ["cwmed", "multikrum", "meamed", "monna(idx=0)", "bulyan", "dnc", "arc+cwtm", "bucketing(s=2)+cwtm",
+          "caf", "smea", "mean"]  # fmt: skip
 
 reply_plans = st.lists(
     st.tuples(st.sampled_from(FUZZ_KINDS), st.integers(0, 13), st.integers(0, 2**31 - 1)), max_size=16
@@ -49,14 +54,31 @@ def quiet():
     logging.getLogger("flwr").setLevel(logging.INFO)
 
 
+def seeded(rule: str, f: int) -> Aggregator:
+    """``rule`` built with seed 0 for its seeded stages (bucketing, DnC): two builds draw the same."""
+    stages = [stage.split("(")[0] for stage in rule.split("+")]
+    params = {name: {"seed": 0} for name in stages if "seed" in inspect.signature(resolve(name)).parameters}
+    return build(rule, f=f, **params)
+
+
+def ref_rule_needs(rule: str, f: int) -> int:
+    return build(rule, f=f).min_inputs(f)
+
+
 def fuzz(rule: str, f: int, plan_rounds, adversary: bool = False) -> None:
-    adv = SimulatedAdversary("alie", f, seed=0) if adversary and f else None
-    s = ResilientAveraging(rule, num_byzantine=f, lr=0.1, min_train_nodes=1, min_available_nodes=1,
-                           adversary=adv, seed=0)  # fmt: skip
+    s = ResilientAveraging(seeded(rule, f), num_byzantine=f, mode="gradient", lr=LR, weight_decay=WD,
+                           min_train_nodes=1, min_available_nodes=1, node_stall_timeout=0.0,
+                           seed=0)  # fmt: skip
+    attacked = adversary and f > 0
+    if attacked:
+        s = SimulatedAdversary(s, "alie", f, seed=0, z=1.0)
+    ref = None if attacked else Reference(seeded(rule, f), LR, WD)
     for rnd, (num_nodes, plan) in enumerate(plan_rounds, start=1):
-        if adv is not None:
+        if rnd == 1:  # the first round refuses to start with fewer nodes than the rule needs
+            num_nodes = max(num_nodes, ref_rule_needs(rule, f))
+        if attacked:
             num_nodes = max(num_nodes, f + 1)  # the adversary needs f nodes to exist
-        check_round(s, run_round(s, rnd, num_nodes, plan), exact=adv is None)
+        check_round(s, run_round(s, rnd, num_nodes, plan), exact=not attacked, reference=ref)
 
 
 ALL_BAD = [(kind, 0, 1) for kind in INVALID_KINDS if kind not in KNOWN_BUGS]
@@ -100,6 +122,12 @@ def test_the_checks_can_fail():
     out.expected_valid = 1
     with pytest.raises(AssertionError, match="do not add up"):
         check_round(s, out)
+    s = ResilientAveraging("cwmed", lr=0.1, weight_decay=WD, min_train_nodes=1, min_available_nodes=1)
+    out = run_round(s, 1, 3, [("good", 0, 1), ("good", 1, 2), ("good", 2, 3)])
+    check_round(s, out, reference=Reference(build("cwmed"), 0.1, WD))
+    for wrong in (Reference(build("mean"), 0.1, WD), Reference(build("cwmed"), 0.1, 0.0)):
+        with pytest.raises(AssertionError, match=r"new model != θ - lr \(F \+ λθ\)"):
+            check_round(s, out, reference=wrong)
 
 
 def test_client_metrics_cannot_overwrite_the_servers_figures():
@@ -114,7 +142,7 @@ def test_a_bug_costs_one_round_not_the_run(monkeypatch):
     s = ResilientAveraging("mean", lr=0.1, min_train_nodes=1, min_available_nodes=1)
     import resam_flower.strategies.resilient_averaging as ra
 
-    monkeypatch.setattr(ra, "median_metrics", lambda msgs: 1 / 0)  # a bug in a helper
+    monkeypatch.setattr(ra, "median_metrics", lambda *args, **kwargs: 1 / 0)  # a bug in a helper
     out = run_round(s, 1, 2, [("good", 0, 1), ("good", 1, 2)])
     assert out.arrays is None and out.metrics["internal-error"] == 1.0
     assert s.round_log[-1]["skipped"].startswith("internal error: ZeroDivisionError")
