@@ -20,6 +20,7 @@ from resam_flower.aggregators import build
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import run_experiment
 from resam_flower.clients.worker import make_client_app
+from resam_flower.protocol import REPLY_MOMENTUM
 from resam_flower.strategies import ResilientAveraging
 from tests.flower_helpers import FakeGrid, record, reply
 from tests.reliability.inline_grid import InlineGrid
@@ -53,7 +54,7 @@ def one_round(rule: str, f: int, n: int, dropped: set[int], failed: set[int]):
 
             replies.append(Message(Error(code=0, reason="node crashed"), reply_to=msgs[node]))
             continue
-        replies.append(reply(msgs[node], record(w=g[i], n=np.array(3, np.int64))))
+        replies.append(reply(msgs[node], record(w=g[i], n=np.array(3, np.int64)), {REPLY_MOMENTUM: 1}))
     out, metrics = s.aggregate_train(1, replies[::-1])  # arrival order is not node order
     kept = [i for i, node in enumerate(nodes) if node not in dropped | failed]
     return s, out, metrics, g[kept]
@@ -64,7 +65,6 @@ CASES = [("nnm+cwtm", 2, 7), ("krum", 2, 8), ("gm", 1, 5), ("cc", 2, 7), ("mda",
 
 @pytest.mark.parametrize("rule, f, n", CASES)
 def test_up_to_f_dropouts_aggregate_the_remaining_replies_when_the_rule_allows(rule, f, n):
-    need = build(rule, f=f).min_inputs(f)
     for k_drop, k_fail in itertools.product(range(f + 1), repeat=2):
         if k_drop + k_fail > f:
             continue
@@ -72,9 +72,13 @@ def test_up_to_f_dropouts_aggregate_the_remaining_replies_when_the_rule_allows(r
         s, out, m, remaining = one_round(rule, f, n, dropped, failed)
         assert m["missing"] == k_drop and m.get("excluded-error", 0) == k_fail
         assert m["valid"] == n - k_drop - k_fail
+        f_eff = f - k_fail  # an error reply is certainly faulty: it uses up one of the f (a missing one not)
+        assert m["f"] == f_eff
+        need = build(rule, f=f).min_inputs(f_eff)
         if len(remaining) >= need:
             assert out is not None and m["skipped"] == 0, s.round_log[-1].get("skipped")
-            expected = THETA["w"].numpy() - LR * build(rule, f=f)(torch.from_numpy(remaining)).numpy()
+            agg = build(rule, f=f).aggregate(torch.from_numpy(remaining), f_eff).numpy()
+            expected = THETA["w"].numpy() - LR * agg
             np.testing.assert_array_equal(out["w"].numpy(), expected.astype(np.float32))
         else:
             assert out is None and m["skipped"] == 1
@@ -83,12 +87,13 @@ def test_up_to_f_dropouts_aggregate_the_remaining_replies_when_the_rule_allows(r
 
 @pytest.mark.parametrize("rule, f, n", [("cwtm", 2, 6), ("krum", 1, 3), ("mda", 2, 5)])
 def test_too_many_dropouts_for_the_rule_keep_the_model_and_say_why(rule, f, n):
-    """n = min_inputs (+ 1): one or two nodes lost break n > 2f; the round says so."""
-    s, out, m, remaining = one_round(rule, f, n, dropped={1}, failed={n} if n > 4 else set())
+    """n = min_inputs (+ 1): one or two nodes missing break n > 2f (missing replies, unlike error replies,
+    do not reduce f); the round says so."""
+    s, out, m, remaining = one_round(rule, f, n, dropped={1, n} if n > 4 else {1}, failed=set())
     assert len(remaining) < build(rule, f=f).min_inputs(f)
     assert out is None and m["skipped"] == 1
     reason = s.round_log[-1]["skipped"]
-    assert reason == f"{len(remaining)} valid replies, {rule} needs n > 2f (>= {2 * f + 1})"
+    assert reason == f"{len(remaining)} valid replies, {rule} needs n > 2f (>= {2 * f + 1}, f={f})"
 
 
 def test_a_run_with_failing_nodes_goes_on(tmp_path):
@@ -100,8 +105,8 @@ def test_a_run_with_failing_nodes_goes_on(tmp_path):
         "results-dir": str(tmp_path), "run-name": "dropouts", "seed": 1,
     }  # fmt: skip
     c = ExperimentConfig.from_run_config(cfg)
-    missing = {2: {1001}, 4: {1000, 1001, 1002}, 5: {1003}}  # round -> nodes that do not answer
-    errors = {3: {1004}, 4: {1005}}  # round -> nodes whose ClientApp fails
+    missing = {2: {1001}, 4: {1000, 1001, 1002, 1005}, 5: {1003}}  # round -> nodes that do not answer
+    errors = {3: {1004}, 6: {1005}}  # round -> nodes whose ClientApp fails (each reduces f for the round)
     grid = InlineGrid(
         make_client_app(),
         6,
@@ -111,12 +116,13 @@ def test_a_run_with_failing_nodes_goes_on(tmp_path):
     summary = run_experiment(grid, c)
     log = {int(e["round"]): e for e in grid_log(tmp_path)}
     assert summary["rounds"] == 6 and summary["skipped_rounds"] == 1
-    assert [int(log[r]["missing"]) for r in range(1, 7)] == [0, 1, 0, 3, 1, 0]
-    assert [int(log[r]["valid"]) for r in range(1, 7)] == [6, 5, 5, 2, 5, 6]
-    assert log[4]["skipped"] == "2 valid replies, nnm+cwtm needs nnm: n > 2f; cwtm: n > 2f (>= 3)"
+    assert [int(log[r]["missing"]) for r in range(1, 7)] == [0, 1, 0, 4, 1, 0]
+    assert [int(log[r]["valid"]) for r in range(1, 7)] == [6, 5, 5, 2, 5, 5]
+    assert log[4]["skipped"] == "2 valid replies, nnm+cwtm needs nnm: n > 2f; cwtm: n > 2f (>= 3, f=1)"
     assert all(log[r]["skipped"] == "" for r in (1, 2, 3, 5, 6))
     assert summary["excluded_by_reason"] == {"error": 2}
-    # it learns despite the failures, well above chance (0.10): 0.357 with seed 1 (seeds 2, 3: 0.407, 0.499)
+    # it learns despite the failures, well above chance (0.10): 0.404 with seed 1 (with the earlier failure
+    # pattern: 0.357, and seeds 2, 3: 0.407, 0.499)
     assert summary["final_test_accuracy"] >= 0.25
 
 
