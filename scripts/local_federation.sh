@@ -1,7 +1,10 @@
 #!/usr/bin/env sh
-# The whole secure deployment on this machine (loopback): a TLS SuperLink with SuperNode authentication,
-# NODES authenticated SuperNodes (the last one Byzantine by its node config), `flwr run .` against it.
-# Every process is stopped at the end (or on Ctrl-C). Options are those of resam_flower.deploy.loopback:
+# The whole hardened deployment on this machine (loopback): a TLS SuperLink bound to 127.0.0.1 with
+# SuperNode and SuperExec authentication, an nginx proxy that forwards only the Fleet API, NODES
+# authenticated SuperNodes that dial the proxy (the last one Byzantine by its node config), and
+# `flwr run .` against the SuperLink's Control API on loopback. Every process is stopped at the end (or on
+# Ctrl-C). Needs nginx (apt-get install -y --no-install-recommends nginx); --no-proxy runs without it.
+# Options are those of resam_flower.deploy.loopback:
 #
 #   scripts/local_federation.sh --nodes 4 --byzantine sf --rounds 5 --run-config "lr=0.5"
 set -eu

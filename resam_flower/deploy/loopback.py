@@ -1,33 +1,51 @@
-"""A whole secure deployment on one machine: TLS SuperLink, authenticated SuperNodes, ``flwr run .``.
+"""A whole hardened deployment on one machine: TLS SuperLink on loopback, Fleet-only proxy, ``flwr run .``.
 
 The same commands as ``docs/DEPLOYMENT.md``, on 127.0.0.1 with ports picked at run time and one
 ``FLWR_HOME`` per process, so that the deployment runtime can be tried (and tested) without devices::
 
     python -m resam_flower.deploy.loopback --nodes 4 --byzantine sf --rounds 5
 
-starts a SuperLink (``--enable-supernode-auth``, TLS from :mod:`resam_flower.deploy.credentials`), registers
-the SuperNodes' public keys with ``flwr supernode register``, starts the SuperNodes (the last ``--byzantine``
-ones with ``byzantine='<attack>'`` in their node config), runs ``flwr run . <connection> --stream`` from the
-app folder, and stops every process (with what it spawned) on exit, error or Ctrl-C.
+starts a SuperLink bound to 127.0.0.1 (TLS, ``--enable-supernode-auth``, ``--isolation process`` with a
+SuperExec authentication secret) and its ``flower-superexec``, the nginx proxy of
+:mod:`resam_flower.deploy.proxy` that forwards only the Fleet API (what the devices reach), registers the
+SuperNodes' public keys with ``flwr supernode register`` on the operator's loopback connection, starts the
+SuperNodes against the proxy (the last ``--byzantine`` ones with ``byzantine='<attack>'`` in their node
+config), runs ``flwr run . <connection> --stream`` from the app folder, and stops every process (with what
+it spawned) on exit, error or Ctrl-C. ``--no-proxy`` lets the SuperNodes dial the SuperLink directly (the
+layout without nginx, where a device can also reach the Control API).
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from .credentials import Credentials, generate_credentials
 from .processes import ProcessGroup, flower_env, free_port, health_ok, wait_until
+from .proxy import fleet_server_block, nginx_command, write_standalone
 
-__all__ = ["LoopbackFederation", "superlink_command", "supernode_command", "flower_config_toml", "main"]
+__all__ = [
+    "LoopbackFederation",
+    "flower_config_toml",
+    "main",
+    "superexec_command",
+    "superlink_command",
+    "supernode_command",
+]
 
 HOST = "127.0.0.1"
+#: The operator's connection: the SuperLink itself, on loopback (Control API).
 CONNECTION = "resam-tls"
+#: What a device reaches: the Fleet-only proxy (used by the tests to show that it refuses Control calls).
+DEVICE_CONNECTION = "resam-device"
 
 
 def _bin(name: str) -> str:
@@ -37,17 +55,33 @@ def _bin(name: str) -> str:
 
 
 def superlink_command(creds: Credentials, host: str, port: int, database: str | Path) -> list[str]:
-    """``flower-superlink`` with TLS and SuperNode authentication, no runtime ``uv sync``."""
+    """``flower-superlink`` with TLS, SuperNode authentication, SuperExec authentication, no ``uv sync``.
+
+    ``--isolation process``: the SuperLink does not start a SuperExec itself (Flower ignores the SuperExec
+    secret in the default ``subprocess`` mode); :func:`superexec_command` starts one with the same secret.
+    """
     return [
         _bin("flower-superlink"),
         "--ssl-ca-certfile", str(creds.ca_cert),
         "--ssl-certfile", str(creds.server_cert),
         "--ssl-keyfile", str(creds.server_key),
         "--enable-supernode-auth",
+        "--isolation", "process",
+        "--superexec-auth-secret-file", str(creds.superexec_secret),
         "--disable-runtime-dependency-installation",
         "--host", host,
         "--port", str(port),
         "--database", str(database),
+    ]  # fmt: skip
+
+
+def superexec_command(superlink: str, creds: Credentials) -> list[str]:
+    """``flower-superexec`` for the SuperLink at ``superlink`` (its Runtime API), signing with the secret."""
+    return [
+        _bin("flower-superexec"),
+        "--runtime-api-address", superlink,
+        "--root-certificates", str(creds.ca_cert),
+        "--superexec-auth-secret-file", str(creds.superexec_secret),
     ]  # fmt: skip
 
 
@@ -66,26 +100,47 @@ def supernode_command(
     ]  # fmt: skip
 
 
-def flower_config_toml(address: str, ca_cert: str | Path, name: str = CONNECTION) -> str:
-    """A Flower 1.42 config (``$FLWR_HOME/config.toml``) whose default connection is this SuperLink."""
-    return (
-        f'[superlink]\ndefault = "{name}"\n\n'
-        f'[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{Path(ca_cert).resolve()}"\n'
-    )
+def flower_config_toml(address: str, ca_cert: str | Path, name: str = CONNECTION, **others: str) -> str:
+    """A Flower 1.42 config (``$FLWR_HOME/config.toml``): default connection ``name``, plus ``others``."""
+    ca = Path(ca_cert).resolve()
+    text = f'[superlink]\ndefault = "{name}"\n'
+    for conn, addr in {name: address, **others}.items():
+        text += f'\n[superlink.{conn}]\naddress = "{addr}"\nroot-certificates = "{ca}"\n'
+    return text
+
+
+def _answers(host: str, port: int, ca_cert: Path) -> bool:
+    """Whether an HTTPS server verified by ``ca_cert`` answers at all (any status) on ``host:port``."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with urllib.request.urlopen(f"https://{host}:{port}/", timeout=2, context=context):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, urllib.error.URLError):
+        return False
 
 
 class LoopbackFederation:
-    """SuperLink + SuperNodes on 127.0.0.1 in ``workdir``; a context manager that stops them all on exit."""
+    """SuperLink, SuperExec, Fleet proxy and SuperNodes on 127.0.0.1 in ``workdir``; stops them all on exit.
 
-    def __init__(self, workdir: str | Path, num_keys: int, timeout: float = 90.0) -> None:
+    ``address`` is the SuperLink (the operator's Control API), ``fleet_address`` what the SuperNodes dial:
+    the proxy's port with ``proxy=True`` (default), else the SuperLink itself.
+    """
+
+    def __init__(self, workdir: str | Path, num_keys: int, timeout: float = 90.0, proxy: bool = True) -> None:
         self.workdir = Path(workdir)
         self.timeout = timeout
         self.creds = generate_credentials(self.workdir / "certs", nodes=num_keys)
         self.port = free_port(HOST)
         self.address = f"{HOST}:{self.port}"
+        self.proxy_port = free_port(HOST) if proxy else None
+        self.fleet_address = f"{HOST}:{self.proxy_port}" if proxy else self.address
         self.cli_home = self.workdir / "cli"
         self.cli_home.mkdir(parents=True, exist_ok=True)
-        (self.cli_home / "config.toml").write_text(flower_config_toml(self.address, self.creds.ca_cert))
+        devices = {DEVICE_CONNECTION: self.fleet_address}
+        config = flower_config_toml(self.address, self.creds.ca_cert, **devices)
+        (self.cli_home / "config.toml").write_text(config)
         self.procs = ProcessGroup(self.workdir / "logs")
 
     def _home(self, name: str) -> Path:
@@ -94,7 +149,7 @@ class LoopbackFederation:
         return home
 
     def start_superlink(self) -> subprocess.Popen:
-        """Start the SuperLink and wait until its HTTPS health endpoint answers."""
+        """Start the SuperLink (wait for its health endpoint), its SuperExec, and the proxy (wait for it)."""
         home = self._home("superlink")
         link = self.procs.start(
             "superlink",
@@ -103,12 +158,21 @@ class LoopbackFederation:
             cwd=home,
         )
         wait_until(lambda: health_ok(HOST, self.port, self.creds.ca_cert), self.timeout, "SuperLink", [link])
+        exec_home = self._home("superexec")
+        cmd = superexec_command(self.address, self.creds)
+        self.procs.start("superexec", cmd, env=flower_env(exec_home), cwd=exec_home)
+        if self.proxy_port is not None:
+            block = fleet_server_block(self.fleet_address, self.address, self.creds.ca_cert.parent)
+            proxy_dir = self._home("proxy")
+            nginx = self.procs.start("proxy", nginx_command(write_standalone(proxy_dir, block), proxy_dir))
+            up = lambda: _answers(HOST, self.proxy_port, self.creds.ca_cert)  # noqa: E731
+            wait_until(up, self.timeout, "Fleet proxy (nginx)", [nginx])
         return link
 
-    def register(self, public_keys: Sequence[Path]) -> None:
+    def register(self, public_keys: Sequence[Path], connection: str = CONNECTION) -> None:
         """``flwr supernode register <key>.pub`` for every key (concurrently); raise if one fails."""
         flwr, env = _bin("flwr"), flower_env(self.cli_home)
-        cmds = [[flwr, "supernode", "register", str(k), CONNECTION, "--format", "json"] for k in public_keys]
+        cmds = [[flwr, "supernode", "register", str(k), connection, "--format", "json"] for k in public_keys]
         pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         running = [subprocess.Popen(c, env=env, **pipe) for c in cmds]
         for cmd, proc in zip(cmds, running, strict=True):
@@ -120,10 +184,21 @@ class LoopbackFederation:
             if proc.returncode != 0 or '"success": true' not in out:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{out}")
 
+    def cli(self, *args: str) -> tuple[int, str]:
+        """Run ``flwr <args>`` with the operator's config (both connections); ``(exit code, output)``."""
+        cmd = [_bin("flwr"), *args]
+        try:
+            out = subprocess.run(
+                cmd, env=flower_env(self.cli_home), capture_output=True, text=True, timeout=self.timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            return -1, f"{' '.join(cmd)} timed out after {self.timeout:.0f}s: {exc.output or ''}"
+        return out.returncode, out.stdout + out.stderr
+
     def start_supernode(self, name: str, key: Path | None, node_config: str, *extra: str) -> subprocess.Popen:
         """Start one SuperNode with its own ``FLWR_HOME`` and Runtime API port (``key=None``: no key)."""
         home = self._home(name)
-        cmd = supernode_command(self.address, self.creds.ca_cert, key, node_config, free_port(HOST))
+        cmd = supernode_command(self.fleet_address, self.creds.ca_cert, key, node_config, free_port(HOST))
         return self.procs.start(name, [*cmd, *extra], env=flower_env(home), cwd=home)
 
     def flwr_run(self, app_dir: str | Path, run_config: str) -> subprocess.Popen:
@@ -148,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-config", default="", help="more run config, e.g. \"lr=0.5 aggregator='cwtm'\"")
     parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
     parser.add_argument("--workdir", default=None, help="certs, logs, results (default: a temp dir)")
+    parser.add_argument(
+        "--no-proxy", action="store_true", help="SuperNodes dial the SuperLink directly (no nginx; less safe)"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.num_byzantine < args.nodes:
         raise SystemExit(f"--num-byzantine must be in [0, {args.nodes - 1}], got {args.num_byzantine}")
@@ -158,8 +236,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"run-name='loopback' {args.run_config}"
     )
     print(f"loopback federation in {workdir} (logs in {workdir / 'logs'})")
-    with LoopbackFederation(workdir, args.nodes) as fed:
-        fed.start_superlink()
+    with LoopbackFederation(workdir, args.nodes, proxy=not args.no_proxy) as fed:
+        try:
+            fed.start_superlink()
+        except FileNotFoundError as exc:  # no nginx
+            raise SystemExit(f"{exc}; or run with --no-proxy") from None
+        print(f"SuperLink (Control API, operator only) {fed.address}; SuperNodes dial {fed.fleet_address}")
         fed.register(fed.creds.node_public_keys)
         for i, key in enumerate(fed.creds.node_private_keys):
             config = f"partition-id={i} num-partitions={args.nodes}"

@@ -76,7 +76,7 @@ def test_rewrite_enforces_0600_over_an_old_world_readable_file(tmp_path):
     old.chmod(0o666)
     twin = tmp_path / "twin"
     os.link(old, twin)  # a hard link made before the rewrite must not receive the new key
-    (private, _), = generate_node_keys(tmp_path, ["supernode-1"])
+    ((private, _),) = generate_node_keys(tmp_path, ["supernode-1"])
     assert private == old and stat.S_IMODE(old.stat().st_mode) == 0o600
     assert old.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert twin.read_bytes() == b"old" and old.stat().st_ino != twin.stat().st_ino

@@ -1,8 +1,11 @@
-"""Flower's deployment runtime on loopback: SuperLink + SuperNodes with TLS and SuperNode authentication.
+"""Flower's deployment runtime on loopback, hardened: the SuperNodes train through the Fleet-only proxy.
 
-One ``flower-superlink`` (TLS, ``--enable-supernode-auth``), four registered ``flower-supernode`` processes
-(one of them Byzantine by its node config, ``byzantine='sf'``), one SuperNode whose key was never registered,
-and ``flwr run .`` from the repository root against that SuperLink: a few rounds of ResilientAveraging
+One ``flower-superlink`` bound to 127.0.0.1 (TLS, ``--enable-supernode-auth``, SuperExec authentication)
+with its ``flower-superexec``, the nginx proxy that forwards only the Fleet API, four registered
+``flower-supernode`` processes dialling the proxy (one of them Byzantine by its node config,
+``byzantine='sf'``), one SuperNode whose key was never registered and one without a key (both through the
+proxy), and ``flwr run .`` from the repository root against the SuperLink's loopback Control API: a few
+rounds of ResilientAveraging
 (NNM + CWTM) with worker momentum on digits/MLP. Everything listens on 127.0.0.1 on ports picked at run
 time, each process has its own ``FLWR_HOME``, every wait is bounded, and all processes (with the SuperExec,
 ServerApp and ClientApp processes they spawn) are stopped in a ``finally`` even when an assertion fails.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 import time
@@ -21,6 +25,7 @@ import pytest
 
 from resam_flower.deploy.loopback import LoopbackFederation
 from resam_flower.deploy.processes import health_ok, wait_until
+from resam_flower.deploy.proxy import NGINX_INSTALL_HINT, nginx_binary
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +38,19 @@ def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
     for tool in ("flwr", "flower-superlink", "flower-supernode"):
         if not (Path(sys.executable).parent / tool).exists():
             pytest.skip(f"{tool} not installed next to {sys.executable}")
+    try:
+        nginx_binary()
+    except FileNotFoundError:
+        pytest.fail(f"the deployment test needs nginx: {NGINX_INSTALL_HINT}", pytrace=False)
     t0 = time.monotonic()
     results = tmp_path / "results"
     with LoopbackFederation(tmp_path, num_keys=HONEST + 2) as fed:  # the last key is never registered
-        # SuperLink: TLS on its single HTTPS port (Fleet, Control, Runtime APIs), SuperNode auth on.
+        # SuperLink: TLS on its single HTTPS port (Fleet, Control, Runtime APIs), SuperNode auth on; the
+        # SuperNodes dial the proxy's port, not the SuperLink's.
         fed.start_superlink()
         t_link = time.monotonic() - t0
         assert not health_ok("127.0.0.1", fed.port), "the SuperLink must not answer plain HTTP"
+        assert fed.fleet_address == f"127.0.0.1:{fed.proxy_port}" != fed.address
         # Register the SuperNodes' public keys through the Control API (flwr supernode register).
         fed.register(fed.creds.node_public_keys[: HONEST + 1])
         # SuperNodes: partition i of HONEST + 1; the last one flips the sign of its momentum.
@@ -70,6 +81,7 @@ def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
             wait_until(refused, 60, "the intruders to give up")
         finally:
             logs = {name: fed.procs.log(name) for name in fed.procs.procs}
+            proxied = (tmp_path / "proxy" / "access.log").read_text()
             if not summary_path.exists():
                 for name, text in logs.items():
                     print(f"----- {name} -----\n{text[-2000:]}")
@@ -90,11 +102,19 @@ def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
     assert logs[f"supernode-{HONEST}"].count("sent a sf-corrupted update") == ROUNDS
     for i in range(HONEST):
         assert "corrupted update" not in logs[f"supernode-{i}"]
-    # The SuperNode with an unregistered key, and one with no key, were refused.
-    for name, proc in intruders.items():
-        assert proc.returncode not in (0, None), name
-        assert "could not establish a connection to the SuperLink" in logs[name], logs[name][-2000:]
+    # The SuperNode with an unregistered key was refused by the SuperLink, the one with no key by the proxy.
+    assert intruders["intruder"].returncode not in (0, None)
+    assert "could not establish a connection to the SuperLink" in logs["intruder"], logs["intruder"][-2000:]
     assert "Failed to activate SuperNode" in logs["intruder"]
+    assert intruders["keyless"].returncode is not None
+    assert re.search(r'"POST /v1/fleet/register-node HTTP/1.1" 401 ', proxied)  # its self-registration
+    assert logs["superlink"].count("[Fleet.ActivateNode] Activated node_id=") == HONEST + 1  # no one else
+    # Everything the SuperNodes did went through the proxy: pulls, replies, objects, all Fleet routes.
+    for route in ("activate-node", "pull-messages", "push-messages", "push-object", "pull-object"):
+        assert re.search(rf'"POST /v1/fleet/{route} HTTP/1.1" 200 ', proxied), route
+    assert not re.search(r'"POST /v1/(control|runtime)/', proxied)
+    assert not re.search(r'" 5\d\d ', proxied), "the proxy failed requests"  # e.g. no buffer file allowed
+    assert not re.search(r"\[(crit|alert|emerg)\]", (tmp_path / "proxy" / "error.log").read_text())
     print(
         f"deployment: SuperLink up at {t_link:.0f}s, flwr run at {t_run:.0f}s, done at {elapsed:.0f}s; "
         f"test accuracy {summary['initial_test_accuracy']:.3f} -> {summary['final_test_accuracy']:.3f}"
