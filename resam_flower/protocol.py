@@ -6,7 +6,8 @@ Flower keeps the keys of its differential-privacy strategy + mod pair in one con
 
 Server -> client (train :class:`~flwr.app.ConfigRecord`)
     :data:`SERVER_ROUND`, :data:`SERVER_LR`, :data:`MODE`, :data:`BUFFERS`; in simulation only,
-    :data:`ROLE` (a Byzantine node's role this round) and :data:`DATA_PARTITION` / :data:`DATA_PARTITIONS`
+    :data:`ROLE` (a Byzantine node's role this round, with :data:`HONEST_PARTITIONS` for ``lf-lab``) and
+    :data:`DATA_PARTITION` / :data:`DATA_PARTITIONS`
     (which slice of the data a node holds when the data is split among honest nodes); with checkpoints,
     :data:`MOMENTUM_DIR`, :data:`LINEAGE`, :data:`CHECKPOINT_ROUND`.
 Client -> server (reply :class:`~flwr.app.MetricRecord`)
@@ -30,6 +31,7 @@ __all__ = [
     "BUFFERS",
     "ROLE",
     "FLIP_LABELS",
+    "HONEST_PARTITIONS",
     "DATA_PARTITION",
     "DATA_PARTITIONS",
     "MOMENTUM_DIR",
@@ -59,8 +61,12 @@ MODES = ("gradient", "model")
 BUFFERS = "resam-buffers"
 #: A node's Byzantine role this round, sent by the simulated adversary (honoured in simulation only).
 ROLE = "resam-byzantine"
-#: Set by ``byzantine_mod`` for the inner app of a label-flipping node: train on flipped labels.
+#: Set by ``byzantine_mod`` for the inner app of a label-flipping node: ``True`` trains on flipped labels
+#: (``lf``); ``"lab"`` computes the lab's variant (``lf-lab``: the mean of the honest nodes' flipped-label
+#: gradients, on the partitions listed in :data:`HONEST_PARTITIONS`).
 FLIP_LABELS = "resam-flip-labels"
+#: The data partitions of this round's honest sampled nodes (list of int), sent to ``lf-lab`` nodes.
+HONEST_PARTITIONS = "resam-honest-partitions"
 #: This node's data partition and the number of partitions (simulation, data split among honest nodes).
 DATA_PARTITION = "resam-data-partition"
 DATA_PARTITIONS = "resam-data-partitions"

@@ -73,6 +73,8 @@ class ExperimentConfig:
     run_name: str = ""
     checkpoint_every: int = 0
     resume: bool = False
+    round_timeout: float = 600.0
+    node_stall_timeout: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ------------------------------------------------------------------------------------------
@@ -126,6 +128,8 @@ class ExperimentConfig:
         check_int("num-test", self.num_test, low=0)
         check_int("seed", self.seed, low=0)
         check_int("checkpoint-every", self.checkpoint_every, low=0)
+        check_float("round-timeout", self.round_timeout, low=0.0, low_open=True)
+        check_float("node-stall-timeout", self.node_stall_timeout, low=0.0)
         if self.mode not in ("gradient", "model"):
             raise ValueError(f"run config mode must be gradient or model, got {self.mode!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):

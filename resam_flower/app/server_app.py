@@ -92,7 +92,7 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,
         lr_schedule_params=schedule_params,
-        weight_decay=_server_weight_decay(cfg),
+        weight_decay=cfg.server_weight_decay,
         max_update_norm=cfg.max_update_norm or None,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -101,8 +101,8 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
         min_available_nodes=cfg.num_clients,
         evaluate_fn=evaluate_fn,
         seed=cfg.seed,
-        round_timeout=float(cfg.extra.get("round-timeout", 600.0)),
-        node_stall_timeout=float(cfg.extra.get("node-stall-timeout", 30.0)),
+        round_timeout=cfg.round_timeout,
+        node_stall_timeout=cfg.node_stall_timeout,
     )
     if cfg.attacked:
         params = parse_params(cfg.attack_params)
@@ -111,19 +111,12 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
             params["aggregator"] = build_rule(
                 cfg.aggregator, f=cfg.num_byzantine, **parse_params(cfg.aggregator_params)
             )
-        honest_data = str(cfg.extra.get("data-split", "all")) == "honest"
         strategy = SimulatedAdversary(
-            strategy, cfg.attack, cfg.num_byzantine, seed=cfg.seed, honest_data=honest_data, **params
+            strategy, cfg.attack, cfg.num_byzantine, seed=cfg.seed, honest_data=cfg.data_split == "honest", **params
         )
     if checkpointer is not None:
         strategy = Checkpointing(strategy, checkpointer)
     return strategy
-
-
-def _server_weight_decay(cfg: ExperimentConfig) -> float:
-    """λ for the server step: in gradient mode, unless the workers add it to their loss."""
-    at = getattr(cfg, "weight_decay_at", cfg.extra.get("weight-decay-at", "server"))
-    return cfg.weight_decay if cfg.mode == "gradient" and at == "server" else 0.0
 
 
 def run_experiment(

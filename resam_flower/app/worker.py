@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 #: Train-config key: the data partitions of this round's honest nodes (sent to ``lf-lab`` Byzantine nodes).
-HONEST_PARTITIONS = "resam-honest-partitions"
+HONEST_PARTITIONS = P.HONEST_PARTITIONS
 #: Value of ``resam-flip-labels`` for the lab's label flipping (``True``: our own-data variant ``lf``).
 LAB_FLIP = "lab"
 

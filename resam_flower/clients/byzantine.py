@@ -15,6 +15,9 @@ Roles:
 
 * ``lf`` (label flipping): the worker trains on labels ``C - 1 - y`` (the mod sets ``resam-flip-labels``);
   the reply is otherwise honest, momentum included.
+* ``lf-lab`` (simulation only): the lab's label flipping, the mean of the honest nodes' flipped-label
+  gradients (the mod sets ``resam-flip-labels = "lab"``; the default app's ``lab_label_flipping_mod`` computes
+  it from the honest partitions the server sends).
 * ``sf``, ``gaussian``, ``inf``: the node's own reply (its momentum) is corrupted by
   :func:`resam_flower.attacks.corrupt_own_update`.
 * ``omniscient`` (simulation only): the node does not train; its reply is replaced by the simulated
@@ -76,13 +79,14 @@ def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> 
     if role == "omniscient":
         content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})  # replaced
         return Message(content=content, reply_to=msg)
-    if role == "lf":
+    if role in ("lf", "lf-lab"):  # lf-lab (simulation only): the app's lab_label_flipping_mod computes it
         cfg_key, cfg = next(iter(msg.content.config_records.items()))
-        msg.content.config_records[cfg_key] = ConfigRecord({**dict(cfg), FLIP_LABELS_KEY: True})
+        flip: bool | str = True if role == "lf" else "lab"
+        msg.content.config_records[cfg_key] = ConfigRecord({**dict(cfg), FLIP_LABELS_KEY: flip})
         return call_next(msg, ctxt)
     if role not in OWN_UPDATE_ATTACKS:
         raise ValueError(
-            f"unknown Byzantine role {safe_text(role, 40)!r}; use lf, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
+            f"unknown Byzantine role {safe_text(role, 40)!r}; use lf, lf-lab, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
         )
     reply = call_next(msg, ctxt)
     if reply.has_error():

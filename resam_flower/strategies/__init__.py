@@ -5,7 +5,7 @@ Wrappers add a behaviour around any RESAM strategy, as Flower's differential-pri
 (checkpoint and resume). ``resam_step`` is the server step as a pure function.
 """
 
-from .adversary import SimulatedAdversary, honest_data_assignment, spread_metrics
+from .adversary import SimulatedAdversary, spread_metrics
 from .checkpoint import Checkpointer, Checkpointing
 from .resilient_averaging import ResilientAveraging
 from .rounds import NoProgressError, StrategyWrapper, core_of
@@ -21,7 +21,6 @@ __all__ = [
     "StrategyWrapper",
     "NoProgressError",
     "core_of",
-    "honest_data_assignment",
     "spread_metrics",
     "resam_step",
     "robust_buffers",

@@ -4,9 +4,12 @@ In simulation the adversary of the literature sees every honest reply of the rou
 
 * picks the Byzantine nodes once, seeded, among all connected nodes (:class:`resam_flower.attacks.Adversary`);
 * tells them, in their train config (``resam-byzantine``), what to do: ``"omniscient"`` (skip training, their
-  reply is replaced anyway) or the attack's own client role (``"lf"``: train on flipped labels);
+  reply is replaced anyway) or the attack's own client role (``"lf"``: train on flipped labels; ``"lf-lab"``:
+  the mean of the honest nodes' flipped-label gradients, for which they are also sent the honest nodes'
+  partitions, ``resam-honest-partitions``);
 * with ``honest_data=True``, tells every node which slice of the data it holds (``resam-data-partition`` of
-  ``resam-data-partitions``): the data is split among the honest nodes only, as the authors' lab does;
+  ``resam-data-partitions``, :func:`resam_flower.data.assignment.data_assignment`): the data is split among the
+  honest nodes only, as the authors' lab does;
 * after the round, replaces the Byzantine replies with vectors forged from the valid honest ones (in
   ``model`` mode the attack acts on updates ``reply - θ``), *before* the wrapped strategy screens and
   aggregates: the rule never learns who is Byzantine;
@@ -27,26 +30,13 @@ from flwr.supercore import log
 
 from .. import protocol as P
 from ..attacks import Adversary, Attack
+from ..data.assignment import data_assignment, honest_partitions
 from ..flat import FlatSpec
+from . import resilient_averaging as _core
 from .rounds import StrategyWrapper, core_of
 from .validation import screen_replies
 
-__all__ = ["SimulatedAdversary", "honest_data_assignment", "spread_metrics"]
-
-
-def honest_data_assignment(nodes: list[int], byzantine: list[int]) -> dict[int, tuple[int, int]]:
-    """``{node: (partition, partitions)}``: the data split among the ``h = n - f`` honest nodes only.
-
-    Honest nodes, by increasing id, hold partitions ``0 .. h-1`` of ``h``; the ``j``-th Byzantine node (by id)
-    gets a copy of partition ``j mod h`` (used only by attacks that train, such as label flipping).
-    """
-    bad = set(byzantine)
-    honest = sorted(n for n in nodes if n not in bad)
-    if not honest:
-        raise ValueError(f"no honest node among {len(nodes)} nodes: nothing to split the data among")
-    out = {node: (i, len(honest)) for i, node in enumerate(honest)}
-    out.update({node: (j % len(honest), len(honest)) for j, node in enumerate(sorted(bad & set(nodes)))})
-    return out
+__all__ = ["SimulatedAdversary", "spread_metrics"]
 
 
 def spread_metrics(honest: torch.Tensor, aggregate: torch.Tensor | None) -> dict[str, float]:
@@ -117,8 +107,7 @@ class SimulatedAdversary(StrategyWrapper):
                 raise ValueError("num_byzantine is required with an attack name or a built attack")
             self.adversary = Adversary(attack, num_byzantine, seed=seed, **attack_params)
         self.honest_data = bool(honest_data)
-        attack_obj = self.adversary.attack
-        self.role = getattr(attack_obj, "client_role", None) or ("lf" if attack_obj.data_attack else "omniscient")
+        self.role = self.adversary.client_role
         self._honest_vectors: torch.Tensor | None = None
 
     @property
@@ -140,12 +129,17 @@ class SimulatedAdversary(StrategyWrapper):
         if self.adversary.chosen is None:
             self.adversary.choose(population)
         byzantine = set(self.adversary.choose(population))
-        split = honest_data_assignment(population, sorted(byzantine)) if self.honest_data else {}
+        split: dict[int, tuple[int, int]] = {}
+        if self.honest_data or self.adversary.needs_honest_data:
+            split = data_assignment(population, sorted(byzantine), "honest" if self.honest_data else "all")
+        sampled = [m.metadata.dst_node_id for m in messages]
         for msg in messages:
             node = msg.metadata.dst_node_id
             extra: dict[str, Any] = {}
             if node in byzantine:
                 extra[P.ROLE] = self.role
+                if self.adversary.needs_honest_data:
+                    extra[P.HONEST_PARTITIONS] = honest_partitions(split, sampled, sorted(byzantine))
             if node in split:
                 extra[P.DATA_PARTITION], extra[P.DATA_PARTITIONS] = split[node]
             if extra:
@@ -155,7 +149,7 @@ class SimulatedAdversary(StrategyWrapper):
 
     def aggregate_train(self, server_round, replies):  # noqa: ANN001
         core = core_of(self)
-        replies = list(replies)
+        replies = sorted(replies, key=lambda m: _core._sender_key(m))  # the core's order: no arrival order
         metrics: dict[str, float] = {}
         self._honest_vectors = None
         if core.spec is not None and core.current_arrays is not None:

@@ -27,8 +27,10 @@ from .validation import screen_replies
 
 __all__ = ["ResilientAveraging"]
 
-#: Exclusion categories that prove a sampled node faulty (its row is gone): the rule runs with f - k.
-PROVEN_FAULTY = ("error", "content", "records", "kind", "type", "keys", "shape", "dtype", "decode", "nonfinite")
+#: Exclusion categories that prove a sampled node faulty (it sent something no correct node sends): the rule
+#: runs with f - k. Error replies (a ClientApp that raised, maybe an honest node out of memory) and missing
+#: replies do not count: they carry no vector and prove nothing about the node's intent.
+PROVEN_FAULTY = ("content", "records", "kind", "type", "keys", "shape", "dtype", "decode", "nonfinite")
 
 
 class ResilientAveraging(Strategy):
@@ -80,7 +82,7 @@ class ResilientAveraging(Strategy):
     exclusions_reduce_f : bool (default: True)
         A reply excluded as invalid (NaN, wrong shape, error...) proves its node faulty; with ``k`` of them the
         rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be Byzantine). Missing
-        replies do not reduce ``f``: a late reply may be an honest node's.
+        and error replies do not reduce ``f``: a late reply, or a ClientApp that raised, may be an honest node's.
     metric_keys : list of str, optional
         Client metrics to aggregate (median). Default: any key reported by more than ``f`` valid replies (so
         at least one honest node sent it), at most 32 keys.
@@ -123,6 +125,12 @@ class ResilientAveraging(Strategy):
         self.rule = build(aggregator, f=self.num_byzantine, **(aggregator_params or {}))
         if self.rule.f != self.num_byzantine:
             raise ValueError(f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}")
+        if any(getattr(stage, "name", "") == "monna" and getattr(stage, "trusted", None) is None
+               for stage in [self.rule, *getattr(self.rule, "pre", ()), getattr(self.rule, "rule", None)]):
+            raise ValueError(
+                f"{self.rule.spec} trusts one input (idx): the server orders replies by node id, so that node "
+                "would steer the model. MoNNA needs the server's own vector (monna(trusted=...)); use another rule"
+            )
         self.schedule = build_schedule(
             (0.1 if mode == "gradient" else 1.0) if lr is None else lr, lr_schedule, **(lr_schedule_params or {})
         )

@@ -71,6 +71,8 @@ def make(spec: str, f: int):
     for name in stages(spec):
         if "seed" in inspect.signature(resolve(name).__init__).parameters:
             seeded[name] = {"seed": 0}
+    if "monna" in stages(spec):  # MoNNA needs its trusted input named: the first row here
+        seeded["monna"] = {"idx": 0}
     return build(spec, f=f, **seeded)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
+from resam_flower import protocol as P
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import run_experiment
 from resam_flower.clients.momentum import GRADIENT_FLAG, MOMENTUM_STATE_KEY, momentum_mod
@@ -94,8 +95,12 @@ def crash_after_round(cfg: dict, rnd: int) -> None:
 
 @pytest.mark.parametrize("aggregator", ["nnm+cwtm", "cc", "bucketing(s=2)+cwtm"])
 def test_crash_then_resume_gives_the_bit_identical_final_model(tmp_path, aggregator):
-    cfg = dict(BASE, aggregator=aggregator, **{"results-dir": str(tmp_path)})
+    # bucketing(s=2)+cwtm needs 5 replies for f = 1: with 4 of 6 sampled every round was skipped (and two
+    # unchanged models compared equal); it samples all 6 here, and no round may be skipped
+    fraction = 1.0 if aggregator.startswith("bucketing") else BASE["fraction-train"]
+    cfg = dict(BASE, aggregator=aggregator, **{"results-dir": str(tmp_path), "fraction-train": fraction})
     full = run_inline(dict(cfg, **{"run-name": "full"}))
+    assert full["skipped_rounds"] == 0 and full["final_test_accuracy"] > 0.5, full
     crashed = dict(cfg, **{"run-name": "crashed"})
     crash_after_round(crashed, 4)
     assert Checkpointer.load(tmp_path / "crashed" / "checkpoint.pt").round == 3
@@ -154,7 +159,7 @@ def strategy_after_rounds(rule="cc", rounds=2):
             for m in s.configure_train(rnd, theta, ConfigRecord(), FakeGrid([1, 2, 3, 4]))
         }
         grads = [
-            reply(m, record(w=rng.normal(size=2).astype(np.float32), n=np.array(7, np.int64)))
+            reply(m, record(w=rng.normal(size=2).astype(np.float32), n=np.array(7, np.int64)), {GRADIENT_FLAG: 1})
             for m in msgs.values()
         ]
         theta, _ = s.aggregate_train(rnd, grads)
@@ -230,7 +235,7 @@ GLOBAL = record(w=np.array([1.0, 2.0], np.float32))
 
 def momentum_round(mod, ctxt, rnd, g, lineage, ckpt, tmp_path):
     cfg = {
-        "server-round": rnd,
+        P.SERVER_ROUND: rnd,
         LINEAGE_KEY: str(lineage),
         CHECKPOINT_ROUND_KEY: ckpt,
         MOMENTUM_DIR_KEY: str(tmp_path),
@@ -272,9 +277,10 @@ def test_momentum_files_are_pruned_to_what_a_restart_can_need(tmp_path):
     for r in range(1, 8):
         store.write(r, "aa", torch.full((2,), float(r)))
     store.write(9, "zz", torch.zeros(2))  # a stale file of another generation
-    assert store.prune(lin, checkpoint_round=4) == 4  # rounds 1-3 and the stale one
-    assert [r for r, _, _ in store.files()] == [4, 5, 6, 7]
-    assert store.prune(lin, checkpoint_round=None) == 3
+    # kept: the newest file, and the newest of a round <= the checkpoint round (what a resume can need)
+    assert store.prune(lin, checkpoint_round=4) == 6
+    assert [r for r, _, _ in store.files()] == [4, 7]
+    assert store.prune(lin, checkpoint_round=None) == 1
     assert [r for r, _, _ in store.files()] == [7]
     assert torch.equal(store.read(store.latest(8, lin)[1], 2), torch.full((2,), 7.0))
     assert store.read(store.latest(8, lin)[1], 3) is None  # another model's layout: not used
@@ -291,7 +297,7 @@ def test_a_restarted_supernode_resumes_its_momentum_but_a_new_run_does_not(tmp_p
         return ctxt
 
     def step(ctxt, rnd, g):
-        msg = instruction(3, GLOBAL, {"server-round": rnd})
+        msg = instruction(3, GLOBAL, {P.SERVER_ROUND: rnd})
         out = mod(msg, ctxt, lambda m, c: reply(m, record(w=np.asarray(g, np.float32)), {GRADIENT_FLAG: 1}))
         return out.content["arrays"]["w"].numpy()
 
@@ -304,7 +310,7 @@ def test_a_restarted_supernode_resumes_its_momentum_but_a_new_run_does_not(tmp_p
 def test_in_memory_momentum_is_unchanged_without_a_momentum_directory(tmp_path):
     mod, ctxt = momentum_mod(0.5), context()
     for g in ([2, 2], [4, 0]):
-        msg = instruction(ctxt.node_id, GLOBAL, {"server-round": 1})
+        msg = instruction(ctxt.node_id, GLOBAL, {P.SERVER_ROUND: 1})
         mod(msg, ctxt, lambda m, c, g=g: reply(m, record(w=np.asarray(g, np.float32)), {GRADIENT_FLAG: 1}))
     np.testing.assert_allclose(ctxt.state[MOMENTUM_STATE_KEY]["w"].numpy(), [2.5, 0.5])
     assert list(tmp_path.iterdir()) == [] and MOMENTUM_STATE_KEY + "-round" not in ctxt.state

@@ -35,7 +35,7 @@ KNOWN_BUGS: dict[str, str] = {}
 FUZZ_KINDS = [k for k in KINDS if k not in KNOWN_BUGS]
 
 REQUIRED = ["nnm+cwtm", "krum", "gm", "cc", "mda"]
-OTHERS = ["cwmed", "multikrum", "meamed", "monna(idx=0)", "bulyan", "dnc", "arc+cwtm", "bucketing(s=2)+cwtm",
+OTHERS = ["cwmed", "multikrum", "meamed", "bulyan", "dnc", "arc+cwtm", "bucketing(s=2)+cwtm",
           "caf", "smea", "mean"]  # fmt: skip
 
 reply_plans = st.lists(

@@ -78,3 +78,19 @@ def test_an_incomplete_checkpoint_raises_the_documented_value_error(tmp_path):
     torch.save({"format": 1, "round": "x", "arrays": {}, "strategy": {}, "lineage": "zz"}, path)
     with pytest.raises(ValueError, match="damaged"):
         Checkpointer.load(path)
+
+
+def test_monna_trusting_a_reply_is_refused_as_a_server_rule():
+    # replies are ordered by node id: with idx=0 the lowest-id node, Byzantine or not, would steer MoNNA
+    with pytest.raises(ValueError, match="would steer the model"):
+        ResilientAveraging("monna", num_byzantine=1, aggregator_params={"idx": 0})
+    with pytest.raises(ValueError, match="trusted"):
+        ResilientAveraging("monna", num_byzantine=1)
+    s = ResilientAveraging("monna", num_byzantine=1, aggregator_params={"trusted": torch.zeros(2)}, lr=1.0,
+                           min_train_nodes=3, min_available_nodes=3)
+    msgs = _round(s, [1, 2, 3], record(w=np.zeros(2, np.float32)))
+    huge = [reply(msgs[1], record(w=np.array([1e17, 1e17], np.float32)), MOMENTUM)]
+    honest = [reply(msgs[n], record(w=np.array([1.0, 1.0], np.float32)), MOMENTUM) for n in (2, 3)]
+    out, _ = s.aggregate_train(1, huge + honest)
+    # the trusted zero vector and its n - f = 2 nearest replies (the honest ones): mean of [0, 1, 1] = 2/3
+    np.testing.assert_allclose(out["w"].numpy(), [-2 / 3, -2 / 3], rtol=1e-6)
