@@ -13,6 +13,10 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# nginx (Debian's package) fronts the SuperLink in the hardened deployment and its loopback tests
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx >/dev/null; } \
+		|| echo "warning: nginx is not installed (sudo apt-get install nginx): the deployment proxy tests will fail"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)

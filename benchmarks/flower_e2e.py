@@ -2,7 +2,8 @@
 
 Four measurements, each printed as a Markdown row and saved as JSON (``--json``):
 
-1. ``byzfl`` / ``resam``: the MNIST configuration of ByzFL's benchmark — CNN conv20-conv50-fc500-fc10 (431,080 params),
+1. ``byzfl`` / ``resam``: the MNIST configuration of ByzFL's benchmark — CNN conv20-conv50-fc500-fc10
+   (431,080 params),
    10 honest + 3 Byzantine sending ALIE vectors (z = 1.5), NNM + trimmed mean (f = 3), β = 0.9, batch 32,
    SGD lr 0.1, weight decay 1e-4, IID, 300 steps — once through ByzFL 0.0.11's own framework
    (``byzfl.Client``/``Server``/``ByzantineClient`` in one process) and once through Flower's Ray
@@ -221,7 +222,7 @@ def run_overhead(rounds: int) -> dict:
     from resam_flower.app.config import ExperimentConfig
     from resam_flower.app.server_app import build_strategy
     from resam_flower.app.task import model_for, prepare_partitions, test_split
-    from resam_flower.clients.worker import make_client_app
+    from resam_flower.app.worker import make_client_app
     from resam_flower.simulation import backend_config, poll_faster
 
     base = {**ANCHOR, "num-byzantine": 0, "attack": "none", "aggregator": "mean", "num-server-rounds": rounds}

@@ -235,7 +235,7 @@ class FlatSpec:
         return vec, None
 
     def out_of_range(self, vec: torch.Tensor) -> str | None:
-        """The first array whose values ``vec`` would overflow once cast to its dtype (e.g. float16), or None."""
+        """The first array whose values in ``vec`` overflow its dtype (e.g. float16) once cast, or None."""
         for key, shape, dt, off in zip(self.keys, self.shapes, self.dtypes, self.offsets, strict=True):
             if off < 0 or np.dtype(dt).itemsize >= 4:
                 continue

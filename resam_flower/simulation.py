@@ -31,7 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from .app.config import ExperimentConfig
 from .app.server_app import RoundCallback, RoundCallbackError, run_experiment
 from .app.task import prepare_partitions
-from .clients.worker import make_client_app
+from .app.worker import make_client_app
 from .compat import poll_faster, run_simulation, stable_simulation_node_ids
 
 __all__ = ["simulate", "backend_config", "poll_faster", "RoundCallbackError"]

@@ -50,7 +50,9 @@ def test_node_ids_are_drawn_where_we_seed_them():
         assert linkstate.InMemoryLinkState.create_node is not original[1]
         compat._LOCAL.creating_node = True  # what the patched create_node sets around Flower's own
         try:
-            assert [linkstate.generate_rand_int_from_bytes(8) for _ in range(2)] == [rng.getrandbits(64) for _ in range(2)]
+            assert [linkstate.generate_rand_int_from_bytes(8) for _ in range(2)] == [
+                rng.getrandbits(64) for _ in range(2)
+            ]
         finally:
             compat._LOCAL.creating_node = False
     assert (linkstate.generate_rand_int_from_bytes, linkstate.InMemoryLinkState.create_node) == original
@@ -106,6 +108,7 @@ def test_a_client_app_in_flowers_ray_simulation_knows_it_is_one():
         (reply,) = grid.send_and_receive([msg], timeout=120)
         seen.append(reply.content["m"]["sim"])
 
-    compat.run_simulation(server_app=server, client_app=client, num_supernodes=1,
-                          backend_config=backend_config(num_cpus=1))
+    compat.run_simulation(
+        server_app=server, client_app=client, num_supernodes=1, backend_config=backend_config(num_cpus=1)
+    )
     assert seen == [1.0]

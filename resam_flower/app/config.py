@@ -79,8 +79,12 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> ExperimentConfig:
-        """Build and validate from Flower's run config (kebab-case keys; unknown keys kept in ``extra``)."""
+    def from_run_config(cls, run_config: dict[str, Any], *, validate: bool = True) -> ExperimentConfig:
+        """Build and validate from Flower's run config (kebab-case keys; unknown keys kept in ``extra``).
+
+        Types are always checked; ``validate=False`` skips :meth:`validate` (bounds, the rule, the attack):
+        what a worker does with the config the server already validated.
+        """
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -99,7 +103,8 @@ class ExperimentConfig:
                     f"run config {name.replace('_', '-')} must be {want.__name__}, got {value!r}"
                 )
         cfg = cls(**values, extra=extra)
-        cfg.validate()
+        if validate:
+            cfg.validate()
         return cfg
 
     def validate(self) -> None:
@@ -201,12 +206,16 @@ class ExperimentConfig:
 
     @classmethod
     def from_message(cls, config: Any, run_config: dict[str, Any] | None = None) -> ExperimentConfig:
-        """The experiment from a message's ConfigRecord (``exp-`` keys) over the node's run config."""
+        """The experiment from a message's ConfigRecord (``exp-`` keys) over the node's run config.
+
+        Not validated again: the server validated the run config once, at start (a worker only reads the
+        fields it uses; their types are still checked).
+        """
         merged = dict(run_config or {})
         merged.update(
             {k[len(MESSAGE_PREFIX) :]: v for k, v in dict(config).items() if k.startswith(MESSAGE_PREFIX)}
         )
-        return cls.from_run_config(merged)
+        return cls.from_run_config(merged, validate=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case dict (what ``summary.json`` stores as the full config)."""

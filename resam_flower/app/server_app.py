@@ -112,7 +112,12 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
                 cfg.aggregator, f=cfg.num_byzantine, **parse_params(cfg.aggregator_params)
             )
         strategy = SimulatedAdversary(
-            strategy, cfg.attack, cfg.num_byzantine, seed=cfg.seed, honest_data=cfg.data_split == "honest", **params
+            strategy,
+            cfg.attack,
+            cfg.num_byzantine,
+            seed=cfg.seed,
+            honest_data=cfg.data_split == "honest",
+            **params,
         )
     if checkpointer is not None:
         strategy = Checkpointing(strategy, checkpointer)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Iterable
 
 import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
 from ..attacks import flip_labels
-from ..data.assignment import data_assignment, honest_partitions
 from ..data import load_dataset, load_partition, partition_indices
+from ..data.assignment import data_assignment, honest_partitions
 from ..models import build_model
 from .config import ExperimentConfig
 

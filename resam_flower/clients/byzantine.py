@@ -63,8 +63,12 @@ def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
         return sent, params
     if ctxt.node_id not in _warned:
         _warned.add(ctxt.node_id)
-        log(WARNING, "byzantine_mod: the server asked this node to act Byzantine (%s); ignored: a deployed node "
-            "takes its role from its own node config only", safe_text(sent, 40))
+        log(
+            WARNING,
+            "byzantine_mod: the server asked this node to act Byzantine (%s); ignored: a deployed node "
+            "takes its role from its own node config only",
+            safe_text(sent, 40),
+        )
     return "", params
 
 
@@ -86,7 +90,8 @@ def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> 
         return call_next(msg, ctxt)
     if role not in OWN_UPDATE_ATTACKS:
         raise ValueError(
-            f"unknown Byzantine role {safe_text(role, 40)!r}; use lf, lf-lab, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
+            f"unknown Byzantine role {safe_text(role, 40)!r}; "
+            f"use lf, lf-lab, {', '.join(OWN_UPDATE_ATTACKS)} or omniscient"
         )
     reply = call_next(msg, ctxt)
     if reply.has_error():

@@ -87,7 +87,8 @@ def _with_buffers(reply_rec: ArrayRecord, global_rec: ArrayRecord, spec: FlatSpe
     if list(reply_rec.keys()) == list(spec.keys) or not spec.buffer_keys:
         return reply_rec
     missing = [k for k in spec.keys if k not in reply_rec]
-    if not set(missing) <= set(spec.buffer_keys) | {k for k, o in zip(spec.keys, spec.offsets) if o < 0}:
+    carried = {k for k, o in zip(spec.keys, spec.offsets, strict=True) if o < 0}  # integer arrays
+    if not set(missing) <= set(spec.buffer_keys) | carried:
         return reply_rec  # not just buffers: spec.read reports what is wrong
     return ArrayRecord({k: reply_rec[k] if k in reply_rec else global_rec[k] for k in spec.keys})
 
@@ -149,8 +150,9 @@ def momentum_mod(
             eta = metrics.get(P.LOCAL_LR, local_lr if local_lr is not None else config.get("lr"))
             if eta is None or float(eta) <= 0:
                 return _error_reply(
-                    msg, "weights reply without a local learning rate: report it as the metric local-lr, "
-                    "or pass momentum_mod(..., local_lr=...)"
+                    msg,
+                    "weights reply without a local learning rate: report it as the metric local-lr, "
+                    "or pass momentum_mod(..., local_lr=...)",
                 )
             g = (spec.flatten(global_rec)[:p] - g) / float(eta)
         mspec = spec.params_only()
@@ -176,7 +178,9 @@ def momentum_mod(
             v[P.MOMENTUM_NORM] = float(torch.linalg.vector_norm(sent))
             out.metric_records[k] = v
         if not out.metric_records:
-            out["metrics"] = MetricRecord({P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: float(torch.linalg.vector_norm(sent))})
+            out["metrics"] = MetricRecord(
+                {P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: float(torch.linalg.vector_norm(sent))}
+            )
         return reply
 
     return mod

@@ -8,8 +8,8 @@ In simulation the adversary of the literature sees every honest reply of the rou
   the mean of the honest nodes' flipped-label gradients, for which they are also sent the honest nodes'
   partitions, ``resam-honest-partitions``);
 * with ``honest_data=True``, tells every node which slice of the data it holds (``resam-data-partition`` of
-  ``resam-data-partitions``, :func:`resam_flower.data.assignment.data_assignment`): the data is split among the
-  honest nodes only, as the authors' lab does;
+  ``resam-data-partitions``, :func:`resam_flower.data.assignment.data_assignment`): the data is split among
+  the honest nodes only, as the authors' lab does;
 * after the round, replaces the Byzantine replies with vectors forged from the valid honest ones (in
   ``model`` mode the attack acts on updates ``reply - θ``), *before* the wrapped strategy screens and
   aggregates: the rule never learns who is Byzantine;
@@ -97,7 +97,9 @@ class SimulatedAdversary(StrategyWrapper):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"SimulatedAdversary wraps a Flower Strategy, got {type(strategy).__name__}")
         if not hasattr(core_of(strategy), "spec"):
-            raise TypeError(f"SimulatedAdversary needs a ResilientAveraging inside, got {type(strategy).__name__}")
+            raise TypeError(
+                f"SimulatedAdversary needs a ResilientAveraging inside, got {type(strategy).__name__}"
+            )
         if isinstance(attack, Adversary):
             if attack_params or (num_byzantine is not None and num_byzantine != attack.num_byzantine):
                 raise ValueError("with an Adversary, give no attack parameters and no other num_byzantine")
@@ -174,7 +176,9 @@ class SimulatedAdversary(StrategyWrapper):
         byz_nodes = set(self.adversary.chosen or [])
         byz = [i for i, m in enumerate(replies) if m.metadata.src_node_id in byz_nodes]
         metrics = {"byzantine-replies": float(len(byz))}
-        honest = screen_replies([m for i, m in enumerate(replies) if i not in set(byz)], spec, None, mode=core.mode)
+        honest = screen_replies(
+            [m for i, m in enumerate(replies) if i not in set(byz)], spec, None, mode=core.mode
+        )
         if len(honest.node_ids) == 0:
             return replies, metrics
         theta = spec.flatten(core.current_arrays) if core.mode == "model" else None
@@ -190,7 +194,9 @@ class SimulatedAdversary(StrategyWrapper):
         flag = {P.REPLY_MOMENTUM: 1.0} if core.mode == "gradient" else {}
         out = list(replies)
         for row, i in enumerate(byz):
-            content = RecordDict({"arrays": spec.unflatten(forged[row], like=like), "metrics": MetricRecord(flag)})
+            content = RecordDict(
+                {"arrays": spec.unflatten(forged[row], like=like), "metrics": MetricRecord(flag)}
+            )
             out[i] = Message(content=content, metadata=replies[i].metadata)
         metrics["attack-shift-norm"] = float(shift) if torch.isfinite(shift) else float("inf")
         return out, metrics

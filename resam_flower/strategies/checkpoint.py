@@ -38,7 +38,14 @@ from ..aggregators.base import check_int
 from ..clients.momentum_store import CHECKPOINT_ROUND_KEY, LINEAGE_KEY, MOMENTUM_DIR_KEY, Lineage
 from .rounds import StrategyWrapper, core_of
 
-__all__ = ["Checkpoint", "Checkpointer", "Checkpointing", "model_digest", "stable_simulation_node_ids", "FORMAT"]
+__all__ = [
+    "Checkpoint",
+    "Checkpointer",
+    "Checkpointing",
+    "model_digest",
+    "stable_simulation_node_ids",
+    "FORMAT",
+]
 
 #: Version of the checkpoint layout.
 FORMAT = 1
@@ -256,7 +263,7 @@ class Checkpointing(StrategyWrapper):
         return out
 
     def resume(self, ckpt: Checkpoint) -> ArrayRecord:
-        """Restore the wrapped strategy from ``ckpt`` (:meth:`Checkpointer.resume`); the model to start from."""
+        """Restore the wrapped strategy from ``ckpt`` (:meth:`Checkpointer.resume`); return the model."""
         return self.checkpointer.resume(self, ckpt)
 
 

@@ -80,9 +80,10 @@ class ResilientAveraging(Strategy):
         Before a round, wait for enough nodes at most this long in all, and at most ``node_stall_timeout``
         without a new node connecting; then fail with the numbers and what to pass.
     exclusions_reduce_f : bool (default: True)
-        A reply excluded as invalid (NaN, wrong shape, error...) proves its node faulty; with ``k`` of them the
-        rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be Byzantine). Missing
-        and error replies do not reduce ``f``: a late reply, or a ClientApp that raised, may be an honest node's.
+        A reply excluded as invalid (NaN, wrong shape or dtype, wrong kind...) proves its node faulty; with
+        ``k`` of them the rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be
+        Byzantine). Missing and error replies do not reduce ``f``: a late reply, or a ClientApp that raised,
+        may be an honest node's.
     metric_keys : list of str, optional
         Client metrics to aggregate (median). Default: any key reported by more than ``f`` valid replies (so
         at least one honest node sent it), at most 32 keys.
@@ -124,19 +125,28 @@ class ResilientAveraging(Strategy):
         self.num_byzantine = check_int("num_byzantine", num_byzantine, low=0)
         self.rule = build(aggregator, f=self.num_byzantine, **(aggregator_params or {}))
         if self.rule.f != self.num_byzantine:
-            raise ValueError(f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}")
-        if any(getattr(stage, "name", "") == "monna" and getattr(stage, "trusted", None) is None
-               for stage in [self.rule, *getattr(self.rule, "pre", ()), getattr(self.rule, "rule", None)]):
             raise ValueError(
-                f"{self.rule.spec} trusts one input (idx): the server orders replies by node id, so that node "
-                "would steer the model. MoNNA needs the server's own vector (monna(trusted=...)); use another rule"
+                f"aggregator {self.rule.spec} has f={self.rule.f} but num_byzantine={num_byzantine}"
+            )
+        if any(
+            getattr(stage, "name", "") == "monna" and getattr(stage, "trusted", None) is None
+            for stage in [self.rule, *getattr(self.rule, "pre", ()), getattr(self.rule, "rule", None)]
+        ):
+            raise ValueError(
+                f"{self.rule.spec} trusts one input (idx): the server orders replies by node id, so that "
+                "node would steer the model. MoNNA needs the server's own vector (monna(trusted=...)); "
+                "use another rule"
             )
         self.schedule = build_schedule(
-            (0.1 if mode == "gradient" else 1.0) if lr is None else lr, lr_schedule, **(lr_schedule_params or {})
+            (0.1 if mode == "gradient" else 1.0) if lr is None else lr,
+            lr_schedule,
+            **(lr_schedule_params or {}),
         )
         self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         self.max_update_norm = (
-            None if max_update_norm is None else check_float("max_update_norm", max_update_norm, low=0.0, low_open=True)
+            None
+            if max_update_norm is None
+            else check_float("max_update_norm", max_update_norm, low=0.0, low_open=True)
         )
         self.buffers = None if buffers is None else [str(b) for b in buffers]
         self.fraction_train = check_float("fraction_train", fraction_train, low=0.0, high=1.0)
@@ -183,30 +193,59 @@ class ResilientAveraging(Strategy):
     def summary(self) -> None:
         """Log what the strategy does and what the clients receive."""
         log(INFO, "\t├──> RESAM (resilient averaging of momentums):")
-        log(INFO, "\t│\t├── Rule: %s (f=%d, needs %s)", self.rule.spec, self.num_byzantine, self.rule.requirement)
-        log(INFO, "\t│\t├── Mode: %s (replies must be %s)", self.mode,
-            "momentums (momentum_mod)" if self.mode == "gradient" else "trained weights")
-        log(INFO, "\t│\t├── Server lr: %s | weight decay: %s | max update norm: %s",
-            self.schedule.describe(), self.weight_decay, self.max_update_norm)
-        log(INFO, "\t│\t├── Sampling: fraction_train=%s, min_train_nodes=%d, min_available_nodes=%d",
-            self.fraction_train, self.min_train_nodes, self.min_available_nodes)
+        log(
+            INFO,
+            "\t│\t├── Rule: %s (f=%d, needs %s)",
+            self.rule.spec,
+            self.num_byzantine,
+            self.rule.requirement,
+        )
+        log(
+            INFO,
+            "\t│\t├── Mode: %s (replies must be %s)",
+            self.mode,
+            "momentums (momentum_mod)" if self.mode == "gradient" else "trained weights",
+        )
+        log(
+            INFO,
+            "\t│\t├── Server lr: %s | weight decay: %s | max update norm: %s",
+            self.schedule.describe(),
+            self.weight_decay,
+            self.max_update_norm,
+        )
+        log(
+            INFO,
+            "\t│\t├── Sampling: fraction_train=%s, min_train_nodes=%d, min_available_nodes=%d",
+            self.fraction_train,
+            self.min_train_nodes,
+            self.min_available_nodes,
+        )
         log(INFO, "\t│\t├── Replies weighted: equally (num-examples is never used); client metrics: median")
-        log(INFO, "\t│\t└── Clients receive your train config unchanged, plus %s, %s, %s, %s",
-            P.SERVER_ROUND, P.SERVER_LR, P.MODE, P.BUFFERS)
+        log(
+            INFO,
+            "\t│\t└── Clients receive your train config unchanged, plus %s, %s, %s, %s",
+            P.SERVER_ROUND,
+            P.SERVER_LR,
+            P.MODE,
+            P.BUFFERS,
+        )
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
         """:meth:`flwr.serverapp.strategy.Strategy.start` with RESAM's defaults (see :func:`run_rounds`)."""
         return run_rounds(self, self, grid, initial_arrays, num_rounds, **kwargs)
 
     # -- sampling ---------------------------------------------------------------------------------------
-    def _sample(self, grid: Grid, fraction: float, minimum: int, need: int = 0) -> tuple[list[int], list[int]]:
+    def _sample(
+        self, grid: Grid, fraction: float, minimum: int, need: int = 0
+    ) -> tuple[list[int], list[int]]:
         """``(sampled, all connected)``, sorted, once enough nodes are connected."""
         all_nodes = self.waiter.wait(grid, max(self.min_available_nodes, minimum, need), self._why(need))
         size = min(len(all_nodes), max(int(len(all_nodes) * fraction), minimum))
         if size < need:
             raise ValueError(
-                f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {self.rule.requirement}, i.e. "
-                f"at least {need} replies a round, but only {size} of the {len(all_nodes)} connected nodes are "
+                f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {self.rule.requirement}, "
+                f"i.e. at least {need} replies a round, but only {size} of the {len(all_nodes)} connected "
+                "nodes are "
                 f"sampled (fraction_train={self.fraction_train}, min_train_nodes={self.min_train_nodes}); "
                 "connect more nodes, raise fraction_train, or lower num_byzantine"
             )
@@ -264,7 +303,9 @@ class ResilientAveraging(Strategy):
             self.round_log.append({"round": server_round, "skipped": reason})
             return None, MetricRecord({"skipped": 1.0, "internal-error": 1.0})
 
-    def _aggregate_train(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord]:
+    def _aggregate_train(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord]:
         t0 = time.perf_counter()
         replies.sort(key=_sender_key)  # arrival order must not change the result
         entry: dict[str, Any] = {"round": server_round, "received": len(replies)}
@@ -284,7 +325,12 @@ class ResilientAveraging(Strategy):
         entry.update({f"excluded-{k}": v for k, v in screened.excluded.items()})
         new_arrays = self._update(server_round, screened.vectors, f_eff, entry)
         if "skipped" in entry:
-            log(WARNING, "aggregate_train: round %d keeps the current model: %s", server_round, entry["skipped"])
+            log(
+                WARNING,
+                "aggregate_train: round %d keeps the current model: %s",
+                server_round,
+                entry["skipped"],
+            )
         now = time.perf_counter()
         entry["aggregate-time-s"] = now - t0
         if self._sent_at is not None:  # instructions sent -> model updated: the round's wall time
@@ -299,13 +345,17 @@ class ResilientAveraging(Strategy):
             self._current = new_arrays
         return new_arrays, MetricRecord(metrics)
 
-    def _update(self, server_round: int, x: torch.Tensor, f: int, entry: dict[str, Any]) -> ArrayRecord | None:
-        """θ_{t+1} from the valid rows ``x`` (parameters, then buffers), or ``None`` with ``entry["skipped"]``."""
+    def _update(
+        self, server_round: int, x: torch.Tensor, f: int, entry: dict[str, Any]
+    ) -> ArrayRecord | None:
+        """θ_{t+1} from the valid rows ``x`` (parameters, then buffers), else ``None`` (and the reason)."""
         assert self._spec is not None and self._current is not None
         spec, n = self._spec, x.shape[0]
         need = self.rule.min_inputs(f)
         if n < need:
-            entry["skipped"] = f"{n} valid replies, {self.rule.spec} needs {self.rule.requirement} (>= {need}, f={f})"
+            entry["skipped"] = (
+                f"{n} valid replies, {self.rule.spec} needs {self.rule.requirement} (>= {need}, f={f})"
+            )
             return None
         theta = spec.flatten(self._current)
         p = spec.param_dim
@@ -320,7 +370,12 @@ class ResilientAveraging(Strategy):
             return None
         lr = self.schedule(server_round)
         new_p, norm, reason = resam_step(
-            theta[:p], agg, lr=lr, weight_decay=self.weight_decay, max_update_norm=self.max_update_norm, mode=self.mode
+            theta[:p],
+            agg,
+            lr=lr,
+            weight_decay=self.weight_decay,
+            max_update_norm=self.max_update_norm,
+            mode=self.mode,
         )
         entry.update({"lr": lr, "aggregate-norm": norm})
         if reason is not None:
@@ -384,8 +439,13 @@ class ResilientAveraging(Strategy):
         self._population = all_nodes
         old, self._restored_population = self._restored_population, None
         if old is not None and list(old) != all_nodes:
-            log(WARNING, "resumed run: the %d connected node ids differ from the %d of the checkpoint; sampling "
-                "and the adversary's choice now refer to other nodes", len(all_nodes), len(old))
+            log(
+                WARNING,
+                "resumed run: the %d connected node ids differ from the %d of the checkpoint; sampling "
+                "and the adversary's choice now refer to other nodes",
+                len(all_nodes),
+                len(old),
+            )
 
 
 def _sender_key(msg: Message) -> tuple[int, int]:

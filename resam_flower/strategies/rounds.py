@@ -51,7 +51,8 @@ class NodeWaiter:
                 raise RuntimeError(
                     f"only {len(nodes)} nodes connected, {count} needed ({why}); waited {now - start:.0f} s "
                     f"(node_wait_timeout={self.timeout:g}, node_stall_timeout={self.stall:g}). In a local "
-                    f'simulation start as many SuperNodes: flwr run . --federation-config "num-supernodes={count}"'
+                    "simulation start as many SuperNodes: "
+                    f'flwr run . --federation-config "num-supernodes={count}"'
                     "; in a deployment start more SuperNodes, or lower the requirement"
                 )
             log(INFO, "Waiting for nodes to connect: %d connected (%d needed).", len(nodes), count)
@@ -106,7 +107,8 @@ def run_rounds(
     if num_rounds > 0 and rounds and all("skipped" in e for e in rounds) and core.fail_if_no_progress:
         reasons = sorted({str(e["skipped"]) for e in rounds})
         raise NoProgressError(
-            f"all {len(rounds)} rounds were skipped, the model never changed: {'; '.join(reasons[:3])}", result
+            f"all {len(rounds)} rounds were skipped, the model never changed: {'; '.join(reasons[:3])}",
+            result,
         )
     return result
 

@@ -1,4 +1,4 @@
-"""examples/quickstart-resam: Flower's PyTorch quickstart turned RESAM, run as a user runs it (``flwr run``)."""
+"""examples/quickstart-resam: Flower's quickstart turned RESAM, run as a user runs it (``flwr run``)."""
 
 from __future__ import annotations
 
@@ -18,23 +18,44 @@ BIN = Path(sys.executable).parent
 @pytest.mark.slow
 def test_the_quickstart_example_learns_under_flwr_run_and_saves_the_model(tmp_path):
     home, port = tmp_path / "flwr-home", free_port()
-    env = flower_env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
+    env = flower_env(
+        home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(free_port())
+    )
     procs = ProcessGroup(tmp_path / "logs", env=env)
     workdir = tmp_path / "superlink"
     workdir.mkdir()
     try:
         link = procs.start(
             "local-superlink",
-            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess", "--host",
-             "127.0.0.1", "--port", str(port), "--database", str(workdir / "state.db"),
-             "--disable-runtime-dependency-installation"],
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation",
+                "subprocess",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                str(workdir / "state.db"),
+                "--disable-runtime-dependency-installation",
+            ],
             cwd=workdir,
         )
         wait_until(lambda: health_ok("127.0.0.1", port), 90, "local SuperLink", [link])
         run = procs.start(
             "flwr-run",
-            [str(BIN / "flwr"), "run", str(EXAMPLE), "--stream", "--federation-config", "num-supernodes=5",
-             "--run-config", "num-server-rounds=6"],
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(EXAMPLE),
+                "--stream",
+                "--federation-config",
+                "num-supernodes=5",
+                "--run-config",
+                "num-server-rounds=6",
+            ],
             cwd=tmp_path,
         )
         wait_until(lambda: run.poll() is not None, 400, "flwr run examples/quickstart-resam to finish")
@@ -42,11 +63,16 @@ def test_the_quickstart_example_learns_under_flwr_run_and_saves_the_model(tmp_pa
         assert run.returncode == 0, log[-3000:]
     finally:
         procs.stop()
-    accuracies = [float(line.rsplit("'accuracy': ", 1)[1].split(",")[0]) for line in log.splitlines()
-                  if "'accuracy': " in line and "MetricRecord" in line]
+    accuracies = [
+        float(line.rsplit("'accuracy': ", 1)[1].split(",")[0])
+        for line in log.splitlines()
+        if "'accuracy': " in line and "MetricRecord" in line
+    ]
     assert accuracies and accuracies[-1] > 0.5, log[-3000:]  # 10 classes: chance is 0.1
     assert "ERROR" not in log.split("Starting ResilientAveraging")[-1], log[-3000:]
     saved = list(tmp_path.rglob("final_model.pt"))
     assert len(saved) == 1, log[-2000:]
     state = torch.load(saved[0], weights_only=True)
-    assert set(state) == {f"{layer}.{p}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for p in ("weight", "bias")}
+    assert set(state) == {
+        f"{layer}.{p}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for p in ("weight", "bias")
+    }

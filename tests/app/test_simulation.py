@@ -12,7 +12,7 @@ import pytest
 
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import RoundCallbackError, run_experiment
-from resam_flower.clients.worker import make_client_app
+from resam_flower.app.worker import make_client_app
 from resam_flower.simulation import simulate
 from resam_flower.strategies.checkpoint import Checkpointer
 from tests.reliability.inline_grid import InlineGrid

@@ -68,3 +68,13 @@ def test_the_new_keys_travel_to_the_workers():
     assert sent == ("worker", "honest", 2.0)
     back = ExperimentConfig.from_message(rec)
     assert (back.weight_decay_at, back.data_split, back.worker_clip) == sent and back.attack == "lf-lab"
+
+
+def test_the_config_is_validated_once_on_the_server_and_workers_only_check_types():
+    bad = {"aggregator": "no-such-rule", "num-byzantine": 12}
+    with pytest.raises(ValueError, match="no-such-rule"):
+        ExperimentConfig.from_run_config(bad)  # the server fails at start, naming the value
+    worker = ExperimentConfig.from_message({f"exp-{k}": v for k, v in bad.items()})  # no second validation
+    assert worker.aggregator == "no-such-rule"
+    with pytest.raises(ValueError, match="batch-size must be int"):
+        ExperimentConfig.from_message({"exp-batch-size": "32"})  # types are still checked

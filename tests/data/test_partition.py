@@ -225,7 +225,7 @@ def test_importing_the_client_side_does_not_import_datasets():
     import sys
 
     code = (
-        "import sys, resam_flower.clients.worker, resam_flower.data; "
+        "import sys, resam_flower.app.worker, resam_flower.data; "
         "print('datasets' in sys.modules, 'flwr_datasets' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -27,7 +27,7 @@ torch.set_num_threads(1)  # bit-identity holds at a fixed intra-op thread count
 if backend == "inline":
     from resam_flower.app.config import ExperimentConfig
     from resam_flower.app.server_app import run_experiment
-    from resam_flower.clients.worker import make_client_app
+    from resam_flower.app.worker import make_client_app
     from tests.reliability.inline_grid import InlineGrid
     c = ExperimentConfig.from_run_config(cfg)
     run_experiment(InlineGrid(make_client_app(), c.num_clients, delay=delay), c)

@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord
 from resam_flower import protocol as P
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import run_experiment
+from resam_flower.app.worker import make_client_app
 from resam_flower.clients.momentum import GRADIENT_FLAG, MOMENTUM_STATE_KEY, momentum_mod
 from resam_flower.clients.momentum_store import (
     CHECKPOINT_ROUND_KEY,
@@ -22,7 +23,6 @@ from resam_flower.clients.momentum_store import (
     Lineage,
     MomentumStore,
 )
-from resam_flower.clients.worker import make_client_app
 from resam_flower.strategies import ResilientAveraging
 from resam_flower.strategies.checkpoint import Checkpointer, model_digest, stable_simulation_node_ids
 from tests.flower_helpers import FakeGrid, context, instruction, record, reply
@@ -148,6 +148,9 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert longer["resumed_from_round"] == 3 and longer["rounds"] == 5
 
 
+FLAG = {GRADIENT_FLAG: 1}
+
+
 # -- the checkpoint file ------------------------------------------------------------------------------
 def strategy_after_rounds(rule="cc", rounds=2):
     s = ResilientAveraging(rule, num_byzantine=1, lr=0.5, min_train_nodes=4, min_available_nodes=4, seed=1)
@@ -159,7 +162,7 @@ def strategy_after_rounds(rule="cc", rounds=2):
             for m in s.configure_train(rnd, theta, ConfigRecord(), FakeGrid([1, 2, 3, 4]))
         }
         grads = [
-            reply(m, record(w=rng.normal(size=2).astype(np.float32), n=np.array(7, np.int64)), {GRADIENT_FLAG: 1})
+            reply(m, record(w=rng.normal(size=2).astype(np.float32), n=np.array(7, np.int64)), FLAG)
             for m in msgs.values()
         ]
         theta, _ = s.aggregate_train(rnd, grads)

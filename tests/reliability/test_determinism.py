@@ -14,7 +14,7 @@ import torch
 import resam_flower.strategies.resilient_averaging as ra
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import run_experiment
-from resam_flower.clients.worker import make_client_app
+from resam_flower.app.worker import make_client_app
 from resam_flower.simulation import simulate
 from resam_flower.strategies.checkpoint import stable_simulation_node_ids
 from tests.reliability.inline_grid import InlineGrid

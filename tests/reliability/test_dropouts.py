@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord
 from resam_flower.aggregators import build
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import run_experiment
-from resam_flower.clients.worker import make_client_app
+from resam_flower.app.worker import make_client_app
 from resam_flower.protocol import REPLY_MOMENTUM
 from resam_flower.strategies import ResilientAveraging
 from tests.flower_helpers import FakeGrid, record, reply
@@ -87,8 +87,8 @@ def test_up_to_f_dropouts_aggregate_the_remaining_replies_when_the_rule_allows(r
 
 @pytest.mark.parametrize("rule, f, n", [("cwtm", 2, 6), ("krum", 1, 3), ("mda", 2, 5)])
 def test_too_many_dropouts_for_the_rule_keep_the_model_and_say_why(rule, f, n):
-    """n = min_inputs (+ 1): one or two nodes missing break n > 2f (missing replies do not reduce f); the round
-    says so."""
+    """n = min_inputs (+ 1): one or two nodes missing break n > 2f (missing replies do not reduce f); the
+    round says so."""
     s, out, m, remaining = one_round(rule, f, n, dropped={1, n} if n > 4 else {1}, failed=set())
     assert len(remaining) < build(rule, f=f).min_inputs(f)
     assert out is None and m["skipped"] == 1

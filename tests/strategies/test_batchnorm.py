@@ -18,20 +18,39 @@ from tests.reliability.inline_grid import InlineGrid
 
 BN = dict(
     w=np.array([1.0, -2.0], np.float32),
-    **{"bn.running_mean": np.array([0.5, 0.5], np.float32), "bn.running_var": np.array([4.0, 4.0], np.float32)},
+    **{
+        "bn.running_mean": np.array([0.5, 0.5], np.float32),
+        "bn.running_var": np.array([4.0, 4.0], np.float32),
+    },
     **{"bn.num_batches_tracked": np.array(3, np.int64)},
 )
 
 
 def test_buffers_are_the_median_of_reports_and_are_never_stepped_or_decayed():
     s = ResilientAveraging("cwmed", num_byzantine=1, lr=0.1, weight_decay=0.5, min_train_nodes=3)
-    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, record(**BN), ConfigRecord(), FakeGrid([1, 2, 3]))}
+    msgs = {
+        m.metadata.dst_node_id: m
+        for m in s.configure_train(1, record(**BN), ConfigRecord(), FakeGrid([1, 2, 3]))
+    }
     assert list(msgs[1].content["config"][P.BUFFERS]) == ["bn.running_mean", "bn.running_var"]
-    reports = {1: ([1, 1], [0.0, 1.0], [1.0, 2.0]), 2: ([3, 3], [2.0, 3.0], [3.0, 4.0]), 3: ([9, 9], [1e6, -1e6], [-5, 1e9])}
+    reports = {
+        1: ([1, 1], [0.0, 1.0], [1.0, 2.0]),
+        2: ([3, 3], [2.0, 3.0], [3.0, 4.0]),
+        3: ([9, 9], [1e6, -1e6], [-5, 1e9]),
+    }
     replies = [
-        reply(msgs[n], record(w=np.float32(g), **{"bn.running_mean": np.float32(rm), "bn.running_var": np.float32(rv),
-                                                    "bn.num_batches_tracked": np.array(3, np.int64)}),
-              {P.REPLY_MOMENTUM: 1})
+        reply(
+            msgs[n],
+            record(
+                w=np.float32(g),
+                **{
+                    "bn.running_mean": np.float32(rm),
+                    "bn.running_var": np.float32(rv),
+                    "bn.num_batches_tracked": np.array(3, np.int64),
+                },
+            ),
+            {P.REPLY_MOMENTUM: 1},
+        )
         for n, (g, rm, rv) in reports.items()
     ]
     out, _ = s.aggregate_train(1, replies)
@@ -76,8 +95,12 @@ def bn_gradient_app(num_nodes: int) -> ClientApp:
         model.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         params = dict(model.named_parameters())
-        out = {k: (params[k].grad if k in params else v).detach().clone() for k, v in model.state_dict().items()}
-        content = RecordDict({"arrays": ArrayRecord(torch_state_dict=out), "metrics": MetricRecord({P.REPLY_GRADIENT: 1})})
+        out = {
+            k: (params[k].grad if k in params else v).detach().clone() for k, v in model.state_dict().items()
+        }
+        content = RecordDict(
+            {"arrays": ArrayRecord(torch_state_dict=out), "metrics": MetricRecord({P.REPLY_GRADIENT: 1})}
+        )
         return Message(content, reply_to=msg)
 
     return app
@@ -86,10 +109,23 @@ def bn_gradient_app(num_nodes: int) -> ClientApp:
 def test_a_batchnorm_cnn_learns_in_gradient_mode_and_its_statistics_match_the_data():
     torch.manual_seed(0)
     model = BNNet()
-    assert buffer_keys(model) == ["bn0.running_mean", "bn0.running_var", "bn1.running_mean", "bn1.running_var"]
+    assert buffer_keys(model) == [
+        "bn0.running_mean",
+        "bn0.running_var",
+        "bn1.running_mean",
+        "bn1.running_var",
+    ]
     grid = InlineGrid(bn_gradient_app(6), 6)
-    strategy = ResilientAveraging("nnm+cwtm", num_byzantine=1, lr=0.2, weight_decay=1e-3, buffers=buffer_keys(model),
-                                  min_train_nodes=6, min_available_nodes=6, fraction_evaluate=0)
+    strategy = ResilientAveraging(
+        "nnm+cwtm",
+        num_byzantine=1,
+        lr=0.2,
+        weight_decay=1e-3,
+        buffers=buffer_keys(model),
+        min_train_nodes=6,
+        min_available_nodes=6,
+        fraction_evaluate=0,
+    )
     result = strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=40)
     assert strategy.excluded_total == {}  # a gradient reply of a BN model is never refused for its buffers
     model.load_state_dict(result.arrays.to_torch_state_dict())

@@ -36,7 +36,9 @@ def quickstart_app(seen: list[dict], target=(0.0, 0.0), mods=()) -> ClientApp:
         w = msg.content["arrays"]["w"].numpy().astype(np.float32)
         w = w - float(config["lr"]) * (w - np.asarray(target, np.float32))  # gradient of 0.5 ||w - target||^2
         arrays = ArrayRecord({"w": ArrayRecord(torch_state_dict={"w": torch.tensor(w)})["w"]})
-        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
+        return Message(
+            RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg
+        )
 
     return app
 
@@ -44,7 +46,9 @@ def quickstart_app(seen: list[dict], target=(0.0, 0.0), mods=()) -> ClientApp:
 def test_the_users_train_config_reaches_the_clients_unchanged():
     seen: list[dict] = []
     grid = InlineGrid(quickstart_app(seen, mods=[momentum_mod(0.0)]), 3)
-    strategy = ResilientAveraging("mean", lr=1.0, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0)
+    strategy = ResilientAveraging(
+        "mean", lr=1.0, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0
+    )
     strategy.start(grid, THETA, num_rounds=1, train_config=ConfigRecord({"lr": 0.01, "local-epochs": 3}))
     assert [c["lr"] for c in seen] == [0.01] * 3 and all(c["local-epochs"] == 3 for c in seen)
     assert seen[0][P.SERVER_LR] == pytest.approx(1.0)  # the server's rate travels under its own key
@@ -54,7 +58,9 @@ def test_momentum_of_a_weights_app_uses_the_users_lr_and_the_server_steps_the_gr
     # local step w' = w - 0.01 (w - 0) -> g = (w - w') / 0.01 = w exactly; beta = 0 and mean: theta - 0.5 * w
     seen: list[dict] = []
     grid = InlineGrid(quickstart_app(seen, mods=[momentum_mod(0.0)]), 3)
-    strategy = ResilientAveraging("mean", lr=0.5, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0)
+    strategy = ResilientAveraging(
+        "mean", lr=0.5, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0
+    )
     result = strategy.start(grid, THETA, num_rounds=1, train_config=ConfigRecord({"lr": 0.01}))
     np.testing.assert_allclose(result.arrays["w"].numpy(), [0.5, 1.0], rtol=1e-4)
 
@@ -62,11 +68,15 @@ def test_momentum_of_a_weights_app_uses_the_users_lr_and_the_server_steps_the_gr
 def test_weights_replies_in_gradient_mode_are_excluded_with_the_fix_and_the_run_fails(caplog):
     seen: list[dict] = []
     grid = InlineGrid(quickstart_app(seen), 3)  # the user forgot momentum_mod
-    strategy = ResilientAveraging("mean", lr=0.5, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0)
+    strategy = ResilientAveraging(
+        "mean", lr=0.5, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0
+    )
     with caplog.at_level(logging.ERROR, logger="flwr"), pytest.raises(NoProgressError) as info:
         strategy.start(grid, THETA, num_rounds=2, train_config=ConfigRecord({"lr": 0.01}))
     assert strategy.excluded_total["kind"] == 6
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "excluded" in r.getMessage()]
+    errors = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "excluded" in r.getMessage()
+    ]
     assert len(errors) == 1 and "add momentum_mod" in errors[0]  # said once, with the fix
     np.testing.assert_array_equal(info.value.result.arrays["w"].numpy(), [1.0, 2.0])  # the model, not empty
 
@@ -74,7 +84,9 @@ def test_weights_replies_in_gradient_mode_are_excluded_with_the_fix_and_the_run_
 def test_model_mode_takes_weights_and_the_mod_steps_aside():
     seen: list[dict] = []
     grid = InlineGrid(quickstart_app(seen, mods=[momentum_mod(0.9)]), 3)
-    strategy = ResilientAveraging("mean", mode="model", min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0)
+    strategy = ResilientAveraging(
+        "mean", mode="model", min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0
+    )
     result = strategy.start(grid, THETA, num_rounds=1, train_config=ConfigRecord({"lr": 0.1}))
     # FedAvg of the three identical local models: w - 0.1 w (server lr 1.0 applies the mean update)
     np.testing.assert_allclose(result.arrays["w"].numpy(), [0.9, 1.8], rtol=1e-6)
@@ -91,7 +103,9 @@ def test_momentum_replies_in_model_mode_are_excluded():
 def test_too_few_nodes_for_the_rule_fail_before_round_one_with_the_numbers():
     grid = InlineGrid(quickstart_app([], mods=[momentum_mod(0.9)]), 5)
     strategy = ResilientAveraging("cwtm", num_byzantine=3, min_train_nodes=2, node_stall_timeout=0.2)
-    with pytest.raises(RuntimeError, match=r"only 5 nodes connected, 7 needed \(cwtm with num_byzantine=3 needs 7"):
+    with pytest.raises(
+        RuntimeError, match=r"only 5 nodes connected, 7 needed \(cwtm with num_byzantine=3 needs 7"
+    ):
         strategy.start(grid, THETA, num_rounds=3)
     sampled = ResilientAveraging("cwtm", num_byzantine=1, fraction_train=0.5, min_train_nodes=1)
     with pytest.raises(ValueError, match=r"at least 3 replies a round, but only 2 of the 5 connected nodes"):
@@ -100,8 +114,9 @@ def test_too_few_nodes_for_the_rule_fail_before_round_one_with_the_numbers():
 
 def test_the_round_deadline_is_the_strategys_and_a_silent_node_is_missing():
     grid = InlineGrid(quickstart_app([], mods=[momentum_mod(0.0)]), 4, fail=lambda rnd, node: node == 1003)
-    strategy = ResilientAveraging("mean", round_timeout=7.0, min_train_nodes=4, min_available_nodes=4,
-                                  fraction_evaluate=0)
+    strategy = ResilientAveraging(
+        "mean", round_timeout=7.0, min_train_nodes=4, min_available_nodes=4, fraction_evaluate=0
+    )
     strategy.start(grid, THETA, num_rounds=2, train_config=ConfigRecord({"lr": 0.01}))
     assert grid.timeouts[:2] == [7.0, 7.0]
     assert [e["missing"] for e in strategy.round_log] == [1, 1] and strategy.round_log[-1]["valid"] == 3
@@ -150,10 +165,16 @@ def test_the_simulated_adversary_acts_and_the_spread_metrics_are_right():
     honest = {1: [1.0, 0.0], 2: [3.0, 0.0], 3: [1.0, 2.0], 4: [3.0, 2.0]}
     core = ResilientAveraging("mean", lr=1.0, min_train_nodes=5, min_available_nodes=5)
     wrapped = SimulatedAdversary(core, Adversary("sf", 1, seed=0))
-    msgs = {m.metadata.dst_node_id: m for m in wrapped.configure_train(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3, 4, 5]))}
+    msgs = {
+        m.metadata.dst_node_id: m
+        for m in wrapped.configure_train(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3, 4, 5]))
+    }
     byz = wrapped.chosen[0]
     vectors = dict(zip([n for n in sorted(msgs) if n != byz], honest.values(), strict=True))
-    replies = [make_reply(msgs[n], record(w=np.asarray(v, np.float32)), {P.REPLY_MOMENTUM: 1}) for n, v in vectors.items()]
+    replies = [
+        make_reply(msgs[n], record(w=np.asarray(v, np.float32)), {P.REPLY_MOMENTUM: 1})
+        for n, v in vectors.items()
+    ]
     replies.append(make_reply(msgs[byz], THETA, {"num-examples": 1}))  # what an omniscient node answers
     out, m = wrapped.aggregate_train(1, replies)
     mean = np.array([2.0, 1.0])

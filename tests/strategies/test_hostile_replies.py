@@ -18,7 +18,9 @@ MOMENTUM = {P.REPLY_MOMENTUM: 1}
 
 
 def _round(strategy, nodes, theta):
-    return {m.metadata.dst_node_id: m for m in strategy.configure_train(1, theta, ConfigRecord(), FakeGrid(nodes))}
+    return {
+        m.metadata.dst_node_id: m for m in strategy.configure_train(1, theta, ConfigRecord(), FakeGrid(nodes))
+    }
 
 
 def test_metric_keys_only_byzantine_nodes_send_are_never_reported_and_the_count_is_capped():
@@ -86,8 +88,14 @@ def test_monna_trusting_a_reply_is_refused_as_a_server_rule():
         ResilientAveraging("monna", num_byzantine=1, aggregator_params={"idx": 0})
     with pytest.raises(ValueError, match="trusted"):
         ResilientAveraging("monna", num_byzantine=1)
-    s = ResilientAveraging("monna", num_byzantine=1, aggregator_params={"trusted": torch.zeros(2)}, lr=1.0,
-                           min_train_nodes=3, min_available_nodes=3)
+    s = ResilientAveraging(
+        "monna",
+        num_byzantine=1,
+        aggregator_params={"trusted": torch.zeros(2)},
+        lr=1.0,
+        min_train_nodes=3,
+        min_available_nodes=3,
+    )
     msgs = _round(s, [1, 2, 3], record(w=np.zeros(2, np.float32)))
     huge = [reply(msgs[1], record(w=np.array([1e17, 1e17], np.float32)), MOMENTUM)]
     honest = [reply(msgs[n], record(w=np.array([1.0, 1.0], np.float32)), MOMENTUM) for n in (2, 3)]
