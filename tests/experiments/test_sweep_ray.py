@@ -58,4 +58,4 @@ def test_tiny_sweep_on_ray_then_resume(tmp_path):
     text, _ = write_report(tmp_path / "tiny")
     assert "| cwtm | 0 |" in text and "| nnm+cwtm | 0.9 |" in text
     names = sorted(p.name for p in plot_sweep(tmp_path / "tiny"))
-    assert names == ["curves.png", "heatmap_β.png"]
+    assert names == ["curves.png", "heatmap_β.png", "mechanism.png"]
