@@ -50,10 +50,10 @@ class Bulyan(Aggregator):
     instead takes the ``theta`` best scores of one Multi-Krum pass). Even medians are the mean of the two
     middle values; a value below the median and one above it equally far from it: the smaller one is
     kept (:func:`mean_around_median`: MeaMed's kernel :func:`~.meamed.mean_of_closest`). Cost: one Gram
-    matmul, then the pruned min/max network of :mod:`._order` on the ``theta`` selected rows, read in
-    place. At ``n = 20``, ``f = 4``, ``d = 10^6``, float32, one CPU thread: about 6-8x a read pass
-    ``x.sum(0)`` in all, the network phase about 4.6x (with a ``torch.sort`` of the selected rows
-    instead, the rule took 35-65x).
+    matmul, then the min/max network of :mod:`._order` on the ``theta`` selected rows, read in place (on
+    CPU one fused C kernel in vector registers, :mod:`._fused`; else element-wise torch calls, with the
+    same result). At ``n = 20``, ``f = 4``, ``d = 10^6``, float32: see BENCHMARKS.md (the torch network
+    phase alone was about 4.6x a read pass ``x.sum(0)``; a ``torch.sort`` of the selected rows, 35-65x).
 
     ``kappa`` is ``None`` (no bound in RESAM's definition that we could verify).
     ``last_info``: ``selected`` (indices in selection order), distance diagnostics.

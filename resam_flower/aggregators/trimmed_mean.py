@@ -18,10 +18,12 @@ def coordinate_wise_trimmed_mean(x: torch.Tensor, f: int, *, method: str = "auto
     keep = n - 2 * f
 
     def combine(s: torch.Tensor, acc: torch.Tensor | None, out: torch.Tensor) -> None:
-        assert acc is not None
-        torch.div(acc, keep, out=out)
+        out.copy_(s[f])  # the kept values summed in rank order (as the fused kernel), row by row
+        for r in range(f + 1, n - f):
+            out.add_(s[r])
+        out.div_(keep)
 
-    return _order.coordinatewise(x, [], combine, (f, n - f), method=method)
+    return _order.coordinatewise(x, range(f, n - f), combine, method=method, fused=("trimmed", f, n - f))
 
 
 def trimmed_mean_constant(n: int, f: int) -> float:
@@ -54,18 +56,21 @@ class CoordinateWiseTrimmedMean(CoordinateWiseRule):
     Yin, Chen, Ramchandran, Bartlett, ICML 2018; Farhadkhani et al., ICML 2022 (RESAM). Same definition
     as ByzFL's ``TrMean``. Rows with non-finite values are dropped first (at most ``f`` of them).
 
-    Computed by a comparator network pruned to *partition* each column into the ``f`` smallest, the
-    middle and the ``f`` largest values (:mod:`._order`): no full sort, exact selection, about 5-6x
-    the CPU time of one read pass ``x.sum(0)`` at ``n = 20``, ``d = 10^6``, ``f = 4``. The middle
-    values are summed in the input dtype. Extra memory: about ``2n + 2`` scratch rows of one column
-    block per thread, plus the output.
+    Computed by a comparator network pruned to the ranks ``f .. n-f-1`` (:mod:`._order`), whose values
+    are summed in rank order in the input dtype, then divided by ``n - 2f``: bit for bit the mean of a
+    sort's middle ranks summed in rank order. On CPU the network and the sum run as one fused C kernel
+    in vector registers (:mod:`._fused`: about 1-2x the time of one read pass ``x.sum(0)`` at
+    ``n = 20``, ``d = 10^6``, ``f = 4``); elsewhere, or without a C compiler, as element-wise min/max
+    calls on column blocks (about 6x), with the same result. Extra memory: the output (the fallback:
+    about ``2n + 2`` scratch rows of one column block per thread).
 
     Parameters
     ----------
     f
         Number of Byzantine inputs to tolerate.
     method
-        Kernel: ``"auto"`` (default), ``"network"`` or ``"sort"`` (see :func:`._order.coordinatewise`).
+        Kernel: ``"auto"`` (default), ``"fused"``, ``"network"`` or ``"sort"`` (see
+        :func:`._order.coordinatewise`).
     """
 
     name = "cwtm"
