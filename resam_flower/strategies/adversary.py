@@ -127,7 +127,7 @@ class SimulatedAdversary(StrategyWrapper):
     # -- rounds ---------------------------------------------------------------------------------------
     def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001 - Strategy's signature
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        population = core_of(self)._population or [m.metadata.dst_node_id for m in messages]
+        population = core_of(self).sampler.population or [m.metadata.dst_node_id for m in messages]
         if self.adversary.chosen is None:
             self.adversary.choose(population)
         byzantine = set(self.adversary.choose(population))

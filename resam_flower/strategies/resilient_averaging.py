@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -20,10 +19,11 @@ from ..aggregators import Aggregator, build
 from ..aggregators.base import check_float, check_int
 from ..flat import FlatSpec, safe_text
 from .robust_metrics import median_metrics
-from .rounds import NodeWaiter, run_rounds
+from .rounds import run_rounds
+from .sampling import NodeSampler, NodeWaiter
 from .schedules import LRSchedule, build_schedule
 from .step import resam_step, robust_buffers
-from .validation import screen_replies
+from .validation import ExclusionLog, screen_replies
 
 __all__ = ["ResilientAveraging"]
 
@@ -156,22 +156,20 @@ class ResilientAveraging(Strategy):
         self.min_available_nodes = check_int("min_available_nodes", min_available_nodes, low=0)
         self.evaluate_fn = evaluate_fn
         self.round_timeout = check_float("round_timeout", round_timeout, low=0.0, low_open=True)
-        self.waiter = NodeWaiter(
+        waiter = NodeWaiter(
             check_float("node_wait_timeout", node_wait_timeout, low=0.0),
             check_float("node_stall_timeout", node_stall_timeout, low=0.0),
         )
+        self.sampler = NodeSampler(seed, self.min_available_nodes, waiter)
         self.exclusions_reduce_f = bool(exclusions_reduce_f)
         self.metric_keys = None if metric_keys is None else sorted(set(metric_keys))
         self.fail_if_no_progress = bool(fail_if_no_progress)
         self.arrayrecord_key, self.configrecord_key = arrayrecord_key, configrecord_key
-        self._rng = random.Random(seed)
         self._spec: FlatSpec | None = None
         self._sampled: set[int] | None = None
         self._current: ArrayRecord | None = None  # θ_t, then θ_{t+1} once a round aggregates
-        self._population: list[int] | None = None
-        self._restored_population: list[int] | None = None
         self._sent_at: float | None = None
-        self._told: set[str] = set()  # exclusion categories already explained in the log
+        self._explain = ExclusionLog()
         #: added to Flower's round numbers (which restart at 1): the round a resumed run starts after.
         self.round_offset = 0
         self.excluded_total: Counter = Counter()
@@ -234,28 +232,6 @@ class ResilientAveraging(Strategy):
         """:meth:`flwr.serverapp.strategy.Strategy.start` with RESAM's defaults (see :func:`run_rounds`)."""
         return run_rounds(self, self, grid, initial_arrays, num_rounds, **kwargs)
 
-    # -- sampling ---------------------------------------------------------------------------------------
-    def _sample(
-        self, grid: Grid, fraction: float, minimum: int, need: int = 0
-    ) -> tuple[list[int], list[int]]:
-        """``(sampled, all connected)``, sorted, once enough nodes are connected."""
-        all_nodes = self.waiter.wait(grid, max(self.min_available_nodes, minimum, need), self._why(need))
-        size = min(len(all_nodes), max(int(len(all_nodes) * fraction), minimum))
-        if size < need:
-            raise ValueError(
-                f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {self.rule.requirement}, "
-                f"i.e. at least {need} replies a round, but only {size} of the {len(all_nodes)} connected "
-                "nodes are "
-                f"sampled (fraction_train={self.fraction_train}, min_train_nodes={self.min_train_nodes}); "
-                "connect more nodes, raise fraction_train, or lower num_byzantine"
-            )
-        return sorted(self._rng.sample(all_nodes, size)), all_nodes
-
-    def _why(self, need: int) -> str:
-        if not need:
-            return f"min_available_nodes={self.min_available_nodes}"
-        return f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {need} replies a round"
-
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -266,10 +242,17 @@ class ResilientAveraging(Strategy):
             return []
         if self._spec is None or list(arrays.keys()) != list(self._spec.keys):
             self._spec = FlatSpec.from_record(arrays, self.buffers)
-        first = not self.round_log and self._population is None
-        need = self.rule.min_inputs(self.num_byzantine) if first else 0
-        nodes, all_nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, need)
-        self._check_population(all_nodes)
+        need = self.rule.min_inputs(self.num_byzantine) if self._first_round() else 0
+        why = f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {need} replies a round"
+        nodes, all_nodes = self.sampler.sample(grid, self.fraction_train, self.min_train_nodes, need, why)
+        if len(nodes) < need:
+            raise ValueError(
+                f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {self.rule.requirement}, "
+                f"i.e. at least {need} replies a round, but only {len(nodes)} of the {len(all_nodes)} "
+                f"connected nodes are sampled (fraction_train={self.fraction_train}, min_train_nodes="
+                f"{self.min_train_nodes}); connect more nodes, raise fraction_train, or lower num_byzantine"
+            )
+        self.sampler.observe(all_nodes)
         self._sampled = set(nodes)
         self._sent_at = time.perf_counter()
         cfg = ConfigRecord(dict(config))
@@ -389,15 +372,6 @@ class ResilientAveraging(Strategy):
         self.last_aggregate = agg
         return spec.unflatten(new_theta, like=self._current)
 
-    def _explain(self, details: list[tuple[int | None, str]]) -> None:
-        for node, reason in details:
-            category = reason.split(":", 1)[0]
-            if category not in self._told:  # the first of each kind in full, as an error; then one line each
-                self._told.add(category)
-                log(ERROR, "aggregate_train: reply from node %s excluded: %s", node, reason)
-            else:
-                log(WARNING, "aggregate_train: excluded reply from node %s: %s", node, reason[:120])
-
     # -- evaluation -------------------------------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -405,7 +379,7 @@ class ResilientAveraging(Strategy):
         """Sample nodes for federated evaluation (seeded); the user's config goes as it is."""
         if self.fraction_evaluate == 0.0:
             return []
-        nodes, _ = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        nodes, _ = self.sampler.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
         cfg = ConfigRecord({**dict(config), P.SERVER_ROUND: server_round + self.round_offset})
         return [self._message(node, arrays, cfg, MessageType.EVALUATE) for node in nodes]
 
@@ -419,33 +393,22 @@ class ResilientAveraging(Strategy):
     def state_dict(self) -> dict[str, Any]:
         """Server state beyond the model: sampling RNG, rule state, exclusion counts, round log, node ids."""
         return {
-            "rng": self._rng.getstate(),
+            **self.sampler.state_dict(),
             "rule": self.rule.state_dict(),
             "excluded_total": dict(self.excluded_total),
             "round_log": list(self.round_log),
-            "population": self._population,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
-        self._rng.setstate(state["rng"])
+        self.sampler.load_state_dict(state)
         self.rule.load_state_dict(state["rule"])
         self.excluded_total = Counter(state["excluded_total"])
         self.round_log = list(state["round_log"])
-        self._restored_population = state.get("population")
 
-    def _check_population(self, all_nodes: list[int]) -> None:
-        """After a restore: warn if the connected nodes are not those of the checkpoint."""
-        self._population = all_nodes
-        old, self._restored_population = self._restored_population, None
-        if old is not None and list(old) != all_nodes:
-            log(
-                WARNING,
-                "resumed run: the %d connected node ids differ from the %d of the checkpoint; sampling "
-                "and the adversary's choice now refer to other nodes",
-                len(all_nodes),
-                len(old),
-            )
+    def _first_round(self) -> bool:
+        """No round ran yet in this strategy's life (a resumed one has its log and population back)."""
+        return not self.round_log and self.sampler.population is None
 
 
 def _sender_key(msg: Message) -> tuple[int, int]:

@@ -10,16 +10,13 @@ differential-privacy wrappers do.
 
 from __future__ import annotations
 
-import time
-from logging import INFO
 from typing import Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.supercore import log
 
-__all__ = ["NodeWaiter", "NoProgressError", "StrategyWrapper", "run_rounds", "core_of"]
+__all__ = ["NoProgressError", "StrategyWrapper", "run_rounds", "core_of"]
 
 
 class NoProgressError(RuntimeError):
@@ -28,36 +25,6 @@ class NoProgressError(RuntimeError):
     def __init__(self, message: str, result: Result) -> None:
         super().__init__(message)
         self.result = result
-
-
-class NodeWaiter:
-    """Wait until ``count`` nodes are connected: at most ``timeout`` s, and ``stall`` s without a new node.
-
-    A simulation registers all its nodes at once, so a shortfall there is final after ``stall`` seconds; on
-    real devices every node that joins restarts the stall clock.
-    """
-
-    def __init__(self, timeout: float, stall: float) -> None:
-        self.timeout, self.stall = timeout, stall
-
-    def wait(self, grid: Grid, count: int, why: str) -> list[int]:
-        start = last_change = time.monotonic()
-        seen = -1
-        while len(nodes := sorted(grid.get_node_ids())) < count:
-            now = time.monotonic()
-            if len(nodes) != seen:
-                seen, last_change = len(nodes), now
-            if now - start >= self.timeout or now - last_change >= self.stall:
-                raise RuntimeError(
-                    f"only {len(nodes)} nodes connected, {count} needed ({why}); waited {now - start:.0f} s "
-                    f"(node_wait_timeout={self.timeout:g}, node_stall_timeout={self.stall:g}). In a local "
-                    "simulation start as many SuperNodes: "
-                    f'flwr run . --federation-config "num-supernodes={count}"'
-                    "; in a deployment start more SuperNodes, or lower the requirement"
-                )
-            log(INFO, "Waiting for nodes to connect: %d connected (%d needed).", len(nodes), count)
-            time.sleep(max(min(1.0, self.stall, self.timeout - (now - start)), 0.0))
-        return nodes
 
 
 def core_of(strategy: Strategy) -> Strategy:

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from logging import ERROR, WARNING
 
 import torch
 from flwr.app import Message
+from flwr.supercore import log
 
 from ..flat import FlatSpec, safe_text
 from ..protocol import REPLY_GRADIENT, REPLY_MOMENTUM
 
-__all__ = ["Screened", "screen_replies", "reply_kind_error"]
+__all__ = ["Screened", "screen_replies", "reply_kind_error", "ExclusionLog"]
 
 _FIX_GRADIENT = (
     "the reply holds trained weights, not a momentum: add momentum_mod(beta) to the ClientApp's mods "
@@ -148,3 +150,20 @@ def screen_replies(
         kept_nodes.append(node)
         kept_msgs.append(msg)
     return Screened(kept_nodes, buf[: len(kept_nodes)], kept_msgs, excluded, details)
+
+
+class ExclusionLog:
+    """Logs excluded replies: the first of each kind in full, as an error (it says how to fix the app), then
+    one short warning line each, so that a misconfigured federation is explained once, not every round."""
+
+    def __init__(self) -> None:
+        self.told: set[str] = set()
+
+    def __call__(self, details: list[tuple[int | None, str]]) -> None:
+        for node, reason in details:
+            category = reason.split(":", 1)[0]
+            if category not in self.told:
+                self.told.add(category)
+                log(ERROR, "aggregate_train: reply from node %s excluded: %s", node, reason)
+            else:
+                log(WARNING, "aggregate_train: excluded reply from node %s: %s", node, reason[:120])

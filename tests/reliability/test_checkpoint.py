@@ -181,7 +181,7 @@ def test_checkpoint_round_trip_restores_rule_state_rng_and_model(tmp_path):
     )
     Checkpointer(tmp_path / "c.pt", every=1, config={"a": 1}).resume(fresh, loaded)
     assert torch.equal(fresh.rule.state_dict()["v"], s.rule.state_dict()["v"])  # CC's centre
-    assert fresh._rng.random() == s._rng.random()  # the sampling stream continues identically
+    assert fresh.sampler.rng.random() == s.sampler.rng.random()  # the sampling stream continues identically
     assert fresh.round_offset == 2 and fresh.round_log == s.round_log
 
 
