@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import protocol as P
+
 __all__ = [
     "MOMENTUM_DIR_KEY",
     "LINEAGE_KEY",
@@ -40,9 +42,9 @@ __all__ = [
     "new_generation",
 ]
 
-MOMENTUM_DIR_KEY = "resam-momentum-dir"
-LINEAGE_KEY = "resam-lineage"
-CHECKPOINT_ROUND_KEY = "resam-checkpoint-round"
+MOMENTUM_DIR_KEY = P.MOMENTUM_DIR  # the keys themselves live in resam_flower.protocol
+LINEAGE_KEY = P.LINEAGE
+CHECKPOINT_ROUND_KEY = P.CHECKPOINT_ROUND
 
 _FILE = re.compile(r"^round-(\d{8})\.([0-9a-z]+)\.npy$")
 

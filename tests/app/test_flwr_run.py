@@ -62,6 +62,8 @@ def test_no_legacy_federations_table_and_components_resolve():
 def test_fab_ships_the_package_and_nothing_else():
     package = {p.relative_to(REPO).as_posix(): p for p in (REPO / "resam_flower").rglob("*.py")}
     package = {k: v for k, v in package.items() if "__pycache__" not in k}
+    deploy = {k for k in package if k.startswith("resam_flower/deploy/")}
+    assert deploy, "the operator's tooling exists in the repository"
     noise = {
         ".venv/lib/python3.11/site-packages/torch/__init__.py": b"",
         ".venv/pyvenv.cfg.toml": b"",
@@ -83,7 +85,7 @@ def test_fab_ships_the_package_and_nothing_else():
     files = {"pyproject.toml": PYPROJECT, ".gitignore": REPO / ".gitignore", **package, **noise}
     fab, _ = build_fab_from_files(files)
     names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
-    assert names == {"pyproject.toml", ".info/CONTENT", *package}
+    assert names == {"pyproject.toml", ".info/CONTENT", *(set(package) - deploy)}  # no deployment tooling
     shipped = tomllib.loads(zipfile.ZipFile(io.BytesIO(fab)).read("pyproject.toml").decode())
     assert shipped["tool"]["flwr"]["app"]["config"] == _flwr_tables()["app"]["config"]
 
