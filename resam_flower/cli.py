@@ -3,6 +3,8 @@
 ::
 
     resam sweep simulations/paper_mnist.toml      # results/<sweep>/<cell>/, resumes finished cells
+    resam sweep simulations/tiny.toml --jobs 4    # 4 cells at once (in-process engine, 1 thread each)
+    resam sweep simulations/tiny.toml --engine ray  # one cell at a time in Flower's Ray simulation
     resam plot results/paper_mnist                # PNG curves and heatmaps in results/paper_mnist/plots/
     resam report results/paper_mnist              # Markdown table (also written to report.md)
     resam kappa --n 7 --f 2 --d 2                 # empirical κ by adversarial search vs the proven κ
@@ -41,12 +43,26 @@ def _backend(args: argparse.Namespace) -> dict | None:
     return backend_config(args.num_cpus, args.cpus_per_client or 1.0)
 
 
+def sweep_engine_and_jobs(sweep, engine: str | None, jobs: int | None) -> tuple[str, int]:
+    """The CLI's choice: ``--engine``, else the file's ``[sweep] engine``, else ``inprocess``; ``--jobs``,
+    else every core (``os.cpu_count()``) in-process and 1 on Ray (which spreads one cell over the machine)."""
+    import os
+
+    from .experiments.runner import resolve_engine
+
+    chosen = resolve_engine(sweep, engine or sweep.engine or "inprocess")
+    if jobs is None:
+        jobs = (os.cpu_count() or 1) if chosen == "inprocess" else 1
+    return chosen, jobs
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import load_sweep, run_sweep
     from .experiments.hooks import exit_on_interrupt
     from .experiments.report import write_report
 
     sweep = load_sweep(args.file)
+    engine, jobs = sweep_engine_and_jobs(sweep, args.engine, args.jobs)
     cells = sweep.cells(args.results)
     if args.dry_run:
         from .experiments.runner import is_finished
@@ -70,11 +86,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             backend=_backend(args),
             only=args.only,
             verbose=args.verbose,
+            engine=engine,
+            jobs=jobs,
+            threads_per_cell=args.threads_per_cell,
         )
     failed = [r for r in results if r.status == "failed"]
     ran = sum(r.status == "done" for r in results)
+    cached = sum(r.status == "cached" for r in results)
     print(
-        f"[resam] sweep {sweep.name}: {ran} cells run, {sum(r.status == 'cached' for r in results)} "
+        f"[resam] sweep {sweep.name} ({engine} engine, {jobs} job(s)): {ran} cells run, {cached} "
         f"already finished, {len(failed)} failed, in {time.perf_counter() - t0:.0f}s -> "
         f"{sweep.directory(args.results)}"
     )
@@ -171,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="rerun finished cells too")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not print/write the report at the end")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="cells at once, one process each (in-process engine; default: os.cpu_count(); Ray: 1)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["ray", "inprocess"],
+        help="cell engine (default: the file's [sweep] engine, else inprocess): Flower's Ray simulation, or "
+        "the same ServerApp/ClientApp in one process (bit-identical final models)",
+    )
+    p.add_argument(
+        "--threads-per-cell",
+        type=int,
+        default=1,
+        help="intra-op threads of each cell's process with --jobs > 1 (default 1)",
+    )
     p.add_argument("--fresh-ray", action="store_true", help="start Ray for every cell (Flower's default)")
     p.add_argument("--fresh-actors", action="store_true", help="new client actors for every cell")
     p.add_argument(

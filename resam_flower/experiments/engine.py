@@ -47,11 +47,10 @@ from ..app.server_app import RoundCallback, run_experiment
 from ..app.task import prepare_partitions
 from ..app.worker import make_client_app
 from ..compat import stable_simulation_node_ids
+from .grid import ENGINES
 
 __all__ = ["InProcessGrid", "simulate_in_process", "simulation_node_ids", "ENGINES"]
 
-#: Cell engines of a sweep: Flower's Ray simulation, or :func:`simulate_in_process`.
-ENGINES = ("ray", "inprocess")
 
 
 def simulation_node_ids(num_nodes: int, seed: int) -> list[int]:

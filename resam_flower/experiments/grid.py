@@ -10,6 +10,7 @@ File format (keys of ``[base]``, ``[grid]`` and ``[[include]]`` are the run-conf
     name = "demo"                 # results go to <results>/<name>/<cell>/
     results = "results"           # optional root (default "results"; the CLI's --results overrides it)
     description = "..."           # optional
+    engine = "inprocess"          # optional: "ray" or "inprocess" (see experiments.runner; CLI --engine)
 
     [base]                        # every cell starts from these values (the app's defaults fill the rest)
     dataset = "mnist"
@@ -42,7 +43,10 @@ from typing import Any
 
 from ..app.config import ExperimentConfig
 
-__all__ = ["Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_config"]
+__all__ = ["Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_config", "ENGINES"]
+
+#: Cell engines of a sweep: Flower's Ray simulation, or the in-process engine (:mod:`.engine`).
+ENGINES = ("ray", "inprocess")
 
 #: Keys shown first in cell names (others follow in sorted order), with their name prefix.
 NAME_KEYS: dict[str, str] = {
@@ -86,6 +90,8 @@ class Sweep:
     results: str = "results"
     description: str = ""
     source: str = ""
+    #: ``[sweep] engine``: ``"ray"``, ``"inprocess"`` or ``""`` (the runner's default).
+    engine: str = ""
 
     def cells(self, results_root: str | Path | None = None) -> list[Cell]:
         """The expanded cells, with ``results-dir = <root>/<name>`` and ``run-name = <cell name>``."""
@@ -212,6 +218,9 @@ def load_sweep(path: str | Path) -> Sweep:
     name = str(meta.get("name") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ValueError(f"{path}: sweep name {name!r} must use letters, digits, '.', '_' or '-'")
+    engine = str(meta.get("engine", ""))
+    if engine and engine not in ENGINES:
+        raise ValueError(f"{path}: [sweep] engine = {engine!r}; expected one of {', '.join(ENGINES)}")
     include = data.get("include", [])
     exclude = data.get("exclude", [])
     if isinstance(include, dict):
@@ -227,4 +236,5 @@ def load_sweep(path: str | Path) -> Sweep:
         results=str(meta.get("results", "results")),
         description=str(meta.get("description", "")),
         source=str(path),
+        engine=engine,
     )

@@ -1,4 +1,4 @@
-"""Run a sweep: one Flower simulation (Ray backend) per cell, resumable, with progress bars and timings.
+"""Run a sweep: one simulation per cell, resumable, with progress bars and timings, one cell or many at once.
 
 A cell is *finished* iff ``<cell>/summary.json`` exists and its recorded config equals the cell's config
 (:func:`~resam_flower.experiments.grid.normalized_config`); finished cells are skipped, so an interrupted
@@ -7,13 +7,25 @@ sweep started again continues where it stopped, and a cell whose config changed 
 Start-up cost: all cells of one ``run_sweep`` call share one Ray instance (:func:`.hooks.shared_ray`),
 so Ray's start (the ~14 s floor of Flower's engine on 2 cores) is paid once per sweep instead of once per
 cell. Each cell's ``timing.json`` records where its time went (see :func:`_timing`).
+
+Engines (``engine``, the sweep file's ``[sweep] engine``, or ``resam sweep --engine``): ``"ray"`` runs each
+cell in Flower's Ray simulation (:func:`resam_flower.simulation.simulate`), one cell at a time, spread over
+the machine by Ray; ``"inprocess"`` runs it in one process (:func:`.engine.simulate_in_process`, the same
+ServerApp, ClientApp and mods, bit-identical final models). With ``jobs = K > 1`` (in-process engine only),
+K cells run at once, each in its own process (``spawn``) pinned to ``threads_per_cell`` intra-op threads;
+a cell's results do not depend on which process ran it or on how many ran beside it. Resume and failures
+work as in a sequential sweep: a cell is finished once its ``summary.json`` is written, a failed cell writes
+``error.txt`` and is run again by the next ``run_sweep``, and the other cells go on.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -23,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ..app.results import atomic_write_text
-from .grid import Cell, Sweep, normalized_config
+from .grid import ENGINES, Cell, Sweep, normalized_config
 from .hooks import quiet_flower, shared_ray
 
-__all__ = ["CellResult", "run_sweep", "is_finished", "write_manifest"]
+__all__ = ["CellResult", "run_sweep", "is_finished", "write_manifest", "resolve_engine"]
 
 
 @dataclass
@@ -115,6 +127,9 @@ def run_sweep(
     backend: dict[str, Any] | None = None,
     only: list[str] | None = None,
     verbose: bool = False,
+    engine: str | None = None,
+    jobs: int = 1,
+    threads_per_cell: int = 1,
 ) -> list[CellResult]:
     """Run every unfinished cell of ``sweep`` in this process; return one :class:`CellResult` per cell.
 
@@ -137,11 +152,25 @@ def run_sweep(
         Ray backend config for :func:`resam_flower.simulation.simulate` (default: its own).
     only
         Run only the cells whose name contains one of these substrings.
+    engine
+        ``"ray"`` or ``"inprocess"`` (see the module docstring); default: the sweep's ``engine``, else Ray.
+    jobs
+        Cells run at once, each in its own process (in-process engine only; 1: in this process).
+    threads_per_cell
+        With ``jobs > 1``: intra-op threads of each cell's process (``torch.set_num_threads``).
     """
     from tqdm.auto import tqdm
 
     from ..simulation import backend_config
 
+    engine = resolve_engine(sweep, engine)
+    if jobs < 1 or threads_per_cell < 1:
+        raise ValueError(f"jobs and threads_per_cell must be >= 1 (got {jobs}, {threads_per_cell})")
+    if jobs > 1 and engine == "ray":
+        raise ValueError(
+            "the Ray engine runs one cell at a time (Flower's Ray backend spreads each cell over the "
+            "machine); use jobs = 1, or the in-process engine for several cells at once"
+        )
     cells = sweep.cells(results_root)
     if only:
         cells = [c for c in cells if any(s in c.name for s in only)]
@@ -171,21 +200,33 @@ def run_sweep(
         say(
             f"[resam] {sweep.name}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)"
         )
+    use_ray = engine == "ray" and share_ray and bool(todo)
     ray_ctx = (
         shared_ray(backend, reuse_actors=reuse_actors, worker_niceness=worker_niceness)
-        if share_ray and todo
+        if use_ray
         else contextlib.nullcontext(0.0)
     )
     log_ctx = contextlib.nullcontext() if verbose else quiet_flower()
     with ray_ctx as ray_init_s, log_ctx:
-        if share_ray and todo:
+        if use_ray:
             say(f"[resam] Ray started once for {len(todo)} cell(s) in {ray_init_s:.1f}s")
-        for cell in todo:
-            results.append(_run_cell(cell, backend, bar, say, progress, verbose))
-            bar.update(1)
+        if jobs > 1 and todo:
+            results += _run_parallel(todo, jobs, threads_per_cell, bar, say, verbose)
+        else:
+            for cell in todo:
+                results.append(_run_cell(cell, engine, backend, bar, say, progress, verbose))
+                bar.update(1)
     bar.close()
     order = {c.name: i for i, c in enumerate(cells)}
     return sorted(results, key=lambda r: order[r.cell.name])
+
+
+def resolve_engine(sweep: Sweep, engine: str | None = None) -> str:
+    """``engine`` if given, else the sweep file's ``[sweep] engine``, else ``"ray"``; checked."""
+    chosen = engine or getattr(sweep, "engine", "") or "ray"
+    if chosen not in ENGINES:
+        raise ValueError(f"unknown engine {chosen!r}; expected one of {', '.join(ENGINES)}")
+    return chosen
 
 
 def _read_timing(cell: Cell) -> dict[str, float]:
@@ -195,10 +236,62 @@ def _read_timing(cell: Cell) -> dict[str, float]:
         return {}
 
 
-def _run_cell(cell: Cell, backend: dict, bar, say, progress: bool, verbose: bool) -> CellResult:
-    from tqdm.auto import tqdm
+def _simulate_fn(engine: str, backend: dict | None):
+    """``fn(config, verbose=..., on_round=...)`` running one cell on ``engine`` (looked up at call time:
+    tests replace ``simulation.simulate``)."""
+    if engine == "inprocess":
+        from . import engine as engine_module
 
-    from .. import simulation  # looked up at call time (tests replace simulation.simulate)
+        return engine_module.simulate_in_process
+    from .. import simulation
+
+    def run_on_ray(config, *, verbose, on_round):
+        return simulation.simulate(config, backend=backend, verbose=verbose, on_round=on_round)
+
+    return run_on_ray
+
+
+def _attempt(cell: Cell, simulate_fn, on_round, sink) -> tuple[CellResult, str]:
+    """Run one cell with ``simulate_fn``, write ``timing.json`` (or ``error.txt``); the result and the line
+    to print. The app's own output goes, line by line, to ``sink`` (``None``: ``<cell>/stdout.txt``)."""
+    marks: list[float] = []
+
+    def tick(server_round: int, row: dict[str, Any]) -> None:  # simulate()'s per-round callback
+        marks.append(time.perf_counter())
+        if on_round is not None:
+            on_round(server_round, row)
+
+    run_dir = Path(cell.config["results-dir"]) / cell.name
+    lines: list[str] = []
+    t_call = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(_LineWriter(sink or lines.append)):
+            summary = simulate_fn(cell.config, verbose=sink is not None, on_round=tick)
+    except Exception as exc:  # noqa: BLE001 - one failed cell does not stop the sweep
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+        line = (
+            f"[resam] {cell.name}: FAILED ({type(exc).__name__}: {exc}); traceback in {run_dir / 'error.txt'}"
+        )
+        return CellResult(cell, "failed", error=f"{type(exc).__name__}: {exc}"), line
+    t_end = time.perf_counter()
+    timing = _timing(t_call, t_end, marks, summary)
+    atomic_write_text(run_dir / "timing.json", json.dumps(timing, indent=2))
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    if lines:
+        atomic_write_text(run_dir / "stdout.txt", "\n".join(lines) + "\n")
+    acc = summary.get("final_test_accuracy")
+    acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%"
+    line = (
+        f"[resam] {cell.name}: test accuracy {acc_text}; {timing['total_s']:.1f}s "
+        f"(start-up {timing.get('startup_s', float('nan')):.1f}s, "
+        f"{timing.get('round_s', float('nan')):.2f}s/round)"
+    )
+    return CellResult(cell, "done", summary=summary, timing=timing), line
+
+
+def _run_cell(cell: Cell, engine: str, backend: dict, bar, say, progress: bool, verbose: bool) -> CellResult:
+    from tqdm.auto import tqdm
 
     rounds = int(cell.config.get("num-server-rounds", 200))
     inner = tqdm(
@@ -210,42 +303,81 @@ def _run_cell(cell: Cell, backend: dict, bar, say, progress: bool, verbose: bool
         position=1,
         dynamic_ncols=True,
     )
-    marks: list[float] = []
 
-    def on_round(server_round: int, row: dict[str, Any]) -> None:  # simulate()'s per-round callback
-        marks.append(time.perf_counter())
+    def on_round(server_round: int, row: dict[str, Any]) -> None:
         inner.update(1)
         if "test-accuracy" in row:
             inner.set_postfix_str(f"acc {100 * row['test-accuracy']:.1f}%", refresh=False)
 
-    run_dir = Path(cell.config["results-dir"]) / cell.name
-    lines: list[str] = []
-    sink = say if verbose else lines.append
-    t_call = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(_LineWriter(sink)):
-            summary = simulation.simulate(cell.config, backend=backend, verbose=verbose, on_round=on_round)
-    except Exception as exc:  # noqa: BLE001 - one failed cell does not stop the sweep
+        result, line = _attempt(cell, _simulate_fn(engine, backend), on_round, say if verbose else None)
+    finally:
         inner.close()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "error.txt", traceback.format_exc())
-        say(
-            f"[resam] {cell.name}: FAILED ({type(exc).__name__}: {exc}); traceback in {run_dir / 'error.txt'}"
+    say(line)
+    if result.status == "done":
+        acc = result.summary.get("final_test_accuracy")
+        bar.set_postfix_str(f"last {'n/a' if acc is None else f'{100 * acc:.2f}%'}")
+    return result
+
+
+# -- several cells at once -------------------------------------------------------------------------------
+def _init_cell_process(threads: int) -> None:
+    """Start of a cell process (``spawn``): ``threads`` intra-op threads, before anything imports torch."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set (a reused interpreter): keep it
+        torch.set_num_interop_threads(1)
+
+
+def _cell_job(cell: Cell, verbose: bool) -> tuple[CellResult, str]:
+    """One cell in a cell process, on the in-process engine (quiet Flower logs unless ``verbose``)."""
+    log_ctx = contextlib.nullcontext() if verbose else quiet_flower()
+    with log_ctx:
+        return _attempt(
+            cell,
+            _simulate_fn("inprocess", None),
+            None,
+            (lambda s: print(s, file=sys.stderr)) if verbose else None,
         )
-        return CellResult(cell, "failed", error=f"{type(exc).__name__}: {exc}")
-    t_end = time.perf_counter()
-    inner.close()
-    timing = _timing(t_call, t_end, marks, summary)
-    atomic_write_text(run_dir / "timing.json", json.dumps(timing, indent=2))
-    (run_dir / "error.txt").unlink(missing_ok=True)
-    if lines:
-        atomic_write_text(run_dir / "stdout.txt", "\n".join(lines) + "\n")
-    acc = summary.get("final_test_accuracy")
-    acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%"
-    say(
-        f"[resam] {cell.name}: test accuracy {acc_text}; {timing['total_s']:.1f}s "
-        f"(start-up {timing.get('startup_s', float('nan')):.1f}s, "
-        f"{timing.get('round_s', float('nan')):.2f}s/round)"
+
+
+def _prepare_data(cells: list[Cell]) -> None:
+    """Each distinct split into the on-disk cache, once, before the cell processes read it (no two
+    processes write the same cache file)."""
+    from ..app.config import ExperimentConfig
+    from ..app.task import prepare_partitions
+
+    for cell in cells:
+        with contextlib.suppress(Exception):  # a cell that cannot load its data fails in its own process
+            prepare_partitions(ExperimentConfig.from_run_config(cell.config))
+
+
+def _run_parallel(todo: list[Cell], jobs: int, threads: int, bar, say, verbose: bool) -> list[CellResult]:
+    _prepare_data(todo)
+    results: list[CellResult] = []
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=min(jobs, len(todo)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_cell_process,
+        initargs=(threads,),
     )
-    bar.set_postfix_str(f"last {acc_text}")
-    return CellResult(cell, "done", summary=summary, timing=timing)
+    with pool:
+        futures = {pool.submit(_cell_job, cell, verbose): cell for cell in todo}
+        bar.set_postfix_str(f"{min(jobs, len(todo))} jobs x {threads} thread(s)")
+        for future in concurrent.futures.as_completed(futures):
+            cell = futures[future]
+            try:
+                result, line = future.result()
+            except Exception as exc:  # noqa: BLE001 - the cell's process died (killed, out of memory)
+                run_dir = Path(cell.config["results-dir"]) / cell.name
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(run_dir / "error.txt", f"the cell's process failed: {exc!r}\n")
+                result = CellResult(cell, "failed", error=f"{type(exc).__name__}: {exc}")
+                line = f"[resam] {cell.name}: FAILED ({type(exc).__name__}: {exc})"
+            say(line)
+            results.append(result)
+            bar.update(1)
+    return results

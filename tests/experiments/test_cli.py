@@ -72,3 +72,26 @@ def test_errors_exit_with_code_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nope"])
+
+
+def test_engine_and_jobs_defaults(tmp_path, capsys, monkeypatch, fake_simulate):
+    import os
+
+    from resam_flower.cli import sweep_engine_and_jobs
+
+    s = Sweep("e", BASE, {"aggregator": ["cwtm", "mda"]})
+    monkeypatch.setattr(os, "cpu_count", lambda: 12)
+    assert sweep_engine_and_jobs(s, None, None) == ("inprocess", 12)  # every core, in-process
+    assert sweep_engine_and_jobs(s, None, 3) == ("inprocess", 3)
+    assert sweep_engine_and_jobs(s, "ray", None) == ("ray", 1)  # Ray spreads one cell over the machine
+    s.engine = "ray"
+    assert sweep_engine_and_jobs(s, None, None) == ("ray", 1)
+    assert sweep_engine_and_jobs(s, "inprocess", None) == ("inprocess", 12)
+    toml = tmp_path / "e.toml"
+    toml.write_text('[base]\ndataset = "digits"\nnum-clients = 6\nnum-byzantine = 1\n[grid]\nseed = [0, 1]\n')
+    assert main(["sweep", str(toml), "--engine", "ray", "--jobs", "2", "--results", str(tmp_path)]) == 2
+    assert "one cell at a time" in capsys.readouterr().err and not fake_simulate
+    args = ["sweep", str(toml), "--engine", "ray", "--results", str(tmp_path), "--no-report", "--no-progress"]
+    assert main(args) == 0 and len(fake_simulate) == 2  # Ray: simulation.simulate, one cell at a time
+    assert "(ray engine, 1 job(s)): 2 cells run, 0 already finished, 0 failed" in capsys.readouterr().out
+    assert build_parser().parse_args(["sweep", "f.toml"]).threads_per_cell == 1

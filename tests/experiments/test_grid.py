@@ -107,3 +107,12 @@ def test_normalized_config_fills_defaults_and_ignores_results_dir():
     b = normalized_config({**BASE, "lr": 1.0, "results-dir": "b", "momentum": 0.9})  # 0.9 is the default
     assert a == b
     assert normalized_config({**BASE, "lr": 0.5}) != a
+
+
+def test_the_sweep_file_picks_the_engine(tmp_path):
+    grid = '[base]\ndataset = "digits"\nnum-clients = 6\nnum-byzantine = 1\n'
+    assert load_sweep(write(tmp_path, grid)).engine == ""  # the runner's default
+    assert load_sweep(write(tmp_path, '[sweep]\nengine = "inprocess"\n' + grid)).engine == "inprocess"
+    assert load_sweep(write(tmp_path, '[sweep]\nengine = "ray"\n' + grid)).engine == "ray"
+    with pytest.raises(ValueError, match="engine = 'threads'; expected one of ray, inprocess"):
+        load_sweep(write(tmp_path, '[sweep]\nengine = "threads"\n' + grid))

@@ -1,12 +1,16 @@
-"""Sweep runner without Ray (fake simulate): result files, resume, changed configs, failures, progress."""
+"""Sweep runner: result files, resume, changed configs, failures, progress (fake simulate, no Ray); the
+in-process engine with several cells at once equals the sequential sweep, cell for cell."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from resam_flower.experiments import Sweep, is_finished, run_sweep
 from resam_flower.experiments import runner as runner_module
 from resam_flower.experiments.hooks import quiet_flower
+from resam_flower.experiments.runner import resolve_engine
 from resam_flower.strategies import ResilientAveraging
 from tests.experiments.conftest import BASE
 
@@ -120,3 +124,124 @@ def test_quiet_flower_drops_info_and_keeps_errors(caplog):
         logger.error("error line")
     messages = [r.getMessage() for r in caplog.records]
     assert "error line" in messages and "info line" not in messages
+
+
+# -- the in-process engine, several cells at once ---------------------------------------------------------
+REAL = {
+    "dataset": "digits",
+    "model": "mlp",
+    "num-clients": 6,
+    "num-byzantine": 1,
+    "attack": "alie",
+    "attack-params": "z='karimireddy'",
+    "lr": 0.5,
+    "batch-size": 16,
+    "num-server-rounds": 3,
+    "eval-every": 3,
+}
+
+
+def real_sweep(name="p", rounds=3):
+    # 4 real cells, and one that fails when it runs (ALIE has no parameter 'bogus'; the grid accepts it)
+    return Sweep(
+        name,
+        {**REAL, "num-server-rounds": rounds},
+        {"aggregator": ["cwtm", "nnm+cwtm"], "momentum": [0.0, 0.9]},
+        include=[{"aggregator": "cwtm", "momentum": 0.0, "attack-params": "bogus=1"}],
+    )
+
+
+def test_parallel_cells_equal_sequential_ones_and_a_failed_cell_is_retried(tmp_path):
+    s = real_sweep()
+    seq = run_sweep(s, tmp_path / "seq", progress=False, engine="inprocess")  # one by one, in this process
+    par = run_sweep(s, tmp_path / "par", progress=False, engine="inprocess", jobs=2)
+    assert [r.cell.name for r in par] == [r.cell.name for r in seq]
+    assert [r.status for r in par] == [r.status for r in seq] == ["done"] * 4 + ["failed"]
+    for a, b in zip(seq[:4], par[:4], strict=True):
+        assert b.summary["final_model_sha256"] == a.summary["final_model_sha256"], a.cell.name
+        assert b.summary["final_test_loss"] == a.summary["final_test_loss"]
+        assert is_finished(b.cell)["final_model_sha256"] == a.summary["final_model_sha256"]
+    failed = par[4]
+    assert "bogus" in failed.error and is_finished(failed.cell) is None
+    error_file = tmp_path / "par" / "p" / failed.cell.name / "error.txt"
+    assert "bogus" in error_file.read_text()
+    error_file.unlink()
+    again = run_sweep(s, tmp_path / "par", progress=False, engine="inprocess", jobs=2)
+    assert [r.status for r in again] == ["cached"] * 4 + ["failed"]  # the failed cell is run again
+    assert "bogus" in error_file.read_text()
+
+
+def test_engine_choice_and_its_limits(tmp_path, fake_simulate):
+    s = sweep()
+    with pytest.raises(ValueError, match="one cell at a time"):
+        run(s, tmp_path, jobs=2)  # the Ray engine (the default) with several jobs
+    with pytest.raises(ValueError, match="unknown engine"):
+        run(s, tmp_path, engine="threads")
+    with pytest.raises(ValueError, match=">= 1"):
+        run(s, tmp_path, engine="inprocess", jobs=0)
+    assert not fake_simulate and not (tmp_path / "t").exists()  # refused before anything ran
+    assert resolve_engine(s) == "ray" and resolve_engine(s, "inprocess") == "inprocess"
+    s.engine = "inprocess"
+    assert resolve_engine(s) == "inprocess" and resolve_engine(s, "ray") == "ray"
+    run(s, tmp_path, only=["cwtm__b0.9"], engine="ray")
+    assert len(fake_simulate) == 1  # engine = "ray" goes through simulation.simulate
+
+
+@pytest.mark.slow
+def test_parallel_in_process_sweep_equals_the_sequential_ray_sweep(tmp_path):
+    s = real_sweep("q")
+    ray = run_sweep(s, tmp_path / "ray", progress=False)  # today's sweep: Flower's Ray simulation
+    par = run_sweep(s, tmp_path / "par", progress=False, engine="inprocess", jobs=2)
+    assert [r.status for r in ray] == [r.status for r in par] == ["done"] * 4 + ["failed"]
+    for a, b in zip(ray[:4], par[:4], strict=True):
+        assert b.summary["final_model_sha256"] == a.summary["final_model_sha256"], a.cell.name
+        assert b.summary["byzantine_nodes"] == a.summary["byzantine_nodes"]
+
+
+@pytest.mark.slow
+def test_killed_parallel_sweep_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    toml = tmp_path / "k.toml"
+    toml.write_text(
+        '[sweep]\nname = "k"\nengine = "inprocess"\n[base]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**REAL, "num-server-rounds": 25}.items())
+        + '[grid]\naggregator = ["cwtm", "nnm+cwtm", "cwmed"]\nmomentum = [0.0, 0.9]\n'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "resam_flower.cli",
+        "sweep",
+        str(toml),
+        "--results",
+        str(tmp_path / "r"),
+        "--jobs",
+        "2",
+        "--no-report",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    cells = list((tmp_path / "r" / "k").glob("*/summary.json"))
+    deadline = time.time() + 240
+    while not cells and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        cells = list((tmp_path / "r" / "k").glob("*/summary.json"))
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cell processes (their own session)
+    proc.wait()
+    done_before = {p.parent.name for p in (tmp_path / "r" / "k").glob("*/summary.json")}
+    assert 1 <= len(done_before) < 6
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{6 - len(done_before)} cells run, {len(done_before)} already finished, 0 failed" in out.stdout
+    from resam_flower.experiments import load_sweep
+
+    s = load_sweep(toml)
+    seq = run_sweep(s, tmp_path / "seq", progress=False)  # the sequential sweep (engine from the file)
+    for r in seq:
+        resumed = json.loads((tmp_path / "r" / "k" / r.cell.name / "summary.json").read_text())
+        assert resumed["final_model_sha256"] == r.summary["final_model_sha256"], r.cell.name
