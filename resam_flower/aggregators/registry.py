@@ -10,12 +10,12 @@ takes a parameter of that name; a parameter no component takes is an error. Keba
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from .._params import parse_call
+from .._registry import Registry
 from .base import Aggregator, _Component
 from .pipeline import Pipeline
 
@@ -64,17 +64,20 @@ def available() -> dict[str, list[str]]:
     return {"rules": sorted(RULES), "pre_aggregators": sorted(PRE_AGGREGATORS), "aliases": sorted(ALIASES)}
 
 
+_REGISTRY: Registry[type[_Component]] = Registry(
+    "aggregator", {**RULES, **PRE_AGGREGATORS}, ALIASES, package=__package__
+)
+
+
 def resolve(name: str) -> type[_Component]:
     """The class registered under ``name`` (or an alias)."""
-    key = ALIASES.get(name.strip().lower(), name.strip().lower())
-    target = RULES.get(key) or PRE_AGGREGATORS.get(key)
-    if target is None:
+    cls = _REGISTRY.get(name)
+    if cls is None:
         raise ValueError(
             f"unknown aggregator {name!r}; rules: {', '.join(sorted(RULES))}; "
             f"pre-aggregators: {', '.join(sorted(PRE_AGGREGATORS))}"
         )
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return cls
 
 
 def _split_chain(spec: str) -> list[str]:

@@ -11,11 +11,11 @@ parameter names are accepted (``tau`` for IPM's ``eps`` and ALIE's ``z``, ``epsi
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
 from .._params import parse_call
+from .._registry import Registry
 from .base import Attack
 
 __all__ = ["build", "available", "resolve", "ATTACKS", "ALIASES"]
@@ -69,19 +69,14 @@ def available() -> dict[str, list[str]]:
     return {"attacks": sorted(ATTACKS), "aliases": sorted(ALIASES)}
 
 
+_REGISTRY: Registry[type[Attack]] = Registry("attack", ATTACKS, ALIASES, package=__package__)
+
+
 def resolve(name: str) -> type[Attack]:
     """The class registered under ``name`` (or an alias)."""
     if not isinstance(name, str):
         raise ValueError(f"attack name must be a string, got {name!r}")
-    key = ALIASES.get(_key(name), _key(name))
-    target = ATTACKS.get(key)
-    if target is None:
-        raise ValueError(
-            f"unknown attack {name!r}; attacks: {', '.join(sorted(ATTACKS))}; "
-            f"aliases: {', '.join(sorted(ALIASES))}"
-        )
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return _REGISTRY.resolve(name)
 
 
 def accepted(cls: type[Attack]) -> set[str]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._registry import Registry
 from ..aggregators.base import check_float, check_int
 from .base import DataSplit
 from .cache import cache_dir, load_arrays, save_arrays, sha256_of
@@ -60,12 +61,11 @@ _ALIASES = {"gamma": "gamma-similarity", "gamma-similarity-niid": "gamma-similar
 _LABEL, _ROW = "label", "row"
 
 
+_REGISTRY: Registry[str] = Registry("partitioner", {name: name for name in PARTITIONERS}, _ALIASES)
+
+
 def _canonical_partitioner(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in PARTITIONERS:
-        raise ValueError(f"unknown partitioner {name!r}; available: {', '.join(PARTITIONERS)}")
-    return key
+    return _REGISTRY.resolve(name)  # an unknown name raises, listing the available ones
 
 
 def build_partitioner(

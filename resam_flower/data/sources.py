@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._registry import Registry
 from ..aggregators.base import check_float
 from .base import NORMALISATION, DataSourceError, DataSplit, to_float_images
 from .cifar import load_cifar10_arrays
@@ -153,12 +154,12 @@ def available_datasets() -> list[str]:
     return sorted(SOURCES)
 
 
+_REGISTRY: Registry[Callable[..., DataSplit]] = Registry("data set", SOURCES, _ALIASES)
+
+
 def _canonical(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in SOURCES:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
-    return key
+    _REGISTRY.resolve(name)  # an unknown name raises, listing the available ones
+    return _REGISTRY.canonical(name)
 
 
 def _freeze(value: Any) -> Any:

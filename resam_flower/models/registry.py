@@ -16,13 +16,13 @@ PyTorch's default for each layer (as in ByzFL).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._registry import Registry, accepted_params, check_params
 from ..aggregators.base import check_int
 from .cnn import CifarCNN, MnistCNN
 from .mlp import MLP, LogisticRegression
@@ -37,6 +37,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "logreg": LogisticRegression,
 }
 _ALIASES = {"cnn-mnist": "mnist-cnn", "cnn-cifar": "cifar-cnn", "logistic-regression": "logreg"}
+_REGISTRY: Registry[type[nn.Module]] = Registry("model", MODELS, _ALIASES)
 
 
 def available_models() -> list[str]:
@@ -76,19 +77,10 @@ def build_model(
         Model-specific parameters (``hidden=`` for ``mlp``; ``width=``, ``hidden=``, ``dropout=``,
         ``batch_norm=`` for ``cifar-cnn``); kebab-case keys are accepted.
     """
-    key = name.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    cls = MODELS[key]
+    cls = _REGISTRY.resolve(name)
     params = {k.replace("-", "_"): v for k, v in params.items()}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes", "in_shape"}
-    unknown = set(params) - accepted
-    if unknown:
-        raise ValueError(
-            f"model {key!r} takes no parameter {', '.join(sorted(unknown))}; "
-            f"it takes: {', '.join(sorted(accepted)) or 'none'}"
-        )
+    accepted = accepted_params(cls, exclude=("self", "num_classes", "in_shape"))
+    check_params(f"model {_REGISTRY.canonical(name)!r}", accepted, params)
     in_shape = tuple(in_shape)
     if seed is None:
         model = cls(num_classes, in_shape, **params)
