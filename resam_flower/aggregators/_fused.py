@@ -125,7 +125,10 @@ def capability() -> str:
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=c99"]
+    # -ffp-contract=off: no fused multiply-add (the torch path rounds each product); -fno-trapping-math lets
+    # the vectorizer if-convert the window's selects (it changes no value, only assumptions on FP traps)
+    flags = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+             "-std=c99"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags += _FLAGS.get(capability(), [])
     return flags
@@ -166,7 +169,7 @@ def _epilogue(spec: Spec, n: int, s: dict[int, str], ct: str) -> list[str]:
     for r in range(n):
         conds = ([f"!nk{r}"] if r < big else []) + ([f"nk{r - beta}"] if r >= beta else [])
         if conds:
-            lines.append(f"acc = acc + (({' && '.join(conds)}) ? {s[r]} : -(({ct})0.0));")
+            lines.append(f"acc = acc + (({' & '.join(conds)}) ? {s[r]} : -(({ct})0.0));")
         else:
             lines.append(f"acc = acc + {s[r]};")
     return [*lines, f"o[j] = acc / (({ct}){beta});"]
