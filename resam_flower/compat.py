@@ -24,6 +24,7 @@ __all__ = [
     "run_simulation",
     "poll_faster",
     "stable_simulation_node_ids",
+    "simulation_node_ids",
     "ray_backend_kept_alive",
     "POLL_INTERVAL_S",
 ]
@@ -116,6 +117,22 @@ def stable_simulation_node_ids(seed: int) -> Iterator[None]:
     finally:
         linkstate.generate_rand_int_from_bytes = original_draw
         linkstate.InMemoryLinkState.create_node = original_create
+
+
+def simulation_node_ids(num_nodes: int, seed: int) -> list[int]:
+    """The node ids Flower's simulation gives nodes ``0 .. num_nodes - 1`` under
+    :func:`~resam_flower.compat.stable_simulation_node_ids` ``(seed)``: drawn by Flower's own code."""
+    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.superlink.federation import NoOpFederationManager
+
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    with stable_simulation_node_ids(seed):
+        mapping = _register_nodes(num_nodes, factory)
+    by_partition = {partition: node for node, partition in mapping.items()}
+    return [by_partition[i] for i in range(num_nodes)]
 
 
 # -- Flower's Ray backend ---------------------------------------------------------------------------------

@@ -80,35 +80,41 @@ def test_this_process_is_not_a_simulation_worker():
 
 
 @pytest.mark.slow
-def test_a_client_app_in_flowers_ray_simulation_knows_it_is_one():
+def test_a_client_app_in_flowers_ray_simulation_knows_it_is_one_and_has_the_predicted_node_id():
+    """Inside Flower's Ray simulation: in_simulation() is true, and node ``i`` (partition ``i``) has the id
+    simulation_node_ids predicts (what the in-process engine uses to match Ray's sampling, bit for bit)."""
+    import time
+
     from flwr.app import Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 
     from resam_flower.simulation import backend_config
 
-    seen: list[float] = []
+    seen: dict[int, tuple[float, int]] = {}
     client = ClientApp()
 
     @client.query()
     def query(msg: Message, ctxt: Context) -> Message:
-        return Message(RecordDict({"m": MetricRecord({"sim": float(compat.in_simulation())})}), reply_to=msg)
+        out = {"sim": float(compat.in_simulation()), "pid": int(ctxt.node_config["partition-id"])}
+        return Message(RecordDict({"m": MetricRecord(out)}), reply_to=msg)
 
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        import time
-
         deadline = time.monotonic() + 60
-        while not (nodes := list(grid.get_node_ids())) and time.monotonic() < deadline:
+        while len(nodes := list(grid.get_node_ids())) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)  # a simulation's first listing can be empty
-        node = nodes[0]
-        msg = Message(RecordDict(), dst_node_id=node, message_type="query")
-        (reply,) = grid.send_and_receive([msg], timeout=120)
-        seen.append(reply.content["m"]["sim"])
+        msgs = [Message(RecordDict(), dst_node_id=node, message_type="query") for node in nodes]
+        for reply in grid.send_and_receive(msgs, timeout=120):
+            m = reply.content["m"]
+            seen[int(reply.metadata.src_node_id)] = (m["sim"], int(m["pid"]))
 
-    compat.run_simulation(
-        server_app=server, client_app=client, num_supernodes=1, backend_config=backend_config(num_cpus=1)
-    )
-    assert seen == [1.0]
+    with compat.stable_simulation_node_ids(3):
+        compat.run_simulation(
+            server_app=server, client_app=client, num_supernodes=3, backend_config=backend_config(num_cpus=1)
+        )
+    predicted = compat.simulation_node_ids(3, 3)
+    assert {node: pid for node, (_, pid) in seen.items()} == {node: i for i, node in enumerate(predicted)}
+    assert {sim for sim, _ in seen.values()} == {1.0}

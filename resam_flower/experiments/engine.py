@@ -46,27 +46,11 @@ from ..app.config import ExperimentConfig
 from ..app.server_app import RoundCallback, run_experiment
 from ..app.task import prepare_partitions
 from ..app.worker import make_client_app
-from ..compat import stable_simulation_node_ids
+from ..compat import simulation_node_ids
 from .grid import ENGINES
 
 __all__ = ["InProcessGrid", "simulate_in_process", "simulation_node_ids", "ENGINES"]
 
-
-
-def simulation_node_ids(num_nodes: int, seed: int) -> list[int]:
-    """The node ids Flower's simulation gives nodes ``0 .. num_nodes - 1`` under
-    :func:`~resam_flower.compat.stable_simulation_node_ids` ``(seed)``: drawn by Flower's own code."""
-    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
-    from flwr.server.superlink.linkstate import LinkStateFactory
-    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
-    from flwr.supercore.object_store import ObjectStoreFactory
-    from flwr.superlink.federation import NoOpFederationManager
-
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    with stable_simulation_node_ids(seed):
-        mapping = _register_nodes(num_nodes, factory)
-    by_partition = {partition: node for node, partition in mapping.items()}
-    return [by_partition[i] for i in range(num_nodes)]
 
 
 def _transport(obj: Any) -> Any:
