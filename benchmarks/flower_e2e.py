@@ -212,11 +212,28 @@ def round_times(stamps: list[float]) -> dict[str, float]:
     return {"first_round_s": per_round[0], "round_median_s": statistics.median(per_round[1:] or per_round)}
 
 
+def _round_numbered_fedavg() -> type:
+    """Flower's FedAvg that also sends the round number the default app's worker draws its mini-batch with."""
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from resam_flower import protocol as P
+
+    class RoundNumberedFedAvg(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001 - FedAvg's signature
+            return super().configure_train(
+                server_round, arrays, ConfigRecord({**dict(config), P.SERVER_ROUND: server_round}), grid
+            )
+
+    return RoundNumberedFedAvg
+
+
 def run_overhead(rounds: int) -> dict:
     """ResilientAveraging + momentum_mod vs Flower's FedAvg on the same app, same data, same rounds."""
     from flwr.app import ArrayRecord, ConfigRecord, Context
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
+
+    _RoundNumberedFedAvg = _round_numbered_fedavg()  # noqa: N806 - a class
     from flwr.simulation import run_simulation
 
     from resam_flower.app.config import ExperimentConfig
@@ -241,7 +258,7 @@ def run_overhead(rounds: int) -> dict:
             test = test_split(cfg)
             model = model_for(cfg, test.num_classes, test.in_shape, fresh=True)
             if name == "fedavg":
-                strategy = FedAvg(
+                strategy = _RoundNumberedFedAvg(
                     fraction_evaluate=0.0,
                     min_available_nodes=cfg.num_clients,
                     min_train_nodes=cfg.num_clients,

@@ -93,7 +93,9 @@ def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
     losses = [float(r["test-loss"]) for r in rows]
     assert summary["rounds"] == ROUNDS and summary["skipped_rounds"] == 0, summary
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
-    assert summary["final_test_accuracy"] > summary["initial_test_accuracy"] + 0.05, summary
+    # well above chance (0.10 on 10 digits): 0.117 -> 0.326 measured after 3 rounds (seed 0; the run is seeded
+    # and replies are aggregated in node-id order, so another CPU moves it by rounding only)
+    assert summary["final_test_accuracy"] >= 0.25, summary
     # Only the four registered nodes took part; the Byzantine reply is well-formed, so none was excluded.
     assert [int(float(r["received"])) for r in rows] == [HONEST + 1] * ROUNDS
     assert [int(float(r["valid"])) for r in rows] == [HONEST + 1] * ROUNDS
