@@ -286,8 +286,11 @@ def kernel(spec: Spec, n: int, dtype: torch.dtype, *, mode: str = "block") -> ct
         if key in _loaded:
             return _loaded[key]
         fut = _pending.get(key)
+        if fut is not None and getattr(fut, "pid", None) != os.getpid():
+            fut = None  # started by the parent of this forked process: its thread is not here
         if fut is None and mode == "background":
             _pending[key] = fut = _builder().submit(_finish, key, spec, n, dtype)
+            fut.pid = os.getpid()  # type: ignore[attr-defined]
     if mode != "block":
         return None
     if fut is not None:
@@ -298,7 +301,7 @@ def kernel(spec: Spec, n: int, dtype: torch.dtype, *, mode: str = "block") -> ct
 def wait() -> None:
     """Wait for the background builds started so far (benchmarks call it before timing)."""
     with _lock:
-        futs = list(_pending.values())
+        futs = [f for f in _pending.values() if getattr(f, "pid", None) == os.getpid()]
     for fut in futs:
         fut.result()
 
