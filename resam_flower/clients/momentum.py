@@ -162,17 +162,21 @@ def momentum_mod(
         else:
             m = _load_stored_momentum(ctxt, state_key, mspec, *store)
         m.mul_(beta).add_(g, alpha=1.0 - beta)
-        ctxt.state[state_key] = mspec.unflatten(m, like=global_rec)
+        state = mspec.unflatten(m, like=global_rec)
+        ctxt.state[state_key] = state
         if store is not None:
             _save_stored_momentum(ctxt, state_key, m, *store)
-        sent = m
+        sent, sent_arrays = m, state  # the reply shares the state's (immutable) Arrays: serialised once
         if bias_correction and beta > 0:
             steps = int(ctxt.state.config_records.get(state_key + "-steps", {}).get("steps", 0)) + 1
             ctxt.state[state_key + "-steps"] = ConfigRecord({"steps": steps})
             sent = m / (1.0 - beta**steps)
-        vec[:p] = sent
+            sent_arrays = mspec.unflatten(sent, like=global_rec)
+        full = _with_buffers(reply_rec, global_rec, spec)  # buffers and integer arrays: the worker's own
         out = reply.content
-        out.array_records[rkey] = spec.unflatten(vec, like=global_rec)
+        out.array_records[rkey] = ArrayRecord(
+            {k: sent_arrays[k] if k in sent_arrays else full[k] for k in spec.keys}
+        )
         for k, v in list(out.metric_records.items()):
             v[P.REPLY_MOMENTUM] = 1
             v[P.MOMENTUM_NORM] = float(torch.linalg.vector_norm(sent))
