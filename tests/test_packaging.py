@@ -64,7 +64,8 @@ def test_a_device_without_the_extras_runs_the_mods_and_the_strategy():
 
             def app(m, c, g=float(i)):
                 rec = ArrayRecord({{"w": Array(np.full(2, g, np.float32))}})
-                return Message(RecordDict({{"arrays": rec, "metrics": MetricRecord({{"resam-gradient": 1}})}}), reply_to=m)
+                content = RecordDict({{"arrays": rec, "metrics": MetricRecord({{"resam-gradient": 1}})}})
+                return Message(content, reply_to=m)
 
             replies.append(byzantine_mod(msg, ctxt, lambda m, c: mod(m, c, app)))
         out, _ = s.aggregate_train(1, replies)

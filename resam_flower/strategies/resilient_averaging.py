@@ -228,9 +228,11 @@ class ResilientAveraging(Strategy):
             P.BUFFERS,
         )
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
-        """:meth:`flwr.serverapp.strategy.Strategy.start` with RESAM's defaults (see :func:`run_rounds`)."""
-        return run_rounds(self, self, grid, initial_arrays, num_rounds, **kwargs)
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
+        """:meth:`flwr.serverapp.strategy.Strategy.start` (same arguments) with RESAM's defaults: the round
+        deadline ``round_timeout``, ``evaluate_fn`` from the constructor, ``Result.arrays`` always the model,
+        and :class:`NoProgressError` when every round was skipped (see :func:`run_rounds`)."""
+        return run_rounds(self, self, grid, initial_arrays, *args, **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -102,8 +102,8 @@ class StrategyWrapper(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kwargs: Any) -> Result:
-        return run_rounds(self, core_of(self), grid, initial_arrays, num_rounds, **kwargs)
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
+        return run_rounds(self, core_of(self), grid, initial_arrays, *args, **kwargs)
 
     def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001 - Strategy's signature
         return self.strategy.configure_train(server_round, arrays, config, grid)

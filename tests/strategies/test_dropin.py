@@ -188,3 +188,15 @@ def test_the_simulated_adversary_acts_and_the_spread_metrics_are_right():
     assert m["aggregation-error"] == pytest.approx(np.linalg.norm(agg - mean), rel=1e-6)
     assert m["kappa-empirical"] == pytest.approx(np.linalg.norm(agg - mean) / np.sqrt(8), rel=1e-6)
     assert core.round_log[-1]["aggregation-error"] == m["aggregation-error"]  # in metrics.csv too
+
+
+def test_start_takes_flowers_arguments_positionally_too():
+    seen: list[dict] = []
+    grid = InlineGrid(quickstart_app(seen, mods=[momentum_mod(0.0)]), 3)
+    strategy = ResilientAveraging(
+        "mean", lr=0.5, min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0
+    )
+    # Flower's order: grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn
+    result = strategy.start(grid, THETA, 1, 5.0, ConfigRecord({"lr": 0.01}))
+    assert grid.timeouts[0] == 5.0 and seen[0]["lr"] == 0.01
+    np.testing.assert_allclose(result.arrays["w"].numpy(), [0.5, 1.0], rtol=1e-4)
