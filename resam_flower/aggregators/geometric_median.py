@@ -7,7 +7,7 @@ import torch
 from ._linalg import RTOL, central_row, centred_gram, pairwise_sq_distances, weighted_sum
 from .base import Aggregator, check_float, check_int
 
-__all__ = ["GeometricMedian", "GramGeometry", "weiszfeld_weights"]
+__all__ = ["GeometricMedian", "GramGeometry", "weiszfeld_weights", "optimal_input"]
 
 _EPS64 = torch.finfo(torch.float64).eps
 
@@ -35,13 +35,40 @@ class GramGeometry:
     def step(self, delta: torch.Tensor) -> float:
         return float((delta @ (self.g @ delta)).clamp(min=0.0).sqrt())
 
+    def pairwise(self) -> torch.Tensor:
+        """``(n, n)`` distances between the inputs."""
+        diag = self.g.diagonal()
+        return (diag[:, None] + diag[None, :] - 2.0 * self.g).clamp(min=0.0).sqrt()
+
+
+def optimal_input(geometry: GramGeometry, n: int, nu: float) -> int | None:
+    r"""The input that *is* the geometric median, if one is: Weiszfeld only creeps towards such a point.
+
+    For distinct inputs the sum of distances is differentiable everywhere but at the inputs; an input
+    :math:`x_k` held by :math:`m_k` inputs is the minimiser iff the pull of the others does not exceed its
+    weight, :math:`\|\sum_{i: x_i \ne x_k} (x_i - x_k)/\|x_i - x_k\|\| \le m_k` (the subgradient condition,
+    as in Vardi & Zhang, "The multivariate L1-median and associated data depth", PNAS 2000). Checked for every
+    input at once in coefficient space: with :math:`W_{ki} = 1/\|x_i - x_k\|` (0 for copies of :math:`x_k`),
+    the pull on :math:`x_k` is :math:`\sum_i c_i x_i` with :math:`c = W_k - (\sum_i W_{ki}) e_k`, a zero-sum
+    combination whose squared norm is :math:`c^\top G c`. Inputs closer than ``nu`` count as copies.
+    """
+    dist = geometry.pairwise()
+    same = dist <= nu
+    w = torch.where(same, torch.zeros_like(dist), 1.0 / dist.clamp(min=nu))
+    c = w - torch.diag(w.sum(1))
+    pull = (c @ geometry.g * c).sum(1).clamp(min=0.0).sqrt()
+    excess = pull - same.sum(1).to(pull.dtype)
+    best = int(torch.argmin(excess))
+    return best if float(excess[best]) <= 0.0 else None
+
 
 def weiszfeld_weights(
     geometry: GramGeometry, n: int, nu: float, tol: float, max_iter: int
 ) -> tuple[torch.Tensor, int, bool, float, float]:
     r"""Smoothed Weiszfeld iterations on coefficients ``a`` (``z = sum_i a_i x_i``), from ``n x n`` data.
 
-    Starts at the mean (``a_i = 1/n``) and iterates
+    If an input is the minimiser (:func:`optimal_input`), returns it exactly (0 iterations). Otherwise starts
+    at the mean (``a_i = 1/n``) and iterates
     :math:`a_i \leftarrow \beta_i / \sum_k \beta_k`, :math:`\beta_i = 1/\max(\nu, \|z - x_i\|)`, until a
     step moves ``z`` by at most ``tol`` times the median distance from ``z`` to the inputs (a scale the
     far rows do not inflate), or ``max_iter`` iterations.
@@ -51,6 +78,14 @@ def weiszfeld_weights(
     squared distance to that squared distance (floored at the median one and at ``nu^2``), i.e. by how
     much the relative error of the ``n x n`` data is magnified in the distances.
     """
+    vertex = optimal_input(geometry, n, nu)
+    if vertex is not None:  # the median is an input: exact, where Weiszfeld would creep towards it
+        a = torch.zeros(n, dtype=torch.float64)
+        a[vertex] = 1.0
+        dist, mag = geometry.distances(a)
+        floor = max(float(dist.median()) ** 2, nu * nu)
+        amplification = float((mag / (dist * dist).clamp(min=floor)).max())
+        return a, 0, True, float(dist.sum()), amplification
     a = torch.full((n,), 1.0 / n, dtype=torch.float64)
     dist, mag = geometry.distances(a)
     converged, it = False, max_iter

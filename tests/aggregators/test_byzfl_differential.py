@@ -133,7 +133,9 @@ def test_geometric_median_matches_byzfl_at_convergence(seed, f, extra, d):
     """Same minimiser; the objective is flat there, so points agree to ~1e-7 when objectives agree to 1e-13.
 
     (Ours stops on the objective's relative decrease, ByzFL after T steps: ByzFL with T = 1500 reaches the
-    minimiser to ~1e-15 on these inputs, ours to ~2e-7 in position with ``tol=1e-15``.)
+    minimiser to ~1e-15 on these inputs, ours to ~2e-7 in position with ``tol=1e-15``.) Where the minimiser
+    is an input (e.g. seed 0, n = 3: an angle over 120 degrees), ours returns that input exactly and ByzFL's
+    smoothed iterations stop ~7e-7 short of it: ours is then at least as good, never worse.
     """
     x = data(seed, 2 * f + extra + 2, d)
     ref = byzfl.GeometricMedian(nu=1e-6, T=1500)(x.copy())
@@ -142,7 +144,8 @@ def test_geometric_median_matches_byzfl_at_convergence(seed, f, extra, d):
     def objective(z):
         return np.linalg.norm(x - z, axis=1).sum()
 
-    same(objective(out), objective(ref), rtol=1e-13)
+    assert objective(out) <= objective(ref) * (1 + 1e-13)
+    assert objective(out) >= objective(ref) * (1 - 1e-7)
     same(out, ref, rtol=1e-6)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import byzfl
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,37 @@ def test_dtype_and_device_preserved(dtype, device):
     out = GeometricMedian(f=2)(x)
     assert out.dtype == dtype and out.device == x.device
     assert torch.allclose(out.double().cpu(), GeometricMedian(f=2)(x.double().cpu()), atol=1e-5)
+
+
+def _optimality_gap(x: np.ndarray, z: np.ndarray) -> float:
+    """First-order condition of argmin_z sum ||x_i - z||, written out: at a point that is no input the unit
+    vectors towards the inputs sum to 0; at an input held m times their sum over the others has norm <= m.
+    Returns by how much the condition is violated (<= 0: z is the geometric median)."""
+    d = np.linalg.norm(x - z, axis=1)
+    at = d <= 1e-12
+    pull = ((x[~at] - z) / d[~at, None]).sum(0)
+    return float(np.linalg.norm(pull) - at.sum())
+
+
+def test_a_median_at_an_input_is_returned_exactly_where_weiszfeld_would_creep():
+    # the origin and three points at 120 degrees: their unit vectors cancel, so the origin is the median;
+    # plain Weiszfeld from the mean is still 1e-3 away after 1,000 iterations
+    angles = [0.0, 2 * np.pi / 3, 4 * np.pi / 3]
+    arms = [[r * np.cos(t), r * np.sin(t)] for r, t in zip([1.0, 2.0, 3.0], angles, strict=True)]
+    x = np.array([[0.0, 0.0], *arms])
+    rule = build("gm", f=1)
+    out = rule(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(out, [0.0, 0.0])
+    assert rule.last_info["converged"] and rule.last_info["iterations"] == 0
+    assert _optimality_gap(x, out) <= 0.0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_result_satisfies_the_optimality_condition(seed):
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(3, 9)), int(rng.integers(1, 6))
+    x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10.0, size=d)
+    if seed % 3 == 0:  # some inputs far away pull the median onto an input of the central cluster
+        x[: n // 2] *= 100.0
+    out = build("gm", f=0, tol=1e-14, max_iter=20_000)(torch.from_numpy(x)).numpy()
+    assert _optimality_gap(x, out) <= 1e-5, (seed, _optimality_gap(x, out))
