@@ -21,6 +21,7 @@ In simulation the adversary of the literature sees every honest reply of the rou
 
 from __future__ import annotations
 
+from logging import INFO, WARNING
 from typing import Any
 
 import torch
@@ -121,7 +122,7 @@ class SimulatedAdversary(StrategyWrapper):
         return self.adversary.describe()
 
     def summary(self) -> None:
-        log(20, "\t├──> Simulated adversary: %s", self.describe())
+        log(INFO, "\t├──> Simulated adversary: %s", self.describe())
         self.strategy.summary()
 
     # -- rounds ---------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class SimulatedAdversary(StrategyWrapper):
             try:
                 replies, metrics = self._corrupt(replies, core)
             except ValueError as exc:  # e.g. too few honest replies for the attack's formula
-                log(30, "simulated adversary failed (%s): replies left as sent", exc)
+                log(WARNING, "simulated adversary failed (%s): replies left as sent", exc)
                 metrics = {"attack-failed": 1.0}
         core.last_aggregate = None
         arrays, out = self.strategy.aggregate_train(server_round, replies)
