@@ -28,9 +28,10 @@ from .validation import ExclusionLog, screen_replies
 __all__ = ["ResilientAveraging"]
 
 #: Exclusion categories that prove a sampled node faulty (it sent something no correct node sends): the rule
-#: runs with f - k. Error replies (a ClientApp that raised, maybe an honest node out of memory) and missing
-#: replies do not count: they carry no vector and prove nothing about the node's intent.
-PROVEN_FAULTY = ("content", "records", "kind", "type", "keys", "shape", "dtype", "decode", "nonfinite")
+#: runs with f - k. Error replies (a ClientApp that raised, maybe an honest node out of memory), missing
+#: replies and replies of the wrong kind (an honest device set up without momentum_mod) do not count: they
+#: prove nothing about the node's intent, and counting them would let honest mistakes lower f.
+PROVEN_FAULTY = ("content", "records", "type", "keys", "shape", "dtype", "decode", "nonfinite")
 
 
 class ResilientAveraging(Strategy):
@@ -80,10 +81,10 @@ class ResilientAveraging(Strategy):
         Before a round, wait for enough nodes at most this long in all, and at most ``node_stall_timeout``
         without a new node connecting; then fail with the numbers and what to pass.
     exclusions_reduce_f : bool (default: True)
-        A reply excluded as invalid (NaN, wrong shape or dtype, wrong kind...) proves its node faulty; with
+        A reply excluded as invalid (NaN, wrong shape or dtype, unreadable...) proves its node faulty; with
         ``k`` of them the rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be
-        Byzantine). Missing and error replies do not reduce ``f``: a late reply, or a ClientApp that raised,
-        may be an honest node's.
+        Byzantine). Missing, error and wrong-kind replies do not reduce ``f``: a late reply, a ClientApp that
+        raised, or one set up without ``momentum_mod`` may be an honest node's.
     metric_keys : list of str, optional
         Client metrics to aggregate (median). Default: any key reported by more than ``f`` valid replies (so
         at least one honest node sent it), at most 32 keys.

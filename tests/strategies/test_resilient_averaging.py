@@ -238,3 +238,13 @@ def test_nodes_that_connect_late_are_waited_for_and_the_adversary_chooses_among_
     assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13, 14]
     roles = [m.content["config"].get("resam-byzantine") for m in msgs]
     assert sum(bool(r) for r in roles) == 1  # exactly f Byzantine nodes, among the real ones
+
+
+def test_wrong_kind_replies_do_not_reduce_f():
+    # an honest device without momentum_mod replies weights: excluded, but it proves nothing about intent
+    s = ResilientAveraging("cwtm", num_byzantine=1, min_train_nodes=4)
+    msgs = start_round(s, [1, 2, 3, 4])
+    replies = grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1]})
+    replies += grad_replies({4: msgs[4]}, {4: [5, 5]}, kind={"num-examples": 1})
+    out, m = s.aggregate_train(1, replies)
+    assert m["excluded-kind"] == 1 and m["f"] == 1 and m["valid"] == 3 and out is not None
