@@ -5,6 +5,7 @@
     resam sweep simulations/paper_mnist.toml      # results/<sweep>/<cell>/, resumes finished cells
     resam sweep simulations/tiny.toml --jobs 4    # 4 cells at once (in-process engine, 1 thread each)
     resam sweep simulations/tiny.toml --engine ray  # one cell at a time in Flower's Ray simulation
+    resam sweep simulations/tiny.toml --ray-address auto  # cells as tasks on a running Ray cluster
     resam plot results/paper_mnist                # PNG curves and heatmaps in results/paper_mnist/plots/
     resam report results/paper_mnist              # Markdown table (also written to report.md)
     resam kappa --n 7 --f 2 --d 2                 # empirical κ by adversarial search vs the proven κ
@@ -62,7 +63,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.report import write_report
 
     sweep = load_sweep(args.file)
-    engine, jobs = sweep_engine_and_jobs(sweep, args.engine, args.jobs)
+    if args.ray_address and args.engine not in (None, "inprocess"):
+        raise ValueError(
+            "--ray-address runs each cell on the in-process engine in a Ray task (no --engine ray)"
+        )
+    engine, jobs = sweep_engine_and_jobs(sweep, "inprocess" if args.ray_address else args.engine, args.jobs)
     cells = sweep.cells(args.results)
     if args.dry_run:
         from .experiments.runner import is_finished
@@ -89,12 +94,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             engine=engine,
             jobs=jobs,
             threads_per_cell=args.threads_per_cell,
+            ray_address=args.ray_address,
         )
     failed = [r for r in results if r.status == "failed"]
+    where = f"Ray cluster {args.ray_address}" if args.ray_address else f"{jobs} job(s)"
     ran = sum(r.status == "done" for r in results)
     cached = sum(r.status == "cached" for r in results)
     print(
-        f"[resam] sweep {sweep.name} ({engine} engine, {jobs} job(s)): {ran} cells run, {cached} "
+        f"[resam] sweep {sweep.name} ({engine} engine, {where}): {ran} cells run, {cached} "
         f"already finished, {len(failed)} failed, in {time.perf_counter() - t0:.0f}s -> "
         f"{sweep.directory(args.results)}"
     )
@@ -206,7 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads-per-cell",
         type=int,
         default=1,
-        help="intra-op threads of each cell's process with --jobs > 1 (default 1)",
+        help="intra-op threads of each cell's process with --jobs > 1, and the CPUs each cell's Ray task "
+        "asks for with --ray-address (default 1)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="run the cells as Ray tasks on an existing Ray cluster (e.g. 10.0.0.1:6379, or auto); "
+        "results are written here, on the driver",
     )
     p.add_argument("--fresh-ray", action="store_true", help="start Ray for every cell (Flower's default)")
     p.add_argument("--fresh-actors", action="store_true", help="new client actors for every cell")

@@ -16,6 +16,10 @@ K cells run at once, each in its own process (``spawn``) pinned to ``threads_per
 a cell's results do not depend on which process ran it or on how many ran beside it. Resume and failures
 work as in a sequential sweep: a cell is finished once its ``summary.json`` is written, a failed cell writes
 ``error.txt`` and is run again by the next ``run_sweep``, and the other cells go on.
+
+With ``ray_address`` the same loop (:func:`_run_parallel` over a :class:`CellExecutor`) runs the cells as
+Ray tasks on an existing cluster (:class:`.cluster.RayTasks`); their result files come back to this
+process and are written into the sweep's folder here.
 """
 
 from __future__ import annotations
@@ -38,7 +42,15 @@ from ..app.results import atomic_write_text
 from .grid import ENGINES, Cell, Sweep, normalized_config
 from .hooks import quiet_flower, shared_ray
 
-__all__ = ["CellResult", "run_sweep", "is_finished", "write_manifest", "resolve_engine"]
+__all__ = [
+    "CellResult",
+    "CellExecutor",
+    "LocalProcesses",
+    "run_sweep",
+    "is_finished",
+    "write_manifest",
+    "resolve_engine",
+]
 
 
 @dataclass
@@ -50,6 +62,8 @@ class CellResult:
     summary: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    #: the Ray node that ran the cell (``--ray-address`` only), else ``""``.
+    node: str = ""
 
 
 def is_finished(cell: Cell) -> dict[str, Any] | None:
@@ -130,6 +144,7 @@ def run_sweep(
     engine: str | None = None,
     jobs: int = 1,
     threads_per_cell: int = 1,
+    ray_address: str | None = None,
 ) -> list[CellResult]:
     """Run every unfinished cell of ``sweep`` in this process; return one :class:`CellResult` per cell.
 
@@ -157,12 +172,24 @@ def run_sweep(
     jobs
         Cells run at once, each in its own process (in-process engine only; 1: in this process).
     threads_per_cell
-        With ``jobs > 1``: intra-op threads of each cell's process (``torch.set_num_threads``).
+        With ``jobs > 1``: intra-op threads of each cell's process (``torch.set_num_threads``); with
+        ``ray_address``: the CPUs each cell's Ray task asks for (``num_cpus``) and its intra-op threads.
+    ray_address
+        Run the cells as Ray tasks on the existing Ray cluster at this address (``"auto"``: the local one
+        ``ray start`` made), each on the in-process engine; ``jobs`` is then unused (Ray schedules the
+        tasks by their CPUs). See :mod:`.cluster`.
     """
     from tqdm.auto import tqdm
 
     from ..simulation import backend_config
 
+    if ray_address:
+        if (engine or "inprocess") != "inprocess":
+            raise ValueError(
+                "on a Ray cluster (ray_address) each cell runs the in-process engine in a Ray task; "
+                f"engine {engine!r} is not available there"
+            )
+        engine = "inprocess"
     engine = resolve_engine(sweep, engine)
     if jobs < 1 or threads_per_cell < 1:
         raise ValueError(f"jobs and threads_per_cell must be >= 1 (got {jobs}, {threads_per_cell})")
@@ -210,8 +237,13 @@ def run_sweep(
     with ray_ctx as ray_init_s, log_ctx:
         if use_ray:
             say(f"[resam] Ray started once for {len(todo)} cell(s) in {ray_init_s:.1f}s")
-        if jobs > 1 and todo:
-            results += _run_parallel(todo, jobs, threads_per_cell, bar, say, verbose)
+        if ray_address and todo:
+            from .cluster import RayTasks
+
+            results += _run_parallel(todo, RayTasks(ray_address, threads_per_cell, verbose), bar, say)
+        elif jobs > 1 and todo:
+            executor = LocalProcesses(jobs, threads_per_cell, verbose, len(todo))
+            results += _run_parallel(todo, executor, bar, say)
         else:
             for cell in todo:
                 results.append(_run_cell(cell, engine, backend, bar, say, progress, verbose))
@@ -355,23 +387,68 @@ def _prepare_data(cells: list[Cell]) -> None:
             prepare_partitions(ExperimentConfig.from_run_config(cell.config))
 
 
-def _run_parallel(todo: list[Cell], jobs: int, threads: int, bar, say, verbose: bool) -> list[CellResult]:
+class CellExecutor:
+    """Where the cells of a parallel sweep run; :func:`_run_parallel` is the one loop over them.
+
+    ``submit(cell)`` starts a cell and returns a :class:`concurrent.futures.Future`; ``finish(cell, value)``
+    turns the future's value into ``(CellResult, line to print)`` on the driver (writing what the cell
+    produced elsewhere, if anything). An exception from the future means the cell's worker died; the loop
+    records it as the cell's failure. Implementations: :class:`LocalProcesses` (``--jobs``) and
+    :class:`.cluster.RayTasks` (``--ray-address``).
+    """
+
+    label = ""
+
+    def __enter__(self) -> CellExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, cell: Cell) -> concurrent.futures.Future:
+        raise NotImplementedError
+
+    def finish(self, cell: Cell, value: Any) -> tuple[CellResult, str]:
+        return value
+
+
+class LocalProcesses(CellExecutor):
+    """``jobs`` cell processes on this machine (``spawn``), each with ``threads`` intra-op threads."""
+
+    def __init__(self, jobs: int, threads: int, verbose: bool, n_cells: int) -> None:
+        self.jobs, self.threads, self.verbose = min(jobs, n_cells), threads, verbose
+        self.label = f"{self.jobs} jobs x {threads} thread(s)"
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalProcesses:
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_cell_process,
+            initargs=(self.threads,),
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, cell: Cell) -> concurrent.futures.Future:
+        assert self._pool is not None
+        return self._pool.submit(_cell_job, cell, self.verbose)
+
+
+def _run_parallel(todo: list[Cell], executor: CellExecutor, bar, say) -> list[CellResult]:
     _prepare_data(todo)
     results: list[CellResult] = []
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=min(jobs, len(todo)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_cell_process,
-        initargs=(threads,),
-    )
-    with pool:
-        futures = {pool.submit(_cell_job, cell, verbose): cell for cell in todo}
-        bar.set_postfix_str(f"{min(jobs, len(todo))} jobs x {threads} thread(s)")
+    with executor:
+        futures = {executor.submit(cell): cell for cell in todo}
+        bar.set_postfix_str(executor.label)
         for future in concurrent.futures.as_completed(futures):
             cell = futures[future]
             try:
-                result, line = future.result()
-            except Exception as exc:  # noqa: BLE001 - the cell's process died (killed, out of memory)
+                result, line = executor.finish(cell, future.result())
+            except Exception as exc:  # noqa: BLE001 - the cell's worker died (killed, out of memory)
                 run_dir = Path(cell.config["results-dir"]) / cell.name
                 run_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(run_dir / "error.txt", f"the cell's process failed: {exc!r}\n")
