@@ -57,13 +57,11 @@ def test_the_readme_flwr_run_command_works_verbatim_without_an_activated_venv(tm
 
 
 def test_the_readme_kappa_command_works_verbatim_without_an_activated_venv():
-    line = next(
-        ln for ln in readme_block(".venv/bin/resam kappa").splitlines() if ln.startswith(".venv/bin/resam kappa")
-    )
-    command = line.split("#", 1)[0].strip()
+    lines = readme_block(".venv/bin/resam kappa").splitlines()
+    command = next(ln for ln in lines if ln.startswith(".venv/bin/resam kappa")).split("#", 1)[0].strip()
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and Path(p) != Path(venv_bin))
+    venv_bin = Path(sys.executable).parent
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and Path(p) != venv_bin)
     proc = subprocess.run(["bash", "-ec", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for rule in ("mean", "mda", "cwtm"):
