@@ -43,8 +43,9 @@ def test_the_readme_flwr_run_command_works_verbatim_without_an_activated_venv(tm
     run_dir = REPO / "results" / "readme-flwr-run"
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
-        proc = subprocess.run(["bash", "-ec", command], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=480)
+        proc = subprocess.run(
+            ["bash", "-ec", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=480
+        )
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-3000:]
         assert "Unable to launch" not in log, log[-3000:]
@@ -62,7 +63,9 @@ def test_the_readme_kappa_command_works_verbatim_without_an_activated_venv():
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     venv_bin = Path(sys.executable).parent
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and Path(p) != venv_bin)
-    proc = subprocess.run(["bash", "-ec", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "-ec", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for rule in ("mean", "mda", "cwtm"):
         assert rule in proc.stdout, proc.stdout
