@@ -54,7 +54,7 @@ def test_the_readme_flwr_run_command_works_verbatim_without_an_activated_venv(tm
         shutil.rmtree(run_dir, ignore_errors=True)
         subprocess.run(["pkill", "-f", f"flower-superlink.*{env['FLWR_HOME']}"], check=False)
     assert summary["rounds"] == 20 and summary["skipped_rounds"] == 0 and summary["status"] == "ok"
-    # 10 digits: chance is 0.1; this exact run gives 0.727 (the in-process engine, bit-identical to Ray, seed 0)
+    # 10 digits: chance is 0.1; this exact run gives 0.727 (in-process engine, bit-identical to Ray, seed 0)
     assert summary["final_test_accuracy"] > 0.5, summary
 
 
