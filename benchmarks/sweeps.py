@@ -1,17 +1,17 @@
-"""Issue 14's sweep benchmark: cells per hour on the 8-cell MNIST-CNN grid of simulations/bench_sweeps_mnist.toml.
+"""Issue 14's sweep benchmark: cells per hour on the 8 MNIST-CNN cells of simulations/bench_sweeps_mnist.toml.
 
 Side by side, one after the other, from this one script:
-  (a) ``resam sweep FILE --engine ray``                         (one cell at a time on Flower's Ray simulation)
-  (b) ``resam sweep FILE --engine inprocess --jobs 2``          (2 cells at once, in-process engine)
-  (c) ByzFL 0.0.11's ``byzfl.benchmark.benchmark.run_benchmark(nb_jobs=2)`` on the same grid (its CNN, MNIST,
-      10 honest + 3 ALIE tau = 1.5, TrMean with/without NNM, beta {0, 0.9}, 2 seeds, batch 32, lr 0.1,
-      weight decay 1e-4, 100 steps, IID split among the honest clients, the whole training set, no validation),
-      reading MNIST from torchvision's raw folder, written here from resam's cached MNIST (no download).
+  (a) ``resam sweep FILE --engine ray``                 (one cell at a time on Flower's Ray simulation)
+  (b) ``resam sweep FILE --engine inprocess --jobs 2``  (2 cells at once, in-process engine)
+  (c) ByzFL 0.0.11's ``byzfl.benchmark.benchmark.run_benchmark(nb_jobs=2)`` on the same grid (its CNN,
+      MNIST, 10 honest + 3 ALIE tau = 1.5, TrMean with/without NNM, beta {0, 0.9}, 2 seeds, batch 32,
+      lr 0.1, weight decay 1e-4, 100 steps, IID split among the honest clients, the whole training set, no
+      validation), reading MNIST from torchvision's raw folder, written here from resam's cached MNIST.
 
-Each command is timed as a whole (imports, Ray start, process start included); cells per hour = 8 x 3600 / wall.
-Memory: the resident set of every process of the command's tree, sampled from /proc every 0.2 s: the peak of
-the largest single process (one job: a cell process, a Pool worker, a Ray actor or the driver) and the peak of
-the tree's sum (shared pages, e.g. Ray's object store, counted in each process that maps them).
+Each command is timed as a whole (imports, Ray start, process start included); cells per hour =
+8 x 3600 / wall. Memory: the resident set of every process of the command's tree, sampled from /proc every
+0.2 s: the peak of the largest single process (one job: a cell process, a Pool worker, a Ray actor or the
+driver) and the peak of the tree's sum (shared pages counted in each process that maps them).
 
     .venv/bin/python benchmarks/sweeps.py --results /tmp/bench-sweeps [--only ray inprocess byzfl]
 """
@@ -19,7 +19,6 @@ the tree's sum (shared pages, e.g. Ray's object store, counted in each process t
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -109,7 +108,8 @@ def write_torchvision_mnist(folder: Path) -> None:
         (raw / f"{name}-images-idx3-ubyte").write_bytes(
             struct.pack(">IIII", 2051, len(x), 28, 28) + x.astype(np.uint8).tobytes()
         )
-        (raw / f"{name}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(y)) + y.astype(np.uint8).tobytes())
+        labels = struct.pack(">II", 2049, len(y)) + y.astype(np.uint8).tobytes()
+        (raw / f"{name}-labels-idx1-ubyte").write_bytes(labels)
 
 
 def byzfl_config(data: Path, results: Path, steps: int) -> dict:
@@ -166,23 +166,57 @@ def main() -> None:
     root.mkdir(parents=True)
     resam = str(VENV / "resam")
     runs = {
-        "ray": ("(a) sequential Ray sweep (`--engine ray`)",
-                [resam, "sweep", str(SWEEP), "--engine", "ray", "--results", str(root / "ray"),
-                 "--no-report", "--no-progress"], None),
-        "inprocess": ("(b) `--jobs 2`, in-process engine",
-                      [resam, "sweep", str(SWEEP), "--engine", "inprocess", "--jobs", "2",
-                       "--results", str(root / "inprocess"), "--no-report", "--no-progress"], None),
+        "ray": (
+            "(a) sequential Ray sweep (`--engine ray`)",
+            [
+                resam,
+                "sweep",
+                str(SWEEP),
+                "--engine",
+                "ray",
+                "--results",
+                str(root / "ray"),
+                "--no-report",
+                "--no-progress",
+            ],
+            None,
+        ),
+        "inprocess": (
+            "(b) `--jobs 2`, in-process engine",
+            [
+                resam,
+                "sweep",
+                str(SWEEP),
+                "--engine",
+                "inprocess",
+                "--jobs",
+                "2",
+                "--results",
+                str(root / "inprocess"),
+                "--no-report",
+                "--no-progress",
+            ],
+            None,
+        ),
     }
     if "byzfl" in args.only:
         data = root / "byzfl-data"
         write_torchvision_mnist(data)
         work = root / "byzfl"
         work.mkdir()
-        (work / "config.json").write_text(json.dumps(byzfl_config(data, work / "results", args.steps), indent=2))
+        (work / "config.json").write_text(
+            json.dumps(byzfl_config(data, work / "results", args.steps), indent=2)
+        )
         env = dict(os.environ, OMP_NUM_THREADS="1")  # one intra-op thread per job, as resam's --jobs 2
-        runs["byzfl"] = ("(c) ByzFL 0.0.11 `run_benchmark(nb_jobs=2)`",
-                         [sys.executable, "-c",
-                          "from byzfl.benchmark.benchmark import run_benchmark; run_benchmark(nb_jobs=2)"], env)
+        runs["byzfl"] = (
+            "(c) ByzFL 0.0.11 `run_benchmark(nb_jobs=2)`",
+            [
+                sys.executable,
+                "-c",
+                "from byzfl.benchmark.benchmark import run_benchmark; run_benchmark(nb_jobs=2)",
+            ],
+            env,
+        )
     wait_quiet(args.max_load, args.max_wait)
     rows = {}
     for key in args.only:
@@ -195,13 +229,17 @@ def main() -> None:
         print(key, json.dumps(r), flush=True)
     (root / "timings.json").write_text(json.dumps({k: r for k, (_, r) in rows.items()}, indent=2))
     base = rows.get("ray", (None, None))[1]
-    print("\n| | sweep wall | cells per hour | vs (a) | peak RSS, largest process | peak RSS, whole tree | rc |")
+    print(
+        "\n| | sweep wall | cells per hour | vs (a) | peak RSS, largest process | peak RSS, whole tree | rc |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for key, (label, r) in rows.items():
+    for label, r in rows.values():
         cph = CELLS * 3600 / r["wall_s"]
         vs = f"{base['wall_s'] / r['wall_s']:.2f}x" if base else "-"
-        print(f"| {label} | {r['wall_s']:.1f} s | {cph:.0f} | {vs} | {r['peak_job_mib']:,.0f} MiB "
-              f"| {r['peak_tree_mib']:,.0f} MiB | {r['rc']} |")
+        print(
+            f"| {label} | {r['wall_s']:.1f} s | {cph:.0f} | {vs} | {r['peak_job_mib']:,.0f} MiB "
+            f"| {r['peak_tree_mib']:,.0f} MiB | {r['rc']} |"
+        )
 
 
 if __name__ == "__main__":
