@@ -38,13 +38,28 @@ __all__ = ["simulate", "backend_config", "poll_faster", "RoundCallbackError"]
 
 
 def backend_config(
-    num_cpus: int | None = None, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0
+    num_cpus: int | None = None,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    *,
+    address: str | None = None,
 ) -> dict:
-    """Ray backend settings: the machine's cores, one per virtual client by default."""
-    total = num_cpus or os.cpu_count() or 1
+    """Ray backend settings: the machine's cores, one per virtual client by default.
+
+    ``address`` (``"auto"``, or the head's ``host:port``) joins an existing Ray cluster instead of starting
+    Ray on this machine: the simulation's client actors are then placed on the cluster's nodes by their
+    ``client_resources`` (the cluster's own CPUs count, so ``num_cpus`` must not be given).
+    """
+    init_args: dict = {"logging_level": "ERROR", "log_to_driver": False}
+    if address is not None:
+        if num_cpus is not None:
+            raise ValueError("num_cpus cannot be given with address: a Ray cluster brings its own CPUs")
+        init_args["address"] = address
+    else:
+        init_args["num_cpus"] = num_cpus or os.cpu_count() or 1
     return {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
-        "init_args": {"num_cpus": total, "logging_level": "ERROR", "log_to_driver": False},
+        "init_args": init_args,
     }
 
 

@@ -242,3 +242,38 @@ def test_ray_address_runs_the_in_process_engine_only(tmp_path, capsys):
     argv = ["sweep", str(toml), "--results", str(tmp_path), "--ray-address", "auto", "--engine", "ray"]
     assert main(argv) == 2
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_one_simulation_spreads_its_clients_over_the_cluster(tmp_path, two_node_cluster):
+    """``simulate(..., backend=backend_config(address=...))``: Flower's Ray backend joins the cluster, whose
+    actor table then shows Flower's client actors on both nodes. The final model equals the in-process
+    engine's (itself bit-identical to a local Ray simulation)."""
+    from resam_flower.experiments.engine import simulate_in_process
+    from resam_flower.simulation import backend_config, simulate
+
+    cfg = {**TINY, "num-clients": 4, "results-dir": str(tmp_path)}
+    local = simulate_in_process({**cfg, "run-name": "local"})
+    remote = simulate({**cfg, "run-name": "cluster"}, backend=backend_config(address=two_node_cluster))
+    assert remote["final_model_sha256"] == local["final_model_sha256"]
+    assert remote["rounds"] == TINY["num-server-rounds"] and remote["skipped_rounds"] == 0
+    code = (  # the cluster's actor table (GCS), dead actors included: where Flower's client actors ran
+        "import ray, ray._private.state as state\n"
+        f"ray.init(address={two_node_cluster!r}, log_to_driver=False)\n"
+        "actors = state.actors().values()\n"
+        "print(len({a['Address']['NodeID'] for a in actors if 'ClientAppActor' in a['ActorClassName']}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "2", out.stdout
+
+
+def test_joining_a_cluster_brings_no_cpu_count_of_its_own():
+    from resam_flower.simulation import backend_config
+
+    joined = backend_config(address="auto")
+    assert joined["init_args"]["address"] == "auto" and "num_cpus" not in joined["init_args"]
+    assert backend_config(num_cpus=3)["init_args"]["num_cpus"] == 3
+    with pytest.raises(ValueError, match="num_cpus cannot be given with address"):
+        backend_config(num_cpus=2, address="auto")
