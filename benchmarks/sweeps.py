@@ -1,4 +1,4 @@
-"""Issue 14's sweep benchmark: cells per hour on the 8 MNIST-CNN cells of simulations/bench_sweeps_mnist.toml.
+"""The sweep benchmark: cells per hour on the 8 MNIST-CNN cells of simulations/bench_sweeps_mnist.toml.
 
 Side by side, one after the other, from this one script:
   (a) ``resam sweep FILE --engine ray``                 (one cell at a time on Flower's Ray simulation)
