@@ -1,5 +1,5 @@
 """Shared fixtures: devices to run the pure-torch core on (CUDA tests skip cleanly without a GPU); torch's
-intra-op thread count restored after every test."""
+intra-op thread count restored after every test; ``one_thread`` for tests that need a single thread."""
 
 from __future__ import annotations
 
@@ -36,3 +36,13 @@ def _restore_torch_threads():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread during the test: bit-identity at a fixed thread count (the worker sets 1), and tiny
+    inputs on a busy 2-core machine (thread hand-offs cost milliseconds per op). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

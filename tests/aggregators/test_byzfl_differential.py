@@ -56,13 +56,7 @@ from resam_flower.aggregators import build, resolve
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny inputs: one thread (a busy 2-core machine makes thread hand-offs cost milliseconds per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def ours(spec: str, f: int, x: np.ndarray, **params) -> np.ndarray:

@@ -165,12 +165,7 @@ def hill_climb(spec: str, x: np.ndarray, f: int, rng: np.random.Generator, steps
 CASES = [(spec, *shape) for spec, shapes in SHAPES.items() for shape in shapes]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_the_independent_implementations_are_the_pipelines():

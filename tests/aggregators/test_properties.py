@@ -52,13 +52,7 @@ FAST = settings(max_examples=10, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny inputs: one thread (a busy 2-core machine makes thread hand-offs cost milliseconds per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def stages(spec: str) -> list[str]:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 
 @pytest.fixture
-def one_thread():
-    """Bit-identity holds at a fixed intra-op thread count (the worker sets 1; so does the child process)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread):
+    """tests/conftest.py's single thread (bit-identity holds at a fixed thread count; the worker and the child
+    process use 1 too), with Flower's per-round logs quieted."""
     logging.getLogger("flwr").setLevel(logging.ERROR)
     yield
-    torch.set_num_threads(before)
