@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .._files import atomic_open
 
 __all__ = ["write_run", "atomic_write_text"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename (no half-written file on a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, text=True) as fh:
+        fh.write(text)
 
 
 def write_run(
@@ -34,10 +27,8 @@ def write_run(
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metrics.csv.")
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_open(run_dir / "metrics.csv", text=True, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, run_dir / "metrics.csv")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))

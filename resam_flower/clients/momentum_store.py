@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import protocol as P
+from .._files import atomic_open
 
 __all__ = [
     "MOMENTUM_DIR_KEY",
@@ -150,18 +150,9 @@ class MomentumStore:
 
     def write(self, server_round: int, generation: str, vec: torch.Tensor) -> Path:
         """Write ``vec`` as the momentum of ``server_round`` (atomic: readers see the old or the new file)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"round-{server_round:08d}.{generation}.npy"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, vec.detach().to("cpu", torch.float32).numpy(), allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, fsync=True) as fh:
+            np.save(fh, vec.detach().to("cpu", torch.float32).numpy(), allow_pickle=False)
         return path
 
     def prune(self, lineage: Lineage, checkpoint_round: int | None) -> int:

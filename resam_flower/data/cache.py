@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from .._files import atomic_open
 
 __all__ = [
     "CACHE_ENV",
@@ -76,36 +77,19 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached data are not secret
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + :func:`os.replace`)."""
     path = Path(path)
-    with _atomic_target(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_open(path, mode=0o644) as fh:  # cached data are not secret (mkstemp alone makes 0600)
+        fh.write(data)
     return path
 
 
 def save_arrays(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
     """Save named arrays to an uncompressed ``.npz`` file atomically (no pickled objects)."""
     path = Path(path)
-    with _atomic_target(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    with atomic_open(path, mode=0o644) as handle:
+        np.savez(handle, **arrays)
     return path
 
 

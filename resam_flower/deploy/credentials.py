@@ -25,7 +25,6 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .._files import atomic_open
 
 __all__ = ["Credentials", "generate_credentials", "generate_node_keys", "generate_superexec_secret", "main"]
 
@@ -61,21 +62,10 @@ def _write(path: Path, data: bytes, secret: bool = False) -> Path:
     the final mode (``fchmod``: the umask cannot widen or narrow it), fsynced, then renamed over ``path``,
     so a file that was there keeps neither its old permissions nor its other hard links.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink():
         raise ValueError(f"refusing to write {path}: it is a symbolic link (to {os.readlink(path)})")
-    mode = 0o600 if secret else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, mode=0o600 if secret else 0o644, fsync=True) as fh:
+        fh.write(data)
     return path
 
 
