@@ -1,4 +1,4 @@
-"""atomic_open: the one atomic-write helper (checkpoints, momentum files, credentials, results, data cache)."""
+"""atomic_open: the one atomic-write helper (checkpoints, momentum, credentials, results, data cache)."""
 
 from __future__ import annotations
 
