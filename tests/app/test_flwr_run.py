@@ -24,7 +24,8 @@ import pytest
 from flwr.cli.build import build_fab_from_files
 
 from resam_flower.app.config import ExperimentConfig
-from resam_flower.deploy.processes import ProcessGroup, flower_env, free_port, health_ok, wait_until
+from resam_flower.deploy.processes import wait_until
+from tests.app.local_superlink import local_superlink
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"
@@ -95,29 +96,9 @@ def test_flwr_run_dot_in_the_local_simulation_runtime(tmp_path):
     flwr, superlink = BIN / "flwr", BIN / "flower-superlink"
     if not flwr.exists() or not superlink.exists():
         pytest.skip(f"flwr CLI not installed next to {sys.executable}")
-    home = tmp_path / "flwr-home"
-    port = free_port()
-    # The CLI reaches the ":local:" SuperLink on this port; a private FLWR_HOME holds its default config.
-    ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
-    env = flower_env(home, **ports)
     pyproject_before = PYPROJECT.read_bytes()
     results = tmp_path / "results"
-    procs = ProcessGroup(tmp_path / "logs", env=env)
-    try:
-        # Flower's CLI starts this exact SuperLink itself when none answers, but gives it only 15 s, too
-        # little on a loaded CI machine: start it here (same command) so the test also owns its lifetime.
-        runtime = home / "local-superlink"
-        runtime.mkdir(parents=True)
-        link = procs.start(
-            "local-superlink",
-            [
-                str(superlink), "--insecure", "--simulation", "--isolation", "subprocess",
-                "--host", "127.0.0.1", "--port", str(port), "--database", str(runtime / "state.db"),
-                "--disable-runtime-dependency-installation",
-            ],
-            cwd=tmp_path,
-        )
-        wait_until(lambda: health_ok("127.0.0.1", port), 90, "local SuperLink", [link])
+    with local_superlink(tmp_path) as (procs, home):
         run_config = (
             "num-server-rounds=10 dataset='digits' model='mlp' num-clients=4 num-byzantine=1 attack='sf' "
             f"aggregator='nnm+cwtm' lr=0.5 batch-size=32 eval-every=5 results-dir='{results}' run-name='cli'"
@@ -134,8 +115,6 @@ def test_flwr_run_dot_in_the_local_simulation_runtime(tmp_path):
         wait_until(lambda: run.poll() is not None, 400, "flwr run . --stream to finish")
         log = procs.log("flwr-run")
         assert run.returncode == 0, log[-3000:]
-    finally:
-        procs.stop()
 
     assert PYPROJECT.read_bytes() == pyproject_before, "flwr run must not rewrite pyproject.toml"
     assert (home / "config.toml").exists(), "the Flower config was created in the temporary FLWR_HOME"

@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from resam_flower.deploy.processes import ProcessGroup, flower_env, free_port, health_ok, wait_until
+from resam_flower.deploy.processes import wait_until
+from tests.app.local_superlink import BIN, local_superlink
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quickstart-resam"
-BIN = Path(sys.executable).parent
 
 
 @pytest.mark.slow
 def test_the_quickstart_example_learns_under_flwr_run_and_saves_the_model(tmp_path):
-    home, port = tmp_path / "flwr-home", free_port()
-    env = flower_env(
-        home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(free_port())
-    )
-    procs = ProcessGroup(tmp_path / "logs", env=env)
-    workdir = tmp_path / "superlink"
-    workdir.mkdir()
-    try:
-        link = procs.start(
-            "local-superlink",
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--simulation",
-                "--isolation",
-                "subprocess",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--database",
-                str(workdir / "state.db"),
-                "--disable-runtime-dependency-installation",
-            ],
-            cwd=workdir,
-        )
-        wait_until(lambda: health_ok("127.0.0.1", port), 90, "local SuperLink", [link])
+    with local_superlink(tmp_path) as (procs, _):
         run = procs.start(
             "flwr-run",
             [
@@ -61,8 +34,6 @@ def test_the_quickstart_example_learns_under_flwr_run_and_saves_the_model(tmp_pa
         wait_until(lambda: run.poll() is not None, 400, "flwr run examples/quickstart-resam to finish")
         log = procs.log("flwr-run")
         assert run.returncode == 0, log[-3000:]
-    finally:
-        procs.stop()
     accuracies = [
         float(line.rsplit("'accuracy': ", 1)[1].split(",")[0])
         for line in log.splitlines()
