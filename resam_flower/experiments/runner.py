@@ -353,8 +353,28 @@ def _run_cell(cell: Cell, engine: str, backend: dict, bar, say, progress: bool, 
 
 
 # -- several cells at once -------------------------------------------------------------------------------
-def _init_cell_process(threads: int) -> None:
-    """Start of a cell process (``spawn``): ``threads`` intra-op threads, before anything imports torch."""
+def _die_with_parent(parent: int) -> None:
+    """End this cell process when the sweep's driver ``parent`` dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Without it a driver killed by a signal leaves its cell processes running their cells to the end: they
+    keep writing results and eat the CPUs of the rerun that resumes the sweep. Elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _init_cell_process(threads: int, parent: int | None = None) -> None:
+    """Start of a cell process (``spawn``): ``threads`` intra-op threads, before anything imports torch;
+    the process ends with the driver ``parent`` (:func:`_die_with_parent`)."""
+    if parent is not None:
+        _die_with_parent(parent)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch
@@ -425,7 +445,7 @@ class LocalProcesses(CellExecutor):
             max_workers=self.jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_cell_process,
-            initargs=(self.threads,),
+            initargs=(self.threads, os.getpid()),
         )
         return self
 

@@ -3,7 +3,10 @@ in-process engine with several cells at once equals the sequential sweep, cell f
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 
 import pytest
 
@@ -245,3 +248,79 @@ def test_killed_parallel_sweep_resumes(tmp_path):
     for r in seq:
         resumed = json.loads((tmp_path / "r" / "k" / r.cell.name / "summary.json").read_text())
         assert resumed["final_model_sha256"] == r.summary["final_model_sha256"], r.cell.name
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Pids of ``multiprocessing`` spawn workers whose parent is ``pid`` (Linux /proc)."""
+    from pathlib import Path
+
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(ln for ln in status.read_text().splitlines() if ln.startswith("PPid:")).split()[1]
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, StopIteration):
+            continue
+        if int(ppid) == pid and b"multiprocessing.spawn" in cmdline:
+            out.append(int(status.parent.name))
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            return b"zombie" not in fh.read().lower()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_cell_processes_die_with_a_killed_driver(tmp_path):
+    # A driver killed alone (not its process group: `kill PID`, an OOM kill) used to leave its cell
+    # processes running their cells to the end, writing results and taking the CPUs of the resumed sweep.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    toml = tmp_path / "d.toml"
+    toml.write_text(
+        '[sweep]\nname = "d"\nengine = "inprocess"\n[base]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**REAL, "num-server-rounds": 2000}.items())
+        + '[grid]\naggregator = ["cwtm", "cwmed"]\n'
+    )
+    cmd = [sys.executable, "-m", "resam_flower.cli", "sweep", str(toml), "--results", str(tmp_path / "r"),
+           "--jobs", "2", "--no-report", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        children = _spawned_children(proc.pid)
+        while len(children) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+            children = _spawned_children(proc.pid)
+        assert len(children) == 2, "the sweep never started its two cell processes"
+        while min(_cpu_seconds(p) for p in children) < 4 and time.time() < deadline:  # both are training
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only
+        proc.wait()
+        deadline = time.time() + 20
+        alive = children
+        while alive and time.time() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in children if _running(p)]
+        assert not alive, f"cell processes {alive} outlived their driver"
+        assert not list((tmp_path / "r" / "d").glob("*/summary.json"))  # they did not finish their cells
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
