@@ -129,6 +129,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .experiments.compact import export_compact
+
+    source = _sweep_dir(args.target, args.results)
+    cells, rows = export_compact(source, args.out, every=args.every)
+    print(f"[resam] exported {cells} cells, {rows} round rows of {source} -> {args.out}")
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from .experiments.claims import claims_markdown
+    from .experiments.results import load_runs
+
+    runs = [r for r in load_runs(_sweep_dir(args.target, args.results)) if _matches(r.config, args.where)]
+    if not runs:
+        raise SystemExit(f"no finished cell in {args.target} matches {args.where}")
+    print(claims_markdown(runs, near=args.near, fail=args.fail), end="")
+    return 0
+
+
+def _matches(config: dict, where: list[str]) -> bool:
+    """``config`` has every ``key=value`` of ``where`` (values compared as text)."""
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--where {item!r}: expected KEY=VALUE")
+        if str(config.get(key)) != value:
+            return False
+    return True
+
+
 def _rule_specs(values: list[str]) -> list[str]:
     """``["mean", "mda,cwtm"]`` -> ``["mean", "mda", "cwtm"]`` (``;`` separates specs that contain commas)."""
     out = []
@@ -244,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "plot":
             p.add_argument("--out", help="output folder (default: <results folder>/plots)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("export", help="write a sweep's compact CSVs (config.json, cells.csv, rounds.csv)")
+    p.add_argument("target", help="results folder (results/<sweep>) or the sweep's TOML file")
+    p.add_argument("--out", required=True, help="folder for the three files (e.g. a folder to commit)")
+    p.add_argument("--results", help="results root when TARGET is a TOML file")
+    p.add_argument("--every", type=int, default=5, help="keep every N-th round besides 1..10 and eval rounds")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("claims", help="RESAM's claims with 95%% CIs over seeds (Markdown table)")
+    p.add_argument("target", help="results folder, exported folder, or the sweep's TOML file")
+    p.add_argument("--results", help="results root when TARGET is a TOML file")
+    p.add_argument("--near", type=float, default=5.0, help="claim 1's bound, in points (default 5)")
+    p.add_argument("--fail", type=float, default=10.0, help="claim 2's bound, in points (default 10)")
+    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="only cells with these values")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("kappa", help="empirical κ of rules by adversarial search, next to the proven κ")
     p.add_argument("--n", type=int, default=7)

@@ -18,7 +18,6 @@ Rendering uses matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -130,21 +129,20 @@ def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     return paths
 
 
-def _round_values(path: Path) -> dict[str, dict[int, float]]:
-    """``{panel: {round: value}}`` of one run's ``metrics.csv`` (finite values only; ``{}`` without the
+def _round_values(rows: list[dict[str, str]]) -> dict[str, dict[int, float]]:
+    """``{panel: {round: value}}`` of one run's per-round metric rows (finite values only; ``{}`` without the
     columns). ``spread-ratio`` = ``honest-spread-max / honest-mean-norm`` (rounds of zero mean skipped)."""
     out: dict[str, dict[int, float]] = {name: {} for name in MECHANISM_PANELS}
     try:
-        with path.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                rnd = int(float(row["round"]))
-                spread, norm, err = (_number(row.get(k)) for k in
-                                     ("honest-spread-max", "honest-mean-norm", "aggregation-error"))
-                if spread is not None and norm:
-                    out["spread-ratio"][rnd] = spread / norm
-                if err is not None:
-                    out["aggregation-error"][rnd] = err
-    except (OSError, KeyError, ValueError):
+        for row in rows:
+            rnd = int(float(row["round"]))
+            spread, norm, err = (_number(row.get(k)) for k in
+                                 ("honest-spread-max", "honest-mean-norm", "aggregation-error"))
+            if spread is not None and norm:
+                out["spread-ratio"][rnd] = spread / norm
+            if err is not None:
+                out["aggregation-error"][rnd] = err
+    except (KeyError, ValueError):
         return {}
     return out if any(out.values()) else {}
 
@@ -165,7 +163,7 @@ def mechanism_series(runs: list[Run]) -> dict[tuple[Any, str, Any], dict[str, tu
     """
     cells: dict[tuple[Any, str, Any], list[dict[str, dict[int, float]]]] = defaultdict(list)
     for run in runs:
-        values = _round_values(run.path / "metrics.csv")
+        values = _round_values(run.metrics())
         if values:
             key = (run.config.get("aggregator"), attack_of(run.config), run.config.get("momentum"))
             cells[key].append(values)

@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "Run",
     "load_runs",
+    "load_cells",
     "varying_keys",
     "attack_of",
     "pivot",
@@ -35,13 +36,28 @@ BOOKKEEPING = frozenset({"results-dir", "run-name"})
 
 @dataclass
 class Run:
-    """One finished cell: its folder, config, summary and test-accuracy curve ``[(round, accuracy)]``."""
+    """One finished cell: its folder, config, summary and test-accuracy curve ``[(round, accuracy)]``.
+
+    ``metric_rows``: the cell's per-round rows when they were loaded from an exported sweep
+    (:mod:`~resam_flower.experiments.compact`); ``None`` means read ``<path>/metrics.csv``.
+    """
 
     path: Path
     config: dict[str, Any]
     summary: dict[str, Any]
     curve: list[tuple[int, float]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    metric_rows: list[dict[str, str]] | None = None
+
+    def metrics(self) -> list[dict[str, str]]:
+        """Per-round metric rows (``[]`` when none were recorded)."""
+        if self.metric_rows is not None:
+            return self.metric_rows
+        try:
+            with (self.path / "metrics.csv").open(newline="") as fh:
+                return list(csv.DictReader(fh))
+        except OSError:
+            return []
 
     @property
     def accuracy(self) -> float | None:
@@ -74,6 +90,17 @@ def _curve(path: Path, summary: dict[str, Any]) -> list[tuple[int, float]]:
 
 
 def load_runs(directory: str | Path) -> list[Run]:
+    """The runs of a sweep folder: its cells (:func:`load_cells`), or an exported sweep's files
+    (:func:`~resam_flower.experiments.compact.load_compact`) when it has no cell folder."""
+    from .compact import is_compact, load_compact
+
+    directory = Path(directory)
+    if is_compact(directory) and not any(directory.glob("*/summary.json")):
+        return load_compact(directory)
+    return load_cells(directory)
+
+
+def load_cells(directory: str | Path) -> list[Run]:
     """Every ``<directory>/*/summary.json`` (one level down), sorted by folder name."""
     directory = Path(directory)
     if not directory.is_dir():

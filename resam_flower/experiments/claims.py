@@ -1,0 +1,180 @@
+r"""RESAM's claims checked on a sweep's results, each with a 95 % confidence interval over seeds.
+
+Per rule :math:`r`, momentum :math:`\beta` and seed :math:`s` (the seed fixes the data split, the
+Byzantine nodes and the sampling, so cells of one seed are paired across rules, attacks and β):
+
+* :math:`W_{r,\beta,s} = \min_a \mathrm{acc}(r, a, \beta, s)` over the attacks run (no attack excluded): the
+  worst case of that seed;
+* :math:`N_{r,\beta,s} = \mathrm{acc}(r, \text{none}, \beta, s)`: the rule with every node honest.
+
+Each claim is a per-seed difference :math:`D_s`, reported as mean ± the half-width of a two-sided 95 %
+Student-t interval over the seeds (:math:`t_{0.975, k-1}\, \mathrm{sd}/\sqrt{k}`, :math:`k` seeds). The
+verdict reads the interval against the claim's bound: **agrees** when the whole interval is on the claim's
+side, **disagrees** when the whole interval is on the other side, **inconclusive** when it straddles the
+bound, and **1 seed** (no interval; the point estimate's side is shown) when only one seed finished.
+
+Claims (points of accuracy; ``near`` and ``fail`` are parameters, 5 and 10 by default):
+
+1. *momentum keeps the worst case near no attack*: :math:`N - W` at the largest β run, bound ``near``;
+2. *without momentum, ALIE or FOE break the rule*: :math:`N - \min(\mathrm{ALIE}, \mathrm{FOE})` at β = 0,
+   above ``fail``;
+3. *momentum helps every rule*: :math:`W_{\beta_{max}} - W_0`, above 0;
+4. *what NNM adds*: :math:`W(\mathrm{nnm}{+}r) - W(r)` at β = 0 and at the largest β, above 0.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from .results import NO_ATTACK, Run, attack_of
+
+__all__ = ["Interval", "t_quantile", "interval", "seed_table", "claims_rows", "claims_markdown"]
+
+# Two-sided 95 % Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: 1.96).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+
+
+def t_quantile(df: int) -> float:
+    """:math:`t_{0.975}` with ``df`` degrees of freedom (1.96 above 30)."""
+    if df < 1:
+        raise ValueError(f"df={df}: needs at least 1 degree of freedom (2 samples)")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean and 95 % half-width (``nan`` with one sample) of ``k`` per-seed values, in points."""
+
+    mean: float
+    half: float
+    k: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    def __str__(self) -> str:
+        if self.k < 2:
+            return f"{self.mean:+.1f} (1 seed)"
+        return f"{self.mean:+.1f} ± {self.half:.1f} (k={self.k})"
+
+    def verdict(self, bound: float, above: bool) -> str:
+        """``agrees`` / ``disagrees`` / ``inconclusive`` / ``1 seed: ...`` for the claim ``D > bound``
+        (``above``) or ``D < bound``."""
+        if self.k < 2:
+            side = (self.mean > bound) == above
+            return "1 seed: " + ("agrees" if side else "disagrees") + " (no CI)"
+        if (self.low > bound) if above else (self.high < bound):
+            return "agrees"
+        if (self.high < bound) if above else (self.low > bound):
+            return "disagrees"
+        return "inconclusive"
+
+
+def interval(values: list[float]) -> Interval:
+    """Mean ± 95 % Student-t half-width of ``values`` (already in points)."""
+    if not values:
+        raise ValueError("no values")
+    k = len(values)
+    mean = statistics.fmean(values)
+    half = t_quantile(k - 1) * statistics.stdev(values) / math.sqrt(k) if k > 1 else float("nan")
+    return Interval(mean, half, k)
+
+
+def seed_table(runs: list[Run]) -> dict[tuple[Any, float], dict[str, dict[int, float]]]:
+    """``{(rule, β): {attack: {seed: accuracy in points}}}`` of the finished runs."""
+    table: dict[tuple[Any, float], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for run in runs:
+        if run.accuracy is None:
+            continue
+        key = (run.config.get("aggregator"), float(run.config.get("momentum", 0.0)))
+        table[key][attack_of(run.config)][int(run.config.get("seed", 0))] = 100.0 * float(run.accuracy)
+    return table
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def _attacks(cells: dict[str, dict[int, float]], prefixes: tuple[str, ...] | None = None) -> set[str]:
+    """The attacks of ``cells`` (no attack excluded), those named ``prefix(...)`` only if ``prefixes``."""
+    return {a for a in cells if a != NO_ATTACK and (prefixes is None or a.split("(")[0] in prefixes)}
+
+
+def _worst(cells: dict[str, dict[int, float]], attacks: set[str] | None = None) -> dict[int, float]:
+    """Per seed, the minimum over ``attacks`` (default: every attack of ``cells``), for the seeds that ran
+    all of them; ``{}`` when an attack is missing or none is given."""
+    attacks = _attacks(cells) if attacks is None else attacks
+    if not attacks or not attacks <= set(cells):
+        return {}
+    seeds = set.intersection(*(set(cells[a]) for a in attacks))
+    return {s: min(cells[a][s] for a in attacks) for s in seeds}
+
+
+def _worst_pair(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> list[float]:
+    """Per-seed worst case of ``a`` minus that of ``b``, over the attacks both ran (a partial sweep compares
+    like with like)."""
+    common = _attacks(a) & _attacks(b)
+    return _paired(_worst(a, common), _worst(b, common))
+
+
+def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[dict[str, str]]:
+    """One row per (claim, rule): ``claim``, ``rule``, ``cells``, ``value``, ``verdict``."""
+    table = seed_table(runs)
+    rules = sorted({r for r, _ in table if any(a != NO_ATTACK for a in table[(r, _)])}, key=str)
+    betas = sorted({b for _, b in table})
+    top = betas[-1] if betas else 0.0
+    rows: list[dict[str, str]] = []
+
+    def add(claim: str, rule: str, cells: str, diffs: list[float], bound: float, above: bool) -> None:
+        if not diffs:
+            rows.append({"claim": claim, "rule": rule, "cells": cells, "value": "—",
+                         "verdict": "not run"})
+            return
+        ci = interval(diffs)
+        rows.append({"claim": claim, "rule": rule, "cells": cells, "value": str(ci),
+                     "verdict": ci.verdict(bound, above)})
+
+    for rule in rules:
+        cells = table.get((rule, top), {})
+        add(f"1. β={top}: no attack − worst case < {near:g}", rule, f"{rule}, β={top}, every attack vs none",
+            _paired(cells.get(NO_ATTACK, {}), _worst(cells)), near, above=False)
+    for rule in rules:
+        cells = table.get((rule, 0.0), {})
+        add(f"2. β=0: no attack − min(ALIE, FOE) > {fail:g}", rule, f"{rule}, β=0, alie/foe vs none",
+            _paired(cells.get(NO_ATTACK, {}), _worst(cells, _attacks(cells, ("alie", "foe")))), fail,
+            above=True)
+    for rule in rules:
+        add(f"3. worst case β={top} − β=0 > 0", rule, f"{rule}, every attack, β={top} vs 0",
+            _worst_pair(table.get((rule, top), {}), table.get((rule, 0.0), {})), 0.0, above=True)
+    for rule in rules:
+        if str(rule).startswith("nnm+") or (f"nnm+{rule}", 0.0) not in table:
+            continue
+        for beta in sorted({0.0, top}):
+            add(f"4. β={beta}: worst case nnm+rule − rule > 0", rule, f"nnm+{rule} vs {rule}, β={beta}",
+                _worst_pair(table.get((f"nnm+{rule}", beta), {}), table.get((rule, beta), {})), 0.0,
+                above=True)
+    return rows
+
+
+def claims_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> str:
+    """The claims table as Markdown (values are per-seed differences in points, mean ± 95 % CI)."""
+    lines = [
+        "| claim | rule | cells | difference (points, mean ± 95 % CI) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row in claims_rows(runs, near, fail):
+        lines.append("| " + " | ".join(row[k] for k in ("claim", "rule", "cells", "value", "verdict")) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,157 @@
+"""A sweep's results in three small files, from which every table and figure regenerates without rerunning.
+
+A finished sweep folder holds one sub-folder per cell (``summary.json``, ``config.json``, a per-round
+``metrics.csv`` of 20 columns, logs): megabytes per hundred cells, too much to commit. ``resam export``
+writes the part the reports and figures read:
+
+* ``config.json``: the run-config values every cell shares (``results-dir`` and ``run-name`` dropped);
+* ``cells.csv``: one row per finished cell: ``cell`` (its folder name), the keys that vary across the
+  sweep, then :data:`SUMMARY_FIELDS` of its ``summary.json`` and :data:`TIMING_FIELDS` of its
+  ``timing.json``;
+* ``rounds.csv``: ``cell, round`` and :data:`ROUND_FIELDS` for rounds ``1..10``, every fifth round and
+  every round with a test accuracy (all rounds with ``every=1``); six significant digits.
+
+:func:`load_compact` reads them back as :class:`~resam_flower.experiments.results.Run` objects with the
+same config, summary, accuracy curve and mechanism series as the full folder, so ``resam report``,
+``resam plot`` and ``resam claims`` accept either folder (:func:`~.results.load_runs` dispatches).
+Values in ``cells.csv`` are read back as JSON where they parse (numbers, booleans), else as strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .._files import atomic_open
+from .results import BOOKKEEPING, Run, load_cells, varying_keys
+
+__all__ = ["SUMMARY_FIELDS", "TIMING_FIELDS", "ROUND_FIELDS", "export_compact", "load_compact", "is_compact"]
+
+#: Fields of ``summary.json`` kept per cell.
+SUMMARY_FIELDS = (
+    "final_test_accuracy",
+    "best_test_accuracy",
+    "initial_test_accuracy",
+    "final_test_loss",
+    "rounds",
+    "skipped_rounds",
+    "excluded_replies",
+    "status",
+    "wall_time_s",
+    "final_model_sha256",
+)
+#: Fields of ``timing.json`` kept per cell (the report's timing lines).
+TIMING_FIELDS = ("total_s", "startup_s", "round_s")
+#: Columns of ``metrics.csv`` kept per round (the accuracy curve and the mechanism figures).
+ROUND_FIELDS = ("test-accuracy", "honest-spread-max", "honest-mean-norm", "aggregation-error")
+CELLS, ROUNDS, CONFIG = "cells.csv", "rounds.csv", "config.json"
+
+
+def is_compact(directory: str | Path) -> bool:
+    """Whether ``directory`` holds an exported sweep (``cells.csv`` and ``config.json``)."""
+    directory = Path(directory)
+    return (directory / CELLS).is_file() and (directory / CONFIG).is_file()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (bool, int)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _short(text: str | None) -> str:
+    """A metric value with six significant digits (empty stays empty, non-numbers verbatim)."""
+    if text in (None, ""):
+        return ""
+    try:
+        return f"{float(text):.6g}"
+    except ValueError:
+        return text
+
+
+def _kept_round(rnd: int, row: dict[str, str], every: int) -> bool:
+    return rnd <= 10 or rnd % every == 0 or row.get("test-accuracy", "") not in ("", None)
+
+
+def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5) -> tuple[int, int]:
+    """Write ``config.json``, ``cells.csv`` and ``rounds.csv`` of the sweep in ``directory`` to ``out_dir``.
+
+    Returns ``(cells, round rows)`` written. Idempotent: rerun it as cells finish; the files are replaced
+    atomically, so a reader never sees half a file.
+    """
+    if every < 1:
+        raise ValueError(f"every={every}: must be >= 1")
+    runs = load_cells(directory)
+    if not runs:
+        raise ValueError(f"no finished cell under {directory}: run `resam sweep` first")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vary = varying_keys(runs)
+    shared = {k: v for k, v in runs[0].config.items() if k not in vary and k not in BOOKKEEPING}
+    with atomic_open(out / CONFIG, text=True, mode=0o644) as fh:
+        fh.write(json.dumps(shared, indent=2, sort_keys=True) + "\n")
+    header = ["cell", *vary, *SUMMARY_FIELDS, *TIMING_FIELDS]
+    rows = 0
+    with atomic_open(out / CELLS, text=True, mode=0o644, newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        for run in runs:
+            values = [run.path.name, *(run.config.get(k) for k in vary)]
+            values += [run.summary.get(k) for k in SUMMARY_FIELDS]
+            values += [run.timing.get(k) for k in TIMING_FIELDS]
+            writer.writerow([_fmt(v) for v in values])
+    with atomic_open(out / ROUNDS, text=True, mode=0o644, newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["cell", "round", *ROUND_FIELDS])
+        for run in runs:
+            try:
+                with (run.path / "metrics.csv").open(newline="") as src:
+                    for row in csv.DictReader(src):
+                        rnd = int(float(row["round"]))
+                        if _kept_round(rnd, row, every):
+                            writer.writerow([run.path.name, rnd, *(_short(row.get(k)) for k in ROUND_FIELDS)])
+                            rows += 1
+            except OSError:
+                continue
+    return len(runs), rows
+
+
+def load_compact(directory: str | Path) -> list[Run]:
+    """The runs of an exported sweep (see the module docstring), sorted by cell name."""
+    directory = Path(directory)
+    shared = json.loads((directory / CONFIG).read_text())
+    rounds: dict[str, list[dict[str, str]]] = {}
+    if (directory / ROUNDS).is_file():
+        with (directory / ROUNDS).open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                rounds.setdefault(row["cell"], []).append(row)
+    runs = []
+    with (directory / CELLS).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            name = row.pop("cell")
+            timing = {k: float(v) for k in TIMING_FIELDS if (v := row.pop(k, ""))}
+            summary = {k: _parse(row.pop(k, "")) for k in SUMMARY_FIELDS}
+            config = {**shared, **{k: _parse(v) for k, v in row.items()}}
+            summary["config"] = config
+            per_round = rounds.get(name, [])
+            first = summary["initial_test_accuracy"]
+            curve = [] if first is None else [(0, first)]
+            curve += [(int(r["round"]), float(r["test-accuracy"])) for r in per_round if r["test-accuracy"]]
+            runs.append(Run(directory / name, config, summary, curve, timing, metric_rows=per_round))
+    return sorted(runs, key=lambda r: r.path.name)

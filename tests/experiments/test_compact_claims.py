@@ -1,0 +1,150 @@
+"""The compact export of a sweep (``resam export``) and the claims table with confidence intervals."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from resam_flower.cli import main
+from resam_flower.experiments import Sweep, run_sweep
+from resam_flower.experiments.claims import claims_rows, interval, t_quantile
+from resam_flower.experiments.compact import SUMMARY_FIELDS, export_compact, is_compact, load_compact
+from resam_flower.experiments.plots import mechanism_series, plot_sweep
+from resam_flower.experiments.report import markdown_table
+from resam_flower.experiments.results import Run, load_cells, load_runs
+from tests.experiments.conftest import BASE
+from tests.experiments.test_report_plots import mechanism_run, spread_rows
+
+
+@pytest.fixture
+def results(tmp_path, fake_simulate):
+    sweep = Sweep(
+        "fake",
+        BASE,
+        {"aggregator": ["cwtm", "krum"], "attack": ["alie", "foe"], "momentum": [0.0, 0.9], "seed": [0, 1]},
+        include=[{"attack": "none", "aggregator": ["cwtm", "krum"], "momentum": [0.0, 0.9]}],
+    )
+    run_sweep(sweep, tmp_path, progress=False, share_ray=False)
+    return tmp_path / "fake"
+
+
+def _without(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("results-dir", "run-name")}
+
+
+def test_export_then_load_gives_the_same_runs_report_and_curves(results, tmp_path):
+    out = tmp_path / "compact"
+    cells, _ = export_compact(results, out)
+    assert cells == 20 and is_compact(out) and not is_compact(results)
+    full, compact = load_cells(results), load_runs(out)  # load_runs reads the exported files
+    assert [r.path.name for r in compact] == [r.path.name for r in full]
+    for a, b in zip(full, compact, strict=True):
+        assert _without(b.config) == _without(a.config), a.path.name
+        assert b.accuracy == a.accuracy and b.curve == a.curve
+        assert all(b.summary[k] == a.summary.get(k) for k in SUMMARY_FIELDS)
+        assert b.timing == {k: a.timing[k] for k in ("total_s", "startup_s", "round_s")}
+    assert markdown_table(compact) == markdown_table(full)
+
+
+def test_export_keeps_the_mechanism_series_and_thins_the_rounds(tmp_path):
+    root = tmp_path / "mech"
+    rows = spread_rows([float(r) for r in range(1, 31)], [2.0] * 30, [0.1 * r for r in range(1, 31)])
+    rows[12]["test-accuracy"] = 0.5  # an evaluated round is always kept
+    mechanism_run(root, "cwtm", "alie", 0.0, 0, rows)
+    mechanism_run(root, "cwtm", "alie", 0.9, 0, spread_rows([1.0, 0.5], [2.0, 2.0], [0.2, 0.1]))
+    out = tmp_path / "compact"
+    export_compact(root, out, every=7)
+    with (out / "rounds.csv").open() as fh:
+        kept = [int(r["round"]) for r in csv.DictReader(fh) if r["cell"] == "cwtm-alie-0.0-0"]
+    assert kept == [*range(1, 11), 13, 14, 21, 28]
+    full, compact = mechanism_series(load_cells(root)), mechanism_series(load_compact(out))
+    assert compact[("cwtm", "alie", 0.9)] == full[("cwtm", "alie", 0.9)]
+    rounds, ratio = compact[("cwtm", "alie", 0.0)]["spread-ratio"]
+    assert rounds == kept and ratio == [pytest.approx(r / 2.0) for r in kept]
+    assert sorted(p.name for p in plot_sweep(out)) == ["curves.png", "heatmap_β.png", "mechanism.png"]
+
+
+def _t_cdf(x: float, df: int) -> float:
+    """Student-t CDF by Simpson integration of the density (independent of the quantile table)."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    steps = 20_000
+    h = x / steps
+    total = sum((1 if i in (0, steps) else 4 if i % 2 else 2) * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2)
+                for i in range(steps + 1))
+    return 0.5 + c * total * h / 3
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 30])
+def test_t_quantiles_are_the_975_points(df):
+    assert _t_cdf(t_quantile(df), df) == pytest.approx(0.975, abs=2e-4)
+
+
+def test_interval_is_mean_plus_minus_t_sd_over_root_k():
+    ci = interval([90.0, 92.0, 97.0])
+    sd = statistics.stdev([90.0, 92.0, 97.0])
+    assert ci.mean == pytest.approx(93.0) and ci.half == pytest.approx(4.303 * sd / math.sqrt(3))
+    assert ci.verdict(105.0, above=False) == "agrees"  # the whole interval (84.0, 102.0) is below 105
+    assert ci.verdict(80.0, above=False) == "disagrees"
+    assert ci.verdict(93.0, above=True) == "inconclusive"
+    assert interval([3.0]).verdict(5.0, above=False) == "1 seed: agrees (no CI)"
+
+
+def _run(rule: str, attack: str, beta: float, seed: int, acc: float) -> Run:
+    config = {"aggregator": rule, "attack": attack, "num-byzantine": 2, "momentum": beta, "seed": seed}
+    return Run(Path(f"{rule}-{attack}-{beta}-{seed}"), config, {"final_test_accuracy": acc / 100})
+
+
+def test_claims_are_paired_per_seed_differences_with_their_verdicts():
+    acc = {  # rule: {beta: {attack: [seed 0, seed 1]}}
+        "cwtm": {0.0: {"alie": [60, 64], "foe": [80, 82], "none": [95, 96]},
+                 0.99: {"alie": [95, 95], "foe": [95.5, 95.5], "none": [96, 96.5]}},
+        "nnm+cwtm": {0.0: {"alie": [70, 75], "foe": [85, 83], "none": [95, 95]},
+                     0.99: {"alie": [95, 95], "foe": [94, 95], "none": [96, 96]}},
+    }
+    runs = [_run(rule, attack, beta, seed, a) for rule, by_beta in acc.items() for beta, by_attack in
+            by_beta.items() for attack, seeds in by_attack.items() for seed, a in enumerate(seeds)]
+    rows = {(r["claim"], r["rule"]): r for r in claims_rows(runs, near=5, fail=10)}
+
+    def ci(diffs: list[float]) -> str:
+        half = 12.706 * statistics.stdev(diffs) / math.sqrt(2)
+        return f"{statistics.fmean(diffs):+.1f} ± {half:.1f} (k=2)"
+
+    # 1: none - worst per seed at beta 0.99: cwtm (96 - 95, 96.5 - 95): 1.25 ± 3.2, below 5 -> agrees
+    one = rows[("1. β=0.99: no attack − worst case < 5", "cwtm")]
+    assert one["value"] == ci([1.0, 1.5]) == "+1.2 ± 3.2 (k=2)" and one["verdict"] == "agrees"
+    # nnm+cwtm (96 - 94, 96 - 95): 1.5 ± 6.4 straddles 5 -> inconclusive
+    assert rows[("1. β=0.99: no attack − worst case < 5", "nnm+cwtm")]["verdict"] == "inconclusive"
+    # 2: none - min(alie, foe) at beta 0: cwtm (35, 32) -> above 10 whatever the CI
+    two = rows[("2. β=0: no attack − min(ALIE, FOE) > 10", "cwtm")]
+    assert two["value"] == ci([35.0, 32.0]) and two["verdict"] == "agrees"
+    # 3: worst(0.99) - worst(0): cwtm (95 - 60, 95 - 64)
+    assert rows[("3. worst case β=0.99 − β=0 > 0", "cwtm")]["value"] == ci([35.0, 31.0])
+    # 4: nnm+cwtm - cwtm, beta 0: (70 - 60, 75 - 64); beta 0.99: (94 - 95, 95 - 95)
+    four = rows[("4. β=0.0: worst case nnm+rule − rule > 0", "cwtm")]
+    assert four["value"] == ci([10.0, 11.0]) == "+10.5 ± 6.4 (k=2)" and four["verdict"] == "agrees"
+    four = rows[("4. β=0.99: worst case nnm+rule − rule > 0", "cwtm")]
+    assert four["value"] == "-0.5 ± 6.4 (k=2)" and four["verdict"] == "inconclusive"
+    assert not any(rule == "nnm+cwtm" and claim.startswith("4") for claim, rule in rows)
+    assert len(rows) == 3 * 2 + 2  # claims 1-3 for both rules, claim 4 at two betas
+
+
+def test_claims_and_export_commands(results, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["export", str(results), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["claims", str(out), "--where", "aggregator=cwtm"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("| claim | rule |") and "| krum |" not in text and "| cwtm |" in text
+
+
+def test_a_partial_sweep_compares_worst_cases_over_the_attacks_both_sides_ran():
+    # beta 0 ran alie and foe, beta 0.99 only alie so far: claim 3 compares alie with alie, not with foe
+    runs = [_run("cwtm", "alie", 0.0, 0, 60), _run("cwtm", "foe", 0.0, 0, 90), _run("cwtm", "alie", 0.99, 0, 95)]
+    rows = {r["claim"]: r for r in claims_rows(runs)}
+    assert rows["3. worst case β=0.99 − β=0 > 0"]["value"] == "+35.0 (1 seed)"
+    runs[0] = _run("cwtm", "alie", 0.0, 0, 99)  # now foe is beta 0's worst case, but beta 0.99 has no foe
+    assert {r["claim"]: r for r in claims_rows(runs)}["3. worst case β=0.99 − β=0 > 0"]["value"] == "-4.0 (1 seed)"
