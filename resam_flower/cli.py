@@ -45,16 +45,18 @@ def _backend(args: argparse.Namespace) -> dict | None:
 
 
 def sweep_engine_and_jobs(sweep, engine: str | None, jobs: int | None) -> tuple[str, int]:
-    """The CLI's choice: ``--engine``, else the file's ``[sweep] engine``, else ``inprocess``; ``--jobs``,
-    else every core (``os.cpu_count()``) in-process and 1 on Ray (which spreads one cell over the machine)."""
+    """The CLI's choice: ``--engine``, else each cell's ``engine``, else the file's ``[sweep] engine``, else
+    ``inprocess`` (``ray+inprocess`` when cells differ); ``--jobs``, else every core (``os.cpu_count()``) when
+    a cell runs in-process and 1 when all run on Ray (which spreads one cell over the machine)."""
     import os
 
     from .experiments.runner import resolve_engine
 
     chosen = resolve_engine(sweep, engine or sweep.engine or "inprocess")
+    engines = {chosen} if engine else {c.engine or chosen for c in sweep.cells()}
     if jobs is None:
-        jobs = (os.cpu_count() or 1) if chosen == "inprocess" else 1
-    return chosen, jobs
+        jobs = (os.cpu_count() or 1) if "inprocess" in engines else 1
+    return "+".join(sorted(engines)), jobs
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -67,7 +69,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(
             "--ray-address runs each cell on the in-process engine in a Ray task (no --engine ray)"
         )
-    engine, jobs = sweep_engine_and_jobs(sweep, "inprocess" if args.ray_address else args.engine, args.jobs)
+    forced = "inprocess" if args.ray_address else args.engine
+    engine, jobs = sweep_engine_and_jobs(sweep, forced, args.jobs)
+    sweep.engine = sweep.engine or "inprocess"  # the CLI's default engine (run_sweep's is Ray)
     cells = sweep.cells(args.results)
     if args.dry_run:
         from .experiments.runner import is_finished
@@ -91,7 +95,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             backend=_backend(args),
             only=args.only,
             verbose=args.verbose,
-            engine=engine,
+            engine=forced,
             jobs=jobs,
             threads_per_cell=args.threads_per_cell,
             ray_address=args.ray_address,
@@ -237,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine",
         choices=["ray", "inprocess"],
-        help="cell engine (default: the file's [sweep] engine, else inprocess): Flower's Ray simulation, or "
+        help="engine of every cell (default: each cell's engine key, else the file's [sweep] engine, else "
+        "inprocess): Flower's Ray simulation, or "
         "the same ServerApp/ClientApp in one process (bit-identical final models)",
     )
     p.add_argument(

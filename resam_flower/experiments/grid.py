@@ -26,6 +26,10 @@ File format (keys of ``[base]``, ``[grid]`` and ``[[include]]`` are the run-conf
     attack = "none"
     momentum = [0.0, 0.9]
 
+    [[include]]                   # `engine` picks a cell's engine (not a run-config key, not in its name):
+    num-clients = 200             # Flower's Ray simulation for a cell with many clients
+    engine = "ray"
+
 The semantics of ``include``/``exclude`` are those of a CI build matrix. Each cell gets a name built from
 the keys that vary across the sweep (``nnm_cwtm__alie__b0.9__s0``); it is its results folder.
 """
@@ -47,6 +51,8 @@ __all__ = ["Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_con
 
 #: Cell engines of a sweep: Flower's Ray simulation, or the in-process engine (:mod:`.engine`).
 ENGINES = ("ray", "inprocess")
+#: The per-cell key that picks a cell's engine (``[base]``, ``[grid]`` or ``[[include]]``).
+CELL_ENGINE = "engine"
 
 #: Keys shown first in cell names (others follow in sorted order), with their name prefix.
 NAME_KEYS: dict[str, str] = {
@@ -76,6 +82,9 @@ class Cell:
     config: dict[str, Any]
     #: the values that vary across the sweep (what distinguishes this cell).
     varying: dict[str, Any] = field(default_factory=dict)
+    #: the cell's ``engine`` key (``""``: the sweep's); engines give bit-identical results, so it is neither
+    #: part of ``config`` nor of the name.
+    engine: str = ""
 
 
 @dataclass
@@ -184,13 +193,14 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
             unique.append(p)
     if not unique:
         raise ValueError(f"sweep {sweep.name!r} has no cells (everything excluded?)")
-    keys = sorted({k for p in unique for k in p}, key=_key_order)
+    keys = sorted({k for p in unique for k in p} - {CELL_ENGINE}, key=_key_order)
     fulls = [{**sweep.base, **p} for p in unique]
+    engines = [str(f.pop(CELL_ENGINE, "") or "") for f in fulls]
     varying_keys = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in fulls}) > 1]
     directory = str(sweep.directory(results_root))
     cells: list[Cell] = []
     seen: dict[str, int] = {}
-    for full in fulls:
+    for full, engine in zip(fulls, engines, strict=True):
         varying = {k: full[k] for k in varying_keys if k in full}
         name = cell_name(varying)
         if name in seen:
@@ -198,11 +208,14 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
             name = f"{name}__{digest}"
         seen[name] = 1
         config = {**full, "results-dir": directory, "run-name": name}
+        if engine and engine not in ENGINES:
+            raise ValueError(f"sweep {sweep.name!r}, cell {name}: engine = {engine!r}; expected one of "
+                             f"{', '.join(ENGINES)}")
         try:
             ExperimentConfig.from_run_config(config)
         except ValueError as exc:
             raise ValueError(f"sweep {sweep.name!r}, cell {name}: {exc}") from exc
-        cells.append(Cell(name=name, config=config, varying=varying))
+        cells.append(Cell(name=name, config=config, varying=varying, engine=engine))
     return cells
 
 

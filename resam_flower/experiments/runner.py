@@ -8,12 +8,14 @@ Start-up cost: all cells of one ``run_sweep`` call share one Ray instance (:func
 so Ray's start (the ~14 s floor of Flower's engine on 2 cores) is paid once per sweep instead of once per
 cell. Each cell's ``timing.json`` records where its time went (see :func:`_timing`).
 
-Engines (``engine``, the sweep file's ``[sweep] engine``, or ``resam sweep --engine``): ``"ray"`` runs each
+Engines (``engine``, the sweep file's ``[sweep] engine``, a cell's own ``engine`` key, or ``resam sweep
+--engine`` which overrides both): ``"ray"`` runs each
 cell in Flower's Ray simulation (:func:`resam_flower.simulation.simulate`), one cell at a time, spread over
 the machine by Ray; ``"inprocess"`` runs it in one process (:func:`.engine.simulate_in_process`, the same
 ServerApp, ClientApp and mods, bit-identical final models). With ``jobs = K > 1`` (in-process engine only),
 K cells run at once, each in its own process (``spawn``) pinned to ``threads_per_cell`` intra-op threads;
-a cell's results do not depend on which process ran it or on how many ran beside it. Resume and failures
+a cell's results do not depend on which process ran it or on how many ran beside it; cells whose engine is
+``"ray"`` then run one at a time in this process. Resume and failures
 work as in a sequential sweep: a cell is finished once its ``summary.json`` is written, a failed cell writes
 ``error.txt`` and is run again by the next ``run_sweep``, and the other cells go on.
 
@@ -168,7 +170,8 @@ def run_sweep(
     only
         Run only the cells whose name contains one of these substrings.
     engine
-        ``"ray"`` or ``"inprocess"`` (see the module docstring); default: the sweep's ``engine``, else Ray.
+        ``"ray"`` or ``"inprocess"`` for every cell (see the module docstring); default: each cell's own
+        ``engine``, else the sweep's, else Ray.
     jobs
         Cells run at once, each in its own process (in-process engine only; 1: in this process).
     threads_per_cell
@@ -190,15 +193,21 @@ def run_sweep(
                 f"engine {engine!r} is not available there"
             )
         engine = "inprocess"
-    engine = resolve_engine(sweep, engine)
+    if engine is not None:
+        resolve_engine(sweep, engine)  # the flag is checked even when it overrides every cell
+    default = resolve_engine(sweep)
+
+    def engine_of(cell: Cell) -> str:
+        return engine or cell.engine or default
+
     if jobs < 1 or threads_per_cell < 1:
         raise ValueError(f"jobs and threads_per_cell must be >= 1 (got {jobs}, {threads_per_cell})")
-    if jobs > 1 and engine == "ray":
+    cells = sweep.cells(results_root)
+    if jobs > 1 and all(engine_of(c) == "ray" for c in cells):
         raise ValueError(
             "the Ray engine runs one cell at a time (Flower's Ray backend spreads each cell over the "
             "machine); use jobs = 1, or the in-process engine for several cells at once"
         )
-    cells = sweep.cells(results_root)
     if only:
         cells = [c for c in cells if any(s in c.name for s in only)]
     directory = sweep.directory(results_root)
@@ -227,7 +236,8 @@ def run_sweep(
         say(
             f"[resam] {sweep.name}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)"
         )
-    use_ray = engine == "ray" and share_ray and bool(todo)
+    on_ray = [c for c in todo if engine_of(c) == "ray"]
+    use_ray = share_ray and bool(on_ray)
     ray_ctx = (
         shared_ray(backend, reuse_actors=reuse_actors, worker_niceness=worker_niceness)
         if use_ray
@@ -241,12 +251,16 @@ def run_sweep(
             from .cluster import RayTasks
 
             results += _run_parallel(todo, RayTasks(ray_address, threads_per_cell, verbose), bar, say)
-        elif jobs > 1 and todo:
-            executor = LocalProcesses(jobs, threads_per_cell, verbose, len(todo))
-            results += _run_parallel(todo, executor, bar, say)
+        elif jobs > 1 and len(on_ray) < len(todo):
+            local = [c for c in todo if engine_of(c) != "ray"]
+            executor = LocalProcesses(jobs, threads_per_cell, verbose, len(local))
+            results += _run_parallel(local, executor, bar, say)
+            for cell in on_ray:  # cells that asked for Flower's Ray simulation: one at a time, afterwards
+                results.append(_run_cell(cell, "ray", backend, bar, say, progress, verbose))
+                bar.update(1)
         else:
             for cell in todo:
-                results.append(_run_cell(cell, engine, backend, bar, say, progress, verbose))
+                results.append(_run_cell(cell, engine_of(cell), backend, bar, say, progress, verbose))
                 bar.update(1)
     bar.close()
     order = {c.name: i for i, c in enumerate(cells)}

@@ -87,6 +87,10 @@ def test_engine_and_jobs_defaults(tmp_path, capsys, monkeypatch, fake_simulate):
     s.engine = "ray"
     assert sweep_engine_and_jobs(s, None, None) == ("ray", 1)
     assert sweep_engine_and_jobs(s, "inprocess", None) == ("inprocess", 12)
+    mixed = Sweep("m", BASE, {"aggregator": ["cwtm"]}, include=[{"aggregator": "mda", "engine": "ray"}])
+    assert sweep_engine_and_jobs(mixed, None, None) == ("inprocess+ray", 12)  # a pool, then the Ray cell
+    assert sweep_engine_and_jobs(mixed, "ray", None) == ("ray", 1)
+    assert sweep_engine_and_jobs(Sweep("r", {**BASE, "engine": "ray"}, {}), None, None) == ("ray", 1)
     toml = tmp_path / "e.toml"
     toml.write_text('[base]\ndataset = "digits"\nnum-clients = 6\nnum-byzantine = 1\n[grid]\nseed = [0, 1]\n')
     assert main(["sweep", str(toml), "--engine", "ray", "--jobs", "2", "--results", str(tmp_path)]) == 2

@@ -143,8 +143,9 @@ def test_claims_and_export_commands(results, tmp_path, capsys):
 
 def test_a_partial_sweep_compares_worst_cases_over_the_attacks_both_sides_ran():
     # beta 0 ran alie and foe, beta 0.99 only alie so far: claim 3 compares alie with alie, not with foe
-    runs = [_run("cwtm", "alie", 0.0, 0, 60), _run("cwtm", "foe", 0.0, 0, 90), _run("cwtm", "alie", 0.99, 0, 95)]
-    rows = {r["claim"]: r for r in claims_rows(runs)}
-    assert rows["3. worst case β=0.99 − β=0 > 0"]["value"] == "+35.0 (1 seed)"
+    runs = [_run("cwtm", "alie", 0.0, 0, 60), _run("cwtm", "foe", 0.0, 0, 90),
+            _run("cwtm", "alie", 0.99, 0, 95)]
+    claim = "3. worst case β=0.99 − β=0 > 0"
+    assert {r["claim"]: r for r in claims_rows(runs)}[claim]["value"] == "+35.0 (1 seed)"
     runs[0] = _run("cwtm", "alie", 0.0, 0, 99)  # now foe is beta 0's worst case, but beta 0.99 has no foe
-    assert {r["claim"]: r for r in claims_rows(runs)}["3. worst case β=0.99 − β=0 > 0"]["value"] == "-4.0 (1 seed)"
+    assert {r["claim"]: r for r in claims_rows(runs)}[claim]["value"] == "-4.0 (1 seed)"

@@ -190,6 +190,38 @@ def test_engine_choice_and_its_limits(tmp_path, fake_simulate):
     assert len(fake_simulate) == 1  # engine = "ray" goes through simulation.simulate
 
 
+def test_a_cell_picks_its_engine_and_the_flag_overrides_it(tmp_path, fake_simulate, monkeypatch):
+    from resam_flower.experiments import engine as engine_module
+    from tests.experiments.conftest import write_fake_run
+
+    local: list[str] = []
+
+    def in_process(config, *, verbose=False, on_round=None, **_):
+        local.append(config["run-name"])
+        return write_fake_run(config)
+
+    monkeypatch.setattr(engine_module, "simulate_in_process", in_process)
+    s = Sweep("t", BASE, {"aggregator": ["cwtm", "mda"]},
+              include=[{"aggregator": "cwtm", "num-clients": 9, "engine": "ray"}])
+    s.engine = "inprocess"
+    cells = s.cells(tmp_path)
+    assert [c.engine for c in cells] == ["", "", "ray"]
+    assert [c.name for c in cells] == ["n7__cwtm", "n7__mda", "n9__cwtm"]  # the engine is not in the name
+    assert all("engine" not in c.config for c in cells)  # nor in the run config
+    assert [r.status for r in run(s, tmp_path)] == ["done"] * 3
+    assert local == ["n7__cwtm", "n7__mda"] and [c["run-name"] for c in fake_simulate] == ["n9__cwtm"]
+    run(s, tmp_path / "flag", engine="inprocess")  # --engine: every cell, whatever it asked for
+    assert local[2:] == ["n7__cwtm", "n7__mda", "n9__cwtm"] and len(fake_simulate) == 1
+    run(s, tmp_path / "all-ray", engine="ray")
+    assert len(local) == 5 and len(fake_simulate) == 4
+    every_ray = Sweep("r", {**BASE, "engine": "ray"}, {"aggregator": ["cwtm", "mda"]}, engine="inprocess")
+    with pytest.raises(ValueError, match="one cell at a time"):
+        run(every_ray, tmp_path, jobs=2)  # every cell asked for Ray: nothing to run side by side
+    bad = Sweep("t", BASE, {"aggregator": ["cwtm"]}, include=[{"engine": "threads"}])
+    with pytest.raises(ValueError, match="engine = 'threads'; expected one of ray, inprocess"):
+        bad.cells(tmp_path)
+
+
 @pytest.mark.slow
 def test_parallel_in_process_sweep_equals_the_sequential_ray_sweep(tmp_path):
     s = real_sweep("q")
