@@ -13,7 +13,9 @@ driver's folder again.
 
 Everything else is the runner's: finished cells are skipped before any task is submitted (killing the
 driver and rerunning resumes), a cell that raises is recorded in ``error.txt`` and run again next time, a
-task whose worker dies fails its cell only, and one progress bar counts the cells.
+task whose worker dies fails its cell only, and one progress bar counts the cells. Each task reports its
+rounds to a Ray queue (``ray.util.queue.Queue``, an actor that asks for no CPU) that the driver drains into
+one bar per running cell (:class:`~.runner.CellBars`).
 
 The nodes need this package and its dependencies installed (the same versions: the final model of a cell
 does not depend on the node that ran it, only on its config), and a node reads or downloads a cell's data
@@ -23,6 +25,7 @@ set itself. Checkpoints (``checkpoint-every``) stay in the task's temporary fold
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import socket
@@ -41,15 +44,16 @@ __all__ = ["RayTasks", "run_cell_task", "RESULT_FILES"]
 RESULT_FILES = ("config.json", "metrics.csv", "timing.json", "stdout.txt", "error.txt", "summary.json")
 
 
-def run_cell_task(cell: Cell, threads: int, verbose: bool) -> dict[str, Any]:
-    """One cell, in a Ray task: run it in a temporary folder of this node; return its files and the node."""
+def run_cell_task(cell: Cell, threads: int, verbose: bool, progress: Any = None) -> dict[str, Any]:
+    """One cell, in a Ray task: run it in a temporary folder of this node; return its files and the node.
+    Its rounds are reported to ``progress`` (a ``ray.util.queue.Queue``) when given."""
     import ray
     import torch
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="resam-cell-") as tmp:
         local = Cell(cell.name, {**cell.config, "results-dir": tmp}, dict(cell.varying))
-        result, line = _cell_job(local, verbose)
+        result, line = _cell_job(local, verbose, progress)
         run_dir = Path(tmp) / cell.name
         files = {name: (run_dir / name).read_text() for name in RESULT_FILES if (run_dir / name).is_file()}
     return {
@@ -90,16 +94,23 @@ class RayTasks(CellExecutor):
             configure_logging=self.verbose,
         )
         self._task = ray.remote(run_cell_task).options(num_cpus=self.threads, max_retries=0)
+        from ray.util.queue import Queue
+
+        self.progress = Queue(actor_options={"num_cpus": 0})  # the cells' round reports, to the driver
         return self
 
     def __exit__(self, *exc) -> None:
         import ray
 
+        if self.progress is not None:
+            with contextlib.suppress(Exception):
+                self.progress.shutdown()
+            self.progress = None
         ray.shutdown()  # the driver's connection only: the cluster stays up
 
     def submit(self, cell: Cell) -> concurrent.futures.Future:
         assert self._task is not None
-        return self._task.remote(cell, self.threads, self.verbose).future()
+        return self._task.remote(cell, self.threads, self.verbose, self.progress).future()
 
     def finish(self, cell: Cell, value: dict[str, Any]) -> tuple[CellResult, str]:
         from ..app.config import ExperimentConfig

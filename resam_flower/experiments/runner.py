@@ -384,9 +384,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _init_cell_process(threads: int, parent: int | None = None) -> None:
+#: In a cell process: the queue its cells report their rounds to (set by :func:`_init_cell_process`).
+_PROGRESS: Any = None
+
+
+def _init_cell_process(threads: int, parent: int | None = None, progress: Any = None) -> None:
     """Start of a cell process (``spawn``): ``threads`` intra-op threads, before anything imports torch;
-    the process ends with the driver ``parent`` (:func:`_die_with_parent`)."""
+    the process ends with the driver ``parent`` (:func:`_die_with_parent`); its cells report their rounds
+    to the queue ``progress``."""
+    global _PROGRESS
+    _PROGRESS = progress
     if parent is not None:
         _die_with_parent(parent)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -398,14 +405,28 @@ def _init_cell_process(threads: int, parent: int | None = None) -> None:
         torch.set_num_interop_threads(1)
 
 
-def _cell_job(cell: Cell, verbose: bool) -> tuple[CellResult, str]:
-    """One cell in a cell process, on the in-process engine (quiet Flower logs unless ``verbose``)."""
+def _reporter(cell: Cell, queue: Any):
+    """``on_round`` that puts ``(cell name, round, test accuracy or None)`` on ``queue``; a full or broken
+    queue never fails the cell (progress is best effort)."""
+    if queue is None:
+        return None
+
+    def on_round(server_round: int, row: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            queue.put_nowait((cell.name, int(server_round), row.get("test-accuracy")))
+
+    return on_round
+
+
+def _cell_job(cell: Cell, verbose: bool, progress: Any = None) -> tuple[CellResult, str]:
+    """One cell in a cell process, on the in-process engine (quiet Flower logs unless ``verbose``); its
+    rounds go to ``progress`` (default: the cell process's queue)."""
     log_ctx = contextlib.nullcontext() if verbose else quiet_flower()
     with log_ctx:
         return _attempt(
             cell,
             _simulate_fn("inprocess", None),
-            None,
+            _reporter(cell, progress if progress is not None else _PROGRESS),
             (lambda s: print(s, file=sys.stderr)) if verbose else None,
         )
 
@@ -428,10 +449,12 @@ class CellExecutor:
     turns the future's value into ``(CellResult, line to print)`` on the driver (writing what the cell
     produced elsewhere, if anything). An exception from the future means the cell's worker died; the loop
     records it as the cell's failure. Implementations: :class:`LocalProcesses` (``--jobs``) and
-    :class:`.cluster.RayTasks` (``--ray-address``).
+    :class:`.cluster.RayTasks` (``--ray-address``). ``progress``: a queue (``get_nowait``) of the running
+    cells' ``(cell name, round, test accuracy)`` reports, or ``None``.
     """
 
     label = ""
+    progress: Any = None
 
     def __enter__(self) -> CellExecutor:
         return self
@@ -455,40 +478,114 @@ class LocalProcesses(CellExecutor):
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __enter__(self) -> LocalProcesses:
+        context = multiprocessing.get_context("spawn")
+        self.progress = context.Queue()
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_init_cell_process,
-            initargs=(self.threads, os.getpid()),
+            initargs=(self.threads, os.getpid(), self.progress),
         )
         return self
 
     def __exit__(self, *exc) -> None:
         assert self._pool is not None
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.progress is not None:  # reports nobody will read must not block this process's exit
+            self.progress.cancel_join_thread()
+            self.progress.close()
+            self.progress = None
 
     def submit(self, cell: Cell) -> concurrent.futures.Future:
         assert self._pool is not None
         return self._pool.submit(_cell_job, cell, self.verbose)
 
 
-def _run_parallel(todo: list[Cell], executor: CellExecutor, bar, say) -> list[CellResult]:
+class CellBars:
+    """One tqdm bar of rounds per running cell of a parallel sweep, under the sweep's bar (positions 1..K).
+
+    ``report(name, round, accuracy)`` moves a cell's bar (made on its first report), ``close(name)`` removes
+    it when the cell ends; ``last`` keeps every cell's last reported round. Bars draw only when ``enabled``
+    and stderr is a terminal; the reports are recorded either way.
+    """
+
+    def __init__(self, cells: list[Cell], enabled: bool) -> None:
+        self.enabled = enabled
+        self.rounds = {c.name: int(c.config.get("num-server-rounds", 0) or 0) for c in cells}
+        self.bars: dict[str, Any] = {}
+        self.positions: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.ended: set[str] = set()
+
+    def report(self, name: str, server_round: int, accuracy: float | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.last[name] = max(server_round, self.last.get(name, 0))
+        if name in self.ended:  # a late report of a cell that has finished: no new bar
+            return
+        bar = self.bars.get(name)
+        if bar is None:
+            used = set(self.positions.values())
+            position = next(p for p in range(1, len(used) + 2) if p not in used)
+            bar = tqdm(total=self.rounds.get(name) or None, desc=name[:40], unit="round", leave=False,
+                       disable=None if self.enabled else True, position=position, dynamic_ncols=True)
+            self.bars[name], self.positions[name] = bar, position
+        bar.n = self.last[name]
+        if accuracy not in (None, ""):
+            bar.set_postfix_str(f"acc {100 * float(accuracy):.1f}%", refresh=False)
+        bar.refresh()
+
+    def drain(self, queue: Any) -> None:
+        """Apply every report waiting in ``queue`` (``None``: nothing to do)."""
+        while queue is not None:
+            try:
+                name, server_round, accuracy = queue.get_nowait()
+            except Exception:  # noqa: BLE001 - empty (queue.Empty, ray's Empty) or closed: done for now
+                return
+            self.report(name, server_round, accuracy)
+
+    def close(self, name: str) -> None:
+        self.ended.add(name)
+        self.positions.pop(name, None)
+        bar = self.bars.pop(name, None)
+        if bar is not None:
+            bar.close()
+
+    def close_all(self) -> None:
+        for name in list(self.bars):
+            self.close(name)
+
+
+def _run_parallel(todo: list[Cell], executor: CellExecutor, bar, say, bars: CellBars | None = None
+                  ) -> list[CellResult]:
     _prepare_data(todo)
+    bars = bars if bars is not None else CellBars(todo, enabled=not bar.disable)
     results: list[CellResult] = []
     with executor:
         futures = {executor.submit(cell): cell for cell in todo}
         bar.set_postfix_str(executor.label)
-        for future in concurrent.futures.as_completed(futures):
-            cell = futures[future]
-            try:
-                result, line = executor.finish(cell, future.result())
-            except Exception as exc:  # noqa: BLE001 - the cell's worker died (killed, out of memory)
-                run_dir = Path(cell.config["results-dir"]) / cell.name
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run_dir / "error.txt", f"the cell's process failed: {exc!r}\n")
-                result = CellResult(cell, "failed", error=f"{type(exc).__name__}: {exc}")
-                line = f"[resam] {cell.name}: FAILED ({type(exc).__name__}: {exc})"
-            say(line)
-            results.append(result)
-            bar.update(1)
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                bars.drain(executor.progress)
+                for future in done:
+                    cell = futures[future]
+                    bars.drain(executor.progress)  # its last rounds, before its bar goes
+                    bars.close(cell.name)
+                    try:
+                        result, line = executor.finish(cell, future.result())
+                    except Exception as exc:  # noqa: BLE001 - the cell's worker died (killed, out of memory)
+                        run_dir = Path(cell.config["results-dir"]) / cell.name
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        atomic_write_text(run_dir / "error.txt", f"the cell's process failed: {exc!r}\n")
+                        result = CellResult(cell, "failed", error=f"{type(exc).__name__}: {exc}")
+                        line = f"[resam] {cell.name}: FAILED ({type(exc).__name__}: {exc})"
+                    say(line)
+                    results.append(result)
+                    bar.update(1)
+        finally:
+            bars.close_all()
     return results

@@ -152,8 +152,18 @@ def two_node_cluster():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sweep_on_a_two_node_ray_cluster(tmp_path, two_node_cluster, capsys):
+def test_sweep_on_a_two_node_ray_cluster(tmp_path, two_node_cluster, capsys, monkeypatch):
     from resam_flower.cli import main
+    from resam_flower.experiments import runner as runner_module
+
+    reported: list[tuple[str, int]] = []
+
+    class Recording(runner_module.CellBars):  # the per-cell round reports that reach the driver
+        def report(self, name, server_round, accuracy=None):
+            reported.append((name, server_round))
+            super().report(name, server_round, accuracy)
+
+    monkeypatch.setattr(runner_module, "CellBars", Recording)
 
     s = Sweep("c", TINY, {"aggregator": ["cwtm", "nnm+cwtm"], "momentum": [0.0, 0.9]})
     seq = run_sweep(s, tmp_path / "seq", progress=False, engine="inprocess")  # one by one, in this process
@@ -179,6 +189,8 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path, two_node_cluster, capsys):
         assert config["results-dir"] == summary["config"]["results-dir"]
         nodes.add(json.loads((cell_dir / "node.json").read_text())["node_id"])
     assert len(nodes) == 2  # the cells ran on both nodes
+    rounds = TINY["num-server-rounds"]
+    assert sorted(reported) == sorted((r.cell.name, k) for r in seq for k in range(1, rounds + 1))
 
     capsys.readouterr()
     assert main(argv) == 0  # rerun: nothing is redone

@@ -356,3 +356,49 @@ def test_cell_processes_die_with_a_killed_driver(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_cell_bars_follow_each_running_cell():
+    import queue
+
+    s = Sweep("b", {**BASE, "num-server-rounds": 5}, {"aggregator": ["cwtm", "mda", "gm"]})
+    assert [c.name for c in s.cells()] == ["cwtm", "mda", "gm"]
+    bars = runner_module.CellBars(s.cells(), enabled=False)
+    q: queue.Queue = queue.Queue()
+    for item in [("cwtm", 1, None), ("mda", 1, None), ("cwtm", 2, 0.5), ("cwtm", 3, None)]:
+        q.put(item)
+    bars.drain(q)
+    assert q.empty() and bars.last == {"cwtm": 3, "mda": 1} and bars.positions == {"cwtm": 1, "mda": 2}
+    assert bars.bars["cwtm"].total == 5 and bars.bars["cwtm"].n == 3
+    bars.close("cwtm")
+    bars.report("gm", 1)  # takes the freed position 1
+    assert bars.positions == {"mda": 2, "gm": 1}
+    bars.report("cwtm", 5)  # a late report of a finished cell: recorded, no new bar
+    assert bars.last["cwtm"] == 5 and "cwtm" not in bars.bars
+    bars.close_all()
+    assert not bars.bars and not bars.positions
+
+
+@pytest.mark.slow
+def test_parallel_cells_report_their_rounds_to_the_driver(tmp_path, monkeypatch):
+    seen: list[tuple[str, int, float | None]] = []
+
+    class Recording(runner_module.CellBars):
+        def report(self, name, server_round, accuracy=None):
+            seen.append((name, server_round, accuracy))
+            super().report(name, server_round, accuracy)
+
+    monkeypatch.setattr(runner_module, "CellBars", Recording)
+    s = Sweep("b", {**REAL, "num-server-rounds": 6, "eval-every": 3}, {"aggregator": ["cwtm", "cwmed"]})
+    results = run_sweep(s, tmp_path, progress=False, engine="inprocess", jobs=2)
+    assert [r.status for r in results] == ["done"] * 2
+    for r in results:
+        mine = [(rnd, acc) for name, rnd, acc in seen if name == r.cell.name]
+        assert [rnd for rnd, _ in mine] == [1, 2, 3, 4, 5, 6], r.cell.name
+        import csv
+
+        with (tmp_path / "b" / r.cell.name / "metrics.csv").open() as fh:
+            evaluated = {int(row["round"]): float(row["test-accuracy"]) for row in csv.DictReader(fh)
+                         if row["test-accuracy"]}
+        assert {rnd: acc for rnd, acc in mine if acc is not None} == evaluated == {
+            3: pytest.approx(evaluated[3]), 6: pytest.approx(r.summary["final_test_accuracy"])}
