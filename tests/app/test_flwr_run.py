@@ -95,7 +95,7 @@ def test_fab_ships_the_package_and_nothing_else():
 def test_flwr_run_dot_in_the_local_simulation_runtime(tmp_path):
     flwr, superlink = BIN / "flwr", BIN / "flower-superlink"
     if not flwr.exists() or not superlink.exists():
-        pytest.skip(f"flwr CLI not installed next to {sys.executable}")
+        pytest.fail(f"flwr CLI not installed next to {sys.executable}: run `make setup`", pytrace=False)
     pyproject_before = PYPROJECT.read_bytes()
     results = tmp_path / "results"
     with local_superlink(tmp_path) as (procs, home):

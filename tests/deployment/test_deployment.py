@@ -37,7 +37,7 @@ HONEST = 3
 def test_tls_authenticated_federation_with_a_byzantine_supernode(tmp_path):
     for tool in ("flwr", "flower-superlink", "flower-supernode"):
         if not (Path(sys.executable).parent / tool).exists():
-            pytest.skip(f"{tool} not installed next to {sys.executable}")
+            pytest.fail(f"{tool} not installed next to {sys.executable}: run `make setup`", pytrace=False)
     try:
         nginx_binary()
     except FileNotFoundError:
