@@ -24,6 +24,7 @@ __all__ = [
     "split_runs",
     "dependents",
     "reduce_keys",
+    "off_axes",
     "file_suffix",
     "describe",
 ]
@@ -86,6 +87,22 @@ def reduce_keys(runs: list[Run], keys: list[str]) -> tuple[list[str], dict[str, 
         tied[key] = [k for k in dependents(runs, key) if k in keys and k not in tied and k not in dropped]
         dropped.update(tied[key])
     return [k for k in keys if k in tied], tied
+
+
+def off_axes(runs: list[Run], keys: list[str], axes: tuple[str, ...] = ("aggregator", "momentum")
+             ) -> tuple[list[str], dict[str, list[str]]]:
+    """``keys`` minus those that a figure's axis keys determine, and ``{axis: the keys it determines}``.
+
+    A learning rate tuned per β (``momentum = [{momentum = 0.9, lr = 2.0}, ...]``) or the reference rule's
+    own ``num-clients`` is no reason for a file of its own: it labels the β column (``β=0.9 (lr=2)``) or
+    comes with the rule. Keys no axis key determines are returned in their order.
+    """
+    tied: dict[str, list[str]] = {}
+    taken: set[str] = set()
+    for axis in axes:
+        tied[axis] = [k for k in dependents(runs, axis) if k in keys and k not in taken]
+        taken.update(tied[axis])
+    return [k for k in keys if k not in taken], tied
 
 
 def file_suffix(keys: list[str], values: tuple) -> str:

@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .heatmaps import plot_heatmaps  # noqa: E402
-from .layout import describe, file_suffix, reduce_keys, sorted_values, split_runs  # noqa: E402
+from .layout import describe, file_suffix, off_axes, reduce_keys, sorted_values, split_runs  # noqa: E402
 from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys  # noqa: E402
 
 __all__ = ["plot_curves", "plot_heatmaps", "plot_mechanism", "plot_sweep", "curve_layout", "mechanism_series",
@@ -66,7 +66,8 @@ def curve_layout(runs: list[Run]) -> tuple[list[Any], list[Any], list[Any]]:
 def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the curve figures; return their paths."""
     keys = row_keys(runs)
-    rest, tied = reduce_keys(runs, [k for k in keys if k not in ("aggregator", "momentum")])
+    free, on_axes = off_axes(runs, [k for k in keys if k not in ("aggregator", "momentum")])
+    rest, tied = reduce_keys(runs, free)
     paths = []
     for values, group in split_runs(runs, rest).items():
         rules, reference_rules, betas = curve_layout(group)
@@ -104,7 +105,8 @@ def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
                             linewidth=1.2,
                             linestyle=(0, (1 + k, 1.5)),
                         )
-                ax.set_title(f"{rule}, β={beta}", fontsize=10)
+                beta_text = describe("momentum", beta, on_axes["momentum"], at_beta)
+                ax.set_title(f"{rule}, {beta_text}", fontsize=10)
                 ax.grid(alpha=0.3)
                 if j == 0:
                     ax.set_ylabel("test accuracy (%)")
@@ -179,7 +181,8 @@ def mechanism_series(runs: list[Run]) -> dict[tuple[Any, str, Any], dict[str, tu
 def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the mechanism figures (see the module docstring); none when no run recorded the columns."""
     keys = row_keys(runs)
-    rest, tied = reduce_keys(runs, [k for k in keys if k not in ("aggregator", "momentum")])
+    free, on_axes = off_axes(runs, [k for k in keys if k not in ("aggregator", "momentum")])
+    rest, tied = reduce_keys(runs, free)
     paths = []
     for values, group in split_runs(runs, rest).items():
         series = mechanism_series(group)
@@ -197,8 +200,9 @@ def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path
                     xs, ys = series.get((rule, attack, beta), {}).get(panel, ([], []))
                     if xs:
                         marker = "o" if len(xs) < 30 else None  # a short series stays visible
-                        ax.plot(xs, ys, label=f"β={beta}", color=colors[beta], linewidth=1.4, marker=marker,
-                                markersize=3)
+                        at_beta = [r for r in group if r.config.get("momentum") == beta]
+                        ax.plot(xs, ys, label=describe("momentum", beta, on_axes["momentum"], at_beta),
+                                color=colors[beta], linewidth=1.4, marker=marker, markersize=3)
                 if all(y > 0 for line in ax.get_lines() for y in line.get_ydata()) and ax.get_lines():
                     ax.set_yscale("log")
                 ax.set_title(f"{rule}, {attack}", fontsize=10)

@@ -258,3 +258,20 @@ def test_plot_draws_the_mechanism_figure_when_the_columns_are_there(mechanism):
     assert sorted(p.name for p in paths) == ["curves.png", "heatmap_β.png", "mechanism.png"]
     data = (mechanism / "plots" / "mechanism.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 5_000
+
+
+def test_a_rate_tuned_per_beta_labels_the_beta_columns_instead_of_splitting_files(tmp_path, fake_simulate):
+    from resam_flower.experiments.layout import off_axes
+
+    tuned = Sweep("tuned", BASE, {"aggregator": ["cwtm", "krum"], "attack": ["alie", "none"],
+                                  "momentum": [{"momentum": 0.0, "lr": 0.5}, {"momentum": 0.9, "lr": 2.0}]})
+    run_sweep(tuned, tmp_path, progress=False, share_ray=False)
+    runs = load_runs(tmp_path / "tuned")
+    assert off_axes(runs, ["lr"]) == ([], {"aggregator": [], "momentum": ["lr"]})
+    assert sorted(p.name for p in plot_sweep(tmp_path / "tuned")) == ["curves.png", "heatmap_β.png"]
+    crossed = Sweep("crossed", BASE, {"aggregator": ["cwtm"], "momentum": [0.0, 0.9], "lr": [0.5, 2.0]})
+    run_sweep(crossed, tmp_path, progress=False, share_ray=False)
+    runs = load_runs(tmp_path / "crossed")
+    assert off_axes(runs, ["lr"]) == (["lr"], {"aggregator": [], "momentum": []})  # lr is not a function of β
+    assert sorted(p.name for p in plot_sweep(tmp_path / "crossed")) == [
+        "curves__lr0.5.png", "curves__lr2.png", "heatmap_β__lr0.5.png", "heatmap_β__lr2.png"]
