@@ -119,7 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .experiments.plots import plot_sweep
 
-    for path in plot_sweep(_sweep_dir(args.target, args.results), args.out):
+    for path in plot_sweep(_sweep_dir(args.target, args.results), args.out, where=_where(args.where)):
         print(path)
     return 0
 
@@ -146,22 +146,24 @@ def cmd_claims(args: argparse.Namespace) -> int:
     from .experiments.claims import claims_markdown
     from .experiments.results import load_runs
 
-    runs = [r for r in load_runs(_sweep_dir(args.target, args.results)) if _matches(r.config, args.where)]
+    where = _where(args.where)
+    runs = [r for r in load_runs(_sweep_dir(args.target, args.results))
+            if all(str(r.config.get(k)) == v for k, v in where.items())]
     if not runs:
-        raise SystemExit(f"no finished cell in {args.target} matches {args.where}")
+        raise SystemExit(f"no finished cell in {args.target} matches {where}")
     print(claims_markdown(runs, near=args.near, fail=args.fail), end="")
     return 0
 
 
-def _matches(config: dict, where: list[str]) -> bool:
-    """``config`` has every ``key=value`` of ``where`` (values compared as text)."""
-    for item in where:
+def _where(items: list[str] | None) -> dict[str, str]:
+    """``--where KEY=VALUE ...`` as ``{key: value}`` (a config value matches when it reads as ``value``)."""
+    out = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--where {item!r}: expected KEY=VALUE")
-        if str(config.get(key)) != value:
-            return False
-    return True
+        if not sep or not key:
+            raise SystemExit(f"--where {item!r}: expected KEY=VALUE, e.g. attack=alie")
+        out[key] = value
+    return out
 
 
 def _rule_specs(values: list[str]) -> list[str]:
@@ -279,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results", help="results root when TARGET is a TOML file")
         if name == "plot":
             p.add_argument("--out", help="output folder (default: <results folder>/plots)")
+            p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE",
+                           help="only cells with these values, e.g. attack=alie")
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a sweep's compact CSVs (config.json, cells.csv, rounds.csv)")

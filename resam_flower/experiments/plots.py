@@ -10,6 +10,7 @@
   the signal, ``honest-spread-max / honest-mean-norm`` = max_{i,j∈H} ‖m_i − m_j‖ / ‖m̄_H‖, and the
   aggregation error ``aggregation-error`` = ‖R_t − m̄_H‖, against the round (log scale). Worker momentum
   should shrink the first, and with it the second (κ · spread bounds it for an (f, κ)-resilient rule).
+  A sweep with more than :data:`MAX_MECHANISM_ROWS` (rule, attack) pairs gets one file per attack.
 
 Keys that vary besides those (dataset, lr...) give one file per combination (suffix in the file name);
 keys zipped with another one (``num-clients`` with ``num-byzantine``) label it instead (see :mod:`.layout`).
@@ -28,6 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .grid import _slug  # noqa: E402
 from .heatmaps import plot_heatmaps  # noqa: E402
 from .layout import describe, file_suffix, off_axes, reduce_keys, sorted_values, split_runs  # noqa: E402
 from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys  # noqa: E402
@@ -178,8 +180,44 @@ def mechanism_series(runs: list[Run]) -> dict[tuple[Any, str, Any], dict[str, tu
     return out
 
 
+#: A mechanism figure with more (rule, attack) rows than this is drawn as one file per attack instead.
+MAX_MECHANISM_ROWS = 12
+
+
+def _mechanism_figure(rows, series, group: list[Run], beta_ties: list[str], heading: str, path: Path) -> Path:
+    betas = sorted_values({beta for _, _, beta in series})
+    colors = {b: plt.cm.viridis(i / max(len(betas) - 1, 1)) for i, b in enumerate(betas)}
+    size = (9.0, 2.8 * len(rows) + 0.6)
+    fig, axes = plt.subplots(len(rows), 2, figsize=size, squeeze=False, sharex=True)
+    for i, (rule, attack) in enumerate(rows):
+        for j, (panel, ylabel) in enumerate(MECHANISM_PANELS.items()):
+            ax = axes[i][j]
+            for beta in betas:
+                xs, ys = series.get((rule, attack, beta), {}).get(panel, ([], []))
+                if xs:
+                    marker = "o" if len(xs) < 30 else None  # a short series stays visible
+                    at_beta = [r for r in group if r.config.get("momentum") == beta]
+                    ax.plot(xs, ys, label=describe("momentum", beta, beta_ties, at_beta),
+                            color=colors[beta], linewidth=1.4, marker=marker, markersize=3)
+            if all(y > 0 for line in ax.get_lines() for y in line.get_ydata()) and ax.get_lines():
+                ax.set_yscale("log")
+            ax.set_title(f"{rule}, {attack}", fontsize=10)
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(rows) - 1:
+                ax.set_xlabel("round")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), frameon=False)
+    fig.suptitle(f"{heading + ': ' if heading else ''}honest spread and aggregation error", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
-    """Write the mechanism figures (see the module docstring); none when no run recorded the columns."""
+    """Write the mechanism figures (see the module docstring); none when no run recorded the columns.
+    Above :data:`MAX_MECHANISM_ROWS` (rule, attack) rows: one file per attack (``mechanism__alie.png``)."""
     keys = row_keys(runs)
     free, on_axes = off_axes(runs, [k for k in keys if k not in ("aggregator", "momentum")])
     rest, tied = reduce_keys(runs, free)
@@ -189,48 +227,37 @@ def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path
         if not series:
             continue
         rows = sorted({(rule, attack) for rule, attack, _ in series}, key=str)
-        betas = sorted_values({beta for _, _, beta in series})
-        colors = {b: plt.cm.viridis(i / max(len(betas) - 1, 1)) for i, b in enumerate(betas)}
-        size = (9.0, 2.8 * len(rows) + 0.6)
-        fig, axes = plt.subplots(len(rows), 2, figsize=size, squeeze=False, sharex=True)
-        for i, (rule, attack) in enumerate(rows):
-            for j, (panel, ylabel) in enumerate(MECHANISM_PANELS.items()):
-                ax = axes[i][j]
-                for beta in betas:
-                    xs, ys = series.get((rule, attack, beta), {}).get(panel, ([], []))
-                    if xs:
-                        marker = "o" if len(xs) < 30 else None  # a short series stays visible
-                        at_beta = [r for r in group if r.config.get("momentum") == beta]
-                        ax.plot(xs, ys, label=describe("momentum", beta, on_axes["momentum"], at_beta),
-                                color=colors[beta], linewidth=1.4, marker=marker, markersize=3)
-                if all(y > 0 for line in ax.get_lines() for y in line.get_ydata()) and ax.get_lines():
-                    ax.set_yscale("log")
-                ax.set_title(f"{rule}, {attack}", fontsize=10)
-                ax.set_ylabel(ylabel, fontsize=9)
-                ax.grid(alpha=0.3)
-                if i == len(rows) - 1:
-                    ax.set_xlabel("round")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), frameon=False)
         where = ", ".join(describe(k, v, tied[k], group) for k, v in zip(rest, values, strict=True))
         heading = " — ".join(t for t in (title, where) if t)
-        fig.suptitle(f"{heading + ': ' if heading else ''}honest spread and aggregation error", fontsize=11)
-        fig.tight_layout(rect=(0, 0.05, 1, 0.96))
-        path = out_dir / f"mechanism{file_suffix(rest, values)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        stem = f"mechanism{file_suffix(rest, values)}"
+        if len(rows) <= MAX_MECHANISM_ROWS:
+            paths.append(_mechanism_figure(rows, series, group, on_axes["momentum"], heading,
+                                           out_dir / f"{stem}.png"))
+            continue
+        for attack in sorted({a for _, a in rows}):
+            mine = [(rule, a) for rule, a in rows if a == attack]
+            path = out_dir / f"{stem}__{_slug(attack)}.png"
+            paths.append(_mechanism_figure(mine, {k: v for k, v in series.items() if k[1] == attack}, group,
+                                           on_axes["momentum"], " — ".join(t for t in (heading, attack) if t),
+                                           path))
     return paths
 
 
 def plot_sweep(
-    directory: str | Path, out_dir: str | Path | None = None, title: str | None = None
+    directory: str | Path,
+    out_dir: str | Path | None = None,
+    title: str | None = None,
+    where: dict[str, str] | None = None,
 ) -> list[Path]:
-    """All figures of the sweep whose results are in ``directory`` (default output: ``<directory>/plots``)."""
+    """All figures of the sweep whose results are in ``directory`` (default output: ``<directory>/plots``);
+    ``where``: only the runs whose config values read as these texts (``{"attack": "alie"}``)."""
     directory = Path(directory)
     runs = load_runs(directory)
+    if where:
+        runs = [r for r in runs if all(str(r.config.get(k)) == v for k, v in where.items())]
     if not runs:
-        raise ValueError(f"no finished cell under {directory}: run `resam sweep` first")
+        selection = f" with {where}" if where else ""
+        raise ValueError(f"no finished cell{selection} under {directory}: run `resam sweep` first")
     out = Path(out_dir) if out_dir is not None else directory / "plots"
     out.mkdir(parents=True, exist_ok=True)
     name = title if title is not None else directory.name

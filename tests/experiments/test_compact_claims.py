@@ -149,3 +149,14 @@ def test_a_partial_sweep_compares_worst_cases_over_the_attacks_both_sides_ran():
     assert {r["claim"]: r for r in claims_rows(runs)}[claim]["value"] == "+35.0 (1 seed)"
     runs[0] = _run("cwtm", "alie", 0.0, 0, 99)  # now foe is beta 0's worst case, but beta 0.99 has no foe
     assert {r["claim"]: r for r in claims_rows(runs)}[claim]["value"] == "-4.0 (1 seed)"
+
+
+def test_plot_where_draws_a_selection(results, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["plot", str(results), "--out", str(out), "--where", "aggregator=krum", "momentum=0.9"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "heatmap_β.png"]  # one rule, one β: no split
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        main(["plot", str(results), "--where", "krum"])
+    capsys.readouterr()
+    assert main(["plot", str(results), "--where", "aggregator=bulyan"]) == 2
+    assert "no finished cell with {'aggregator': 'bulyan'}" in capsys.readouterr().err

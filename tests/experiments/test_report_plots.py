@@ -275,3 +275,18 @@ def test_a_rate_tuned_per_beta_labels_the_beta_columns_instead_of_splitting_file
     assert off_axes(runs, ["lr"]) == (["lr"], {"aggregator": [], "momentum": []})  # lr is not a function of β
     assert sorted(p.name for p in plot_sweep(tmp_path / "crossed")) == [
         "curves__lr0.5.png", "curves__lr2.png", "heatmap_β__lr0.5.png", "heatmap_β__lr2.png"]
+
+
+def test_a_large_mechanism_figure_becomes_one_file_per_attack(tmp_path):
+    from resam_flower.experiments import plots
+
+    root = tmp_path / "big"
+    rules, attacks = ["cwtm", "krum", "gm", "mda", "meamed"], ["alie", "foe", "sf"]
+    for rule in rules:
+        for attack in attacks:
+            mechanism_run(root, rule, attack, 0.0, 0, spread_rows([2.0, 1.0], [1.0, 1.0], [0.5, 0.2]))
+    assert len(rules) * len(attacks) > plots.MAX_MECHANISM_ROWS
+    names = sorted(p.name for p in plots.plot_mechanism(load_runs(root), tmp_path))
+    assert names == ["mechanism__alie.png", "mechanism__foe.png", "mechanism__sf.png"]
+    few = [r for r in load_runs(root) if r.config["attack"] != "sf"][:12]
+    assert [p.name for p in plots.plot_mechanism(few, tmp_path)] == ["mechanism.png"]
