@@ -129,7 +129,9 @@ def test_claims_are_paired_per_seed_differences_with_their_verdicts():
     four = rows[("4. β=0.99: worst case nnm+rule − rule > 0", "cwtm")]
     assert four["value"] == "-0.5 ± 6.4 (k=2)" and four["verdict"] == "inconclusive"
     assert not any(rule == "nnm+cwtm" and claim.startswith("4") for claim, rule in rows)
-    assert len(rows) == 3 * 2 + 2  # claims 1-3 for both rules, claim 4 at two betas
+    assert len(rows) == 2 * 2 + 2 + 2 + 2  # claim 1 at both betas, 2 and 3 for both rules, 4 at both betas
+    # claim 1 at beta 0, for comparison: cwtm (95 - 60, 96 - 64) -> far above 5
+    assert rows[("1. β=0.0: no attack − worst case < 5", "cwtm")]["verdict"] == "disagrees"
 
 
 def test_claims_and_export_commands(results, tmp_path, capsys):
@@ -154,7 +156,7 @@ def test_a_partial_sweep_compares_worst_cases_over_the_attacks_both_sides_ran():
 def test_plot_where_draws_a_selection(results, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", str(results), "--out", str(out), "--where", "aggregator=krum", "momentum=0.9"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "heatmap_β.png"]  # one rule, one β: no split
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "heatmap_β.png"]  # 1 rule, 1 β
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
         main(["plot", str(results), "--where", "krum"])
     capsys.readouterr()
