@@ -143,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from .experiments.claims import claims_markdown
+    from .experiments.claims import claims_markdown, claims_wide_markdown
     from .experiments.results import load_runs
 
     where = _where(args.where)
@@ -151,7 +151,8 @@ def cmd_claims(args: argparse.Namespace) -> int:
             if all(str(r.config.get(k)) == v for k, v in where.items())]
     if not runs:
         raise SystemExit(f"no finished cell in {args.target} matches {where}")
-    print(claims_markdown(runs, near=args.near, fail=args.fail), end="")
+    table = claims_wide_markdown if args.wide else claims_markdown
+    print(table(runs, near=args.near, fail=args.fail), end="")
     return 0
 
 
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near", type=float, default=5.0, help="claim 1's bound, in points (default 5)")
     p.add_argument("--fail", type=float, default=10.0, help="claim 2's bound, in points (default 10)")
     p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="only cells with these values")
+    p.add_argument("--wide", action="store_true", help="one row per rule, one column per claim")
     p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("kappa", help="empirical κ of rules by adversarial search, next to the proven κ")

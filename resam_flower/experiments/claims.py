@@ -21,6 +21,10 @@ Claims (points of accuracy; ``near`` and ``fail`` are parameters, 5 and 10 by de
    above ``fail``;
 3. *momentum helps every rule*: :math:`W_\beta - W_0` at each β > 0, above 0;
 4. *what NNM adds*: :math:`W(\mathrm{nnm}{+}r) - W(r)` at every β, above 0.
+
+Each claim also gets a row :data:`POOLED` over every rule's per-seed differences: the average effect across
+rules, with an interval that treats (rule, seed) pairs as independent replicates — they are not (a seed is
+shared by all rules), so read it as descriptive, and the per-rule rows as the test.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from typing import Any
 
 from .results import NO_ATTACK, Run, attack_of
 
-__all__ = ["Interval", "t_quantile", "interval", "seed_table", "claims_rows", "claims_markdown"]
+__all__ = ["Interval", "t_quantile", "interval", "seed_table", "claims_rows", "claims_markdown",
+           "claims_wide_markdown"]
 
 # Two-sided 95 % Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: 1.96).
 _T975 = (
@@ -132,7 +137,9 @@ def _worst_pair(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) 
 
 
 def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[dict[str, str]]:
-    """One row per (claim, rule): ``claim``, ``rule``, ``cells``, ``value``, ``verdict``."""
+    """One row per (claim, rule), then the :data:`POOLED` row of each claim: ``claim``, ``rule``, ``cells``,
+    ``value`` (text), ``verdict``, ``interval`` (the :class:`Interval`, ``None`` when not run), ``diffs``
+    (the per-seed differences), ``bound`` and ``above``."""
     table = seed_table(runs)
     rules = sorted({r for r, _ in table if any(a != NO_ATTACK for a in table[(r, _)])}, key=str)
     betas = sorted({b for _, b in table})
@@ -140,13 +147,12 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
     rows: list[dict[str, str]] = []
 
     def add(claim: str, rule: str, cells: str, diffs: list[float], bound: float, above: bool) -> None:
+        row = {"claim": claim, "rule": rule, "cells": cells, "diffs": diffs, "bound": bound, "above": above}
         if not diffs:
-            rows.append({"claim": claim, "rule": rule, "cells": cells, "value": "—",
-                         "verdict": "not run"})
+            rows.append({**row, "value": "—", "verdict": "not run", "interval": None})
             return
         ci = interval(diffs)
-        rows.append({"claim": claim, "rule": rule, "cells": cells, "value": str(ci),
-                     "verdict": ci.verdict(bound, above)})
+        rows.append({**row, "value": str(ci), "verdict": ci.verdict(bound, above), "interval": ci})
 
     for beta in betas:
         for rule in rules:
@@ -170,6 +176,11 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
             add(f"4. β={beta}: worst case nnm+rule − rule > 0", rule, f"nnm+{rule} vs {rule}, β={beta}",
                 _worst_pair(table.get((f"nnm+{rule}", beta), {}), table.get((rule, beta), {})), 0.0,
                 above=True)
+    for claim in list(dict.fromkeys(r["claim"] for r in rows)):
+        mine = [r for r in rows if r["claim"] == claim]
+        if len(mine) > 1:
+            add(claim, POOLED, "every rule's per-seed differences together",
+                [d for r in mine for d in r["diffs"]], mine[0]["bound"], mine[0]["above"])
     return rows
 
 
@@ -181,4 +192,38 @@ def claims_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> s
     ]
     for row in claims_rows(runs, near, fail):
         lines.append("| " + " | ".join(row[k] for k in ("claim", "rule", "cells", "value", "verdict")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: The row of a claim that pools every rule's per-seed differences (rules taken as replicates: they share
+#: seeds and data, so this interval is narrower than an independent one would be).
+POOLED = "all rules (pooled)"
+
+#: Short verdict marks of the wide table.
+MARKS = {"agrees": "✓", "disagrees": "✗", "inconclusive": "?", "not run": "—"}
+
+
+def _mark(verdict: str) -> str:
+    if verdict.startswith("1 seed: "):
+        return MARKS.get(verdict[len("1 seed: "):].split(" ")[0], "?") + "¹"
+    return MARKS.get(verdict, "?")
+
+
+def claims_wide_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> str:
+    """The claims table with one row per rule and one column per claim: ``value mark`` (✓ agrees, ✗ disagrees,
+    ? inconclusive, ¹ one seed: no interval)."""
+    rows = claims_rows(runs, near, fail)
+    claims = list(dict.fromkeys(r["claim"] for r in rows))
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    def text(row: dict) -> str:
+        ci = row["interval"]
+        if ci is None:
+            return "—"
+        value = f"{ci.mean:+.1f}" if ci.k < 2 else f"{ci.mean:+.1f} ± {ci.half:.1f}"
+        return f"{value} {_mark(row['verdict'])}"
+
+    cell = {(r["claim"], r["rule"]): text(r) for r in rows}
+    lines = ["| rule | " + " | ".join(claims) + " |", "|---|" + "---|" * len(claims)]
+    for rule in rules:
+        lines.append(f"| {rule} | " + " | ".join(cell.get((c, rule), "") for c in claims) + " |")
     return "\n".join(lines) + "\n"

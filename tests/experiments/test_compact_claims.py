@@ -129,7 +129,13 @@ def test_claims_are_paired_per_seed_differences_with_their_verdicts():
     four = rows[("4. β=0.99: worst case nnm+rule − rule > 0", "cwtm")]
     assert four["value"] == "-0.5 ± 6.4 (k=2)" and four["verdict"] == "inconclusive"
     assert not any(rule == "nnm+cwtm" and claim.startswith("4") for claim, rule in rows)
-    assert len(rows) == 2 * 2 + 2 + 2 + 2  # claim 1 at both betas, 2 and 3 for both rules, 4 at both betas
+    # claim 1 at both betas, 2 and 3 for both rules, 4 at both betas; a pooled row for claims 1-3 (two rules)
+    assert len(rows) == 2 * 2 + 2 + 2 + 2 + 4
+    pooled = rows[("3. worst case β=0.99 − β=0 > 0", "all rules (pooled)")]
+    # cwtm (95 - 60, 95 - 64), nnm+cwtm (94 - 70, 95 - 75): four differences
+    half = 3.182 * statistics.stdev([35.0, 31.0, 24.0, 20.0]) / 2
+    assert pooled["value"] == f"+{(35 + 31 + 24 + 20) / 4:.1f} ± {half:.1f} (k=4)"
+    assert pooled["verdict"] == "agrees"
     # claim 1 at beta 0, for comparison: cwtm (95 - 60, 96 - 64) -> far above 5
     assert rows[("1. β=0.0: no attack − worst case < 5", "cwtm")]["verdict"] == "disagrees"
 
@@ -162,3 +168,17 @@ def test_plot_where_draws_a_selection(results, tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(results), "--where", "aggregator=bulyan"]) == 2
     assert "no finished cell with {'aggregator': 'bulyan'}" in capsys.readouterr().err
+
+
+def test_the_wide_claims_table_has_a_row_per_rule_and_a_column_per_claim():
+    from resam_flower.experiments.claims import claims_wide_markdown
+
+    runs = [_run("cwtm", a, b, s, acc) for (a, b, s, acc) in [
+        ("alie", 0.0, 0, 60), ("none", 0.0, 0, 95), ("alie", 0.0, 1, 70), ("none", 0.0, 1, 96),
+        ("alie", 0.9, 0, 94), ("none", 0.9, 0, 96)]]
+    lines = claims_wide_markdown(runs).splitlines()
+    assert lines[0] == ("| rule | 1. β=0.0: no attack − worst case < 5 | 1. β=0.9: no attack − worst case < 5"
+                        " | 2. β=0: no attack − min(ALIE, FOE) > 10 | 3. worst case β=0.9 − β=0 > 0 |")
+    # beta 0: (35, 26): 30.5 ± 57.2 straddles both bounds; beta 0.9: one seed (2) -> agrees, no interval
+    half = 12.706 * statistics.stdev([35.0, 26.0]) / math.sqrt(2)
+    assert lines[2] == f"| cwtm | +30.5 ± {half:.1f} ? | +2.0 ✓¹ | +30.5 ± {half:.1f} ? | +34.0 ✓¹ |"
