@@ -24,6 +24,8 @@ What the worker reads
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator
 
 import torch
@@ -165,6 +167,35 @@ def lab_flipped_gradient(
     return {k: v.div_(len(partitions)) for k, v in total.items()}, sum(losses) / len(losses)
 
 
+#: The last lab label-flipping vector this process computed: ``(key, (grads, loss))``. Every ``lf-lab`` node
+#: of a round sends the same vector (the same honest partitions, mini-batches and global model), so the nodes
+#: a process serves in one round (all of them on the in-process engine, those of one actor under Ray) compute
+#: it once; the key holds everything the vector depends on (see :func:`_lab_flip_key`).
+_LAB_FLIP_CACHE: list[tuple[tuple, tuple[dict[str, torch.Tensor], float]]] = []
+
+
+def _lab_flip_key(cfg: ExperimentConfig, partitions: list[int], num: int, server_round: int, arrays) -> tuple:
+    """What :func:`lab_flipped_gradient` depends on: the experiment config, the honest partitions, the round
+    and the global model's bytes (a digest)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, arr in arrays.items():
+        digest.update(name.encode())
+        digest.update(arr.dtype.encode() + repr(tuple(arr.shape)).encode())
+        digest.update(arr.data)
+    config = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return config, tuple(partitions), num, server_round, digest.hexdigest()
+
+
+def _cached_lab_flip(key: tuple, compute) -> tuple[dict[str, torch.Tensor], float]:
+    """``compute()`` unless this process's last lab vector has ``key``; a copy either way."""
+    if _LAB_FLIP_CACHE and _LAB_FLIP_CACHE[0][0] == key:
+        grads, loss = _LAB_FLIP_CACHE[0][1]
+    else:
+        grads, loss = compute()
+        _LAB_FLIP_CACHE[:] = [(key, (grads, loss))]
+    return {k: v.clone() for k, v in grads.items()}, loss
+
+
 def _int_list(value, key: str) -> list[int]:
     if isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
@@ -181,7 +212,8 @@ def lab_label_flipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     Placed after ``byzantine_mod`` (which sets the key for a node whose role is ``lf-lab``, in simulation
     only) and before ``momentum_mod``: the vector skips the momentum, as in the lab's code. The reply is
     flagged as a momentum reply (``resam-momentum`` = 1: what the server aggregates) and carries the global
-    model's buffers unchanged. Other messages pass through.
+    model's buffers unchanged. Other messages pass through. The vector is computed once per round and
+    process (:data:`_LAB_FLIP_CACHE`): with f such nodes in one process the others reuse it, bit for bit.
     """
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
@@ -198,7 +230,9 @@ def lab_label_flipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
         model = model_for(cfg, probe.num_classes, probe.in_shape, msg.content["arrays"])
         names = dict(model.named_parameters())
         buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in names}
-        grads, loss = lab_flipped_gradient(model, cfg, partitions, num, _server_round(config))
+        rnd = _server_round(config)
+        key = _lab_flip_key(cfg, partitions, num, rnd, msg.content["arrays"])
+        grads, loss = _cached_lab_flip(key, lambda: lab_flipped_gradient(model, cfg, partitions, num, rnd))
         model.load_state_dict(buffers, strict=False)  # the global statistics, not those of the flipped passes
         out = gradient_record(model, grads)
     metrics = {

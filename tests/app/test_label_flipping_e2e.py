@@ -136,3 +136,28 @@ def test_label_flipping_hurts_the_mean_and_not_nnm_cwtm(tmp_path, seed):
     for attack in ("lf", "lf-lab"):
         assert acc["nnm+cwtm", attack] >= acc["nnm+cwtm", "none"] - 0.05, acc
         assert acc["nnm+cwtm", attack] >= 0.80, acc
+
+
+def test_lab_vector_is_computed_once_per_round_and_process_and_changes_nothing(monkeypatch, tmp_path):
+    # every lf-lab node of a round sends the same vector: the in-process engine's f nodes share one
+    # computation; the final model is bit for bit the one of f separate computations
+    from resam_flower.app import worker
+    from resam_flower.experiments.engine import simulate_in_process
+
+    calls: list[int] = []
+    real = worker.lab_flipped_gradient
+
+    def counted(model, cfg, partitions, num, server_round):
+        calls.append(server_round)
+        return real(model, cfg, partitions, num, server_round)
+
+    monkeypatch.setattr(worker, "lab_flipped_gradient", counted)
+    config = {**BASE, "attack": "lf-lab", "aggregator": "cwtm", "data-split": "honest", "num-server-rounds": 4,
+              "eval-every": 4, "results-dir": str(tmp_path), "seed": 5}
+    shared = simulate_in_process({**config, "run-name": "shared"})
+    assert sorted(calls) == [1, 2, 3, 4]  # once per round for the F = 4 nodes
+    calls.clear()
+    monkeypatch.setattr(worker, "_cached_lab_flip", lambda key, compute: compute())
+    separate = simulate_in_process({**config, "run-name": "separate"})
+    assert sorted(calls) == sorted([1, 2, 3, 4] * F)
+    assert shared["final_model_sha256"] == separate["final_model_sha256"]
