@@ -152,8 +152,8 @@ def test_lab_vector_is_computed_once_per_round_and_process_and_changes_nothing(m
         return real(model, cfg, partitions, num, server_round)
 
     monkeypatch.setattr(worker, "lab_flipped_gradient", counted)
-    config = {**BASE, "attack": "lf-lab", "aggregator": "cwtm", "data-split": "honest", "num-server-rounds": 4,
-              "eval-every": 4, "results-dir": str(tmp_path), "seed": 5}
+    config = {**BASE, "attack": "lf-lab", "aggregator": "cwtm", "data-split": "honest",
+              "num-server-rounds": 4, "eval-every": 4, "results-dir": str(tmp_path), "seed": 5}
     shared = simulate_in_process({**config, "run-name": "shared"})
     assert sorted(calls) == [1, 2, 3, 4]  # once per round for the F = 4 nodes
     calls.clear()
