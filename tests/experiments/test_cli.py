@@ -21,7 +21,7 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
     assert counts["tiny"] == 4 and counts["demo"] == 10 and counts["paper_mnist"] == 432
     # the reproduction: 12 rules x 6 attacks x 3 betas x 2 seeds + the 6 reference cells; its tuning; FMNIST
     # (3 attack settings) and Dirichlet (2 alphas x 2 attack settings)
-    assert counts["lab_mnist"] == 438 and counts["lab_mnist_lr"] == 21
+    assert counts["lab_mnist"] == 438 and counts["lab_mnist_lr"] == 29
     assert counts["lab_fmnist"] == 12 * 3 * 3 * 2 + 6
     assert counts["lab_mnist_dirichlet"] == 12 * 2 * 2 * 3 * 2 + 12
 
