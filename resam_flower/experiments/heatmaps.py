@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .layout import describe, file_suffix, label, reduce_keys, sorted_values, split_runs  # noqa: E402
+from .layout import describe, file_suffix, label, off_axes, reduce_keys, sorted_values, split_runs  # noqa: E402
 from .results import NO_ATTACK, Run, attack_of, row_keys, worst_case  # noqa: E402
 
 __all__ = ["HEAT_KEYS", "plot_heatmaps", "worst_case_matrix"]
@@ -98,7 +98,11 @@ def _figure(
 
 def plot_heatmaps(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the worst-case heatmaps described in the module docstring; return their paths."""
+    attacked = {r.config.get("aggregator") for r in runs if attack_of(r.config) != NO_ATTACK}
+    runs = [r for r in runs if r.config.get("aggregator") in attacked]  # references have no row
     keys = row_keys(runs)
+    free, _ = off_axes(runs, [k for k in keys if k not in ("aggregator", "momentum")])
+    keys = [k for k in keys if k in free or k in ("aggregator", "momentum")]  # a rate tuned per rule and β
     kept, tied = reduce_keys(runs, [k for k in keys if k != "aggregator"])
     heat = [k for k in HEAT_KEYS if k in kept]  # f and α zipped together: only rule × f, α labels it
     paths = []

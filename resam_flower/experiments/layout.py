@@ -93,15 +93,25 @@ def off_axes(runs: list[Run], keys: list[str], axes: tuple[str, ...] = ("aggrega
              ) -> tuple[list[str], dict[str, list[str]]]:
     """``keys`` minus those that a figure's axis keys determine, and ``{axis: the keys it determines}``.
 
-    A learning rate tuned per β (``momentum = [{momentum = 0.9, lr = 2.0}, ...]``) or the reference rule's
-    own ``num-clients`` is no reason for a file of its own: it labels the β column (``β=0.9 (lr=2)``) or
-    comes with the rule. Keys no axis key determines are returned in their order.
+    A learning rate tuned per β (``momentum = [{momentum = 0.9, lr = 2.0}, ...]``), or per rule and β, or the
+    reference rule's own ``num-clients`` is no reason for a file of its own: it labels the β column
+    (``β=0.9 (lr=2.0)``) or comes with the rule. A key determined by the axes together (one value per
+    rule and β) is tied to the last axis. Keys no axis determines are returned in their order.
     """
     tied: dict[str, list[str]] = {}
     taken: set[str] = set()
     for axis in axes:
         tied[axis] = [k for k in dependents(runs, axis) if k in keys and k not in taken]
         taken.update(tied[axis])
+    for key in keys:
+        if key in taken or key in axes:
+            continue
+        seen: dict[str, set[str]] = defaultdict(set)
+        for run in runs:
+            seen[_canon([run.config.get(a) for a in axes])].add(_canon(run.config.get(key)))
+        if all(len(v) == 1 for v in seen.values()):
+            tied[axes[-1]].append(key)
+            taken.add(key)
     return [k for k in keys if k not in taken], tied
 
 

@@ -107,7 +107,7 @@ def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
                             linewidth=1.2,
                             linestyle=(0, (1 + k, 1.5)),
                         )
-                beta_text = describe("momentum", beta, on_axes["momentum"], at_beta)
+                beta_text = describe("momentum", beta, on_axes["momentum"], cell or at_beta)
                 ax.set_title(f"{rule}, {beta_text}", fontsize=10)
                 ax.grid(alpha=0.3)
                 if j == 0:
@@ -196,7 +196,8 @@ def _mechanism_figure(rows, series, group: list[Run], beta_ties: list[str], head
                 xs, ys = series.get((rule, attack, beta), {}).get(panel, ([], []))
                 if xs:
                     marker = "o" if len(xs) < 30 else None  # a short series stays visible
-                    at_beta = [r for r in group if r.config.get("momentum") == beta]
+                    at_beta = [r for r in group if r.config.get("momentum") == beta
+                               and r.config.get("aggregator") == rule] or group
                     ax.plot(xs, ys, label=describe("momentum", beta, beta_ties, at_beta),
                             color=colors[beta], linewidth=1.4, marker=marker, markersize=3)
             if all(y > 0 for line in ax.get_lines() for y in line.get_ydata()) and ax.get_lines():

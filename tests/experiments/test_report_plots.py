@@ -290,3 +290,18 @@ def test_a_large_mechanism_figure_becomes_one_file_per_attack(tmp_path):
     assert names == ["mechanism__alie.png", "mechanism__foe.png", "mechanism__sf.png"]
     few = [r for r in load_runs(root) if r.config["attack"] != "sf"][:12]
     assert [p.name for p in plots.plot_mechanism(few, tmp_path)] == ["mechanism.png"]
+
+
+def test_a_rate_tuned_per_rule_and_beta_and_a_reference_rule_split_no_file(tmp_path, fake_simulate):
+    from resam_flower.experiments.layout import off_axes
+
+    s = Sweep("joint", BASE, {"aggregator": ["cwtm", "krum"], "attack": ["alie", "none"],
+                              "momentum": [{"momentum": 0.0, "lr": 0.5}, {"momentum": 0.9, "lr": 2.0}]},
+              exclude=[{"aggregator": "krum", "momentum": 0.9}],
+              include=[{"aggregator": "krum", "attack": ["alie", "none"], "momentum": 0.9, "lr": 1.0},
+                       {"aggregator": "mean", "attack": "none", "num-byzantine": 0, "momentum": 0.0}])
+    run_sweep(s, tmp_path, progress=False, share_ray=False)
+    runs = load_runs(tmp_path / "joint")
+    free, tied = off_axes(runs, ["lr", "num-byzantine"])
+    assert free == [] and tied == {"aggregator": ["num-byzantine"], "momentum": ["lr"]}
+    assert sorted(p.name for p in plot_sweep(tmp_path / "joint")) == ["curves.png", "heatmap_β.png"]
