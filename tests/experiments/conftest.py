@@ -87,3 +87,18 @@ def fake_simulate(monkeypatch):
 
     monkeypatch.setattr(simulation, "simulate", simulate)
     return calls
+
+
+@pytest.fixture
+def results(tmp_path, fake_simulate):
+    """A fake sweep (no Ray): cwtm and krum x alie and foe x beta {0, 0.9} x seeds {0, 1}, plus no attack."""
+    from resam_flower.experiments import Sweep, run_sweep
+
+    sweep = Sweep(
+        "fake",
+        BASE,
+        {"aggregator": ["cwtm", "krum"], "attack": ["alie", "foe"], "momentum": [0.0, 0.9], "seed": [0, 1]},
+        include=[{"attack": "none", "aggregator": ["cwtm", "krum"], "momentum": [0.0, 0.9]}],
+    )
+    run_sweep(sweep, tmp_path, progress=False, share_ray=False)
+    return tmp_path / "fake"

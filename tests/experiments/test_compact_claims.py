@@ -10,26 +10,12 @@ from pathlib import Path
 import pytest
 
 from resam_flower.cli import main
-from resam_flower.experiments import Sweep, run_sweep
 from resam_flower.experiments.claims import claims_rows, interval, t_quantile
 from resam_flower.experiments.compact import SUMMARY_FIELDS, export_compact, is_compact, load_compact
 from resam_flower.experiments.plots import mechanism_series, plot_sweep
 from resam_flower.experiments.report import markdown_table
 from resam_flower.experiments.results import Run, load_cells, load_runs
-from tests.experiments.conftest import BASE
 from tests.experiments.test_report_plots import mechanism_run, spread_rows
-
-
-@pytest.fixture
-def results(tmp_path, fake_simulate):
-    sweep = Sweep(
-        "fake",
-        BASE,
-        {"aggregator": ["cwtm", "krum"], "attack": ["alie", "foe"], "momentum": [0.0, 0.9], "seed": [0, 1]},
-        include=[{"attack": "none", "aggregator": ["cwtm", "krum"], "momentum": [0.0, 0.9]}],
-    )
-    run_sweep(sweep, tmp_path, progress=False, share_ray=False)
-    return tmp_path / "fake"
 
 
 def _without(config: dict) -> dict:

@@ -20,18 +20,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def results(tmp_path, fake_simulate):
-    sweep = Sweep(
-        "fake",
-        BASE,
-        {"aggregator": ["cwtm", "krum"], "attack": ["alie", "foe"], "momentum": [0.0, 0.9], "seed": [0, 1]},
-        include=[{"attack": "none", "aggregator": ["cwtm", "krum"], "momentum": [0.0, 0.9]}],
-    )
-    run_sweep(sweep, tmp_path, progress=False, share_ray=False)
-    return tmp_path / "fake"
-
-
 def test_load_runs_and_pivot(results):
     runs = load_runs(results)
     assert len(runs) == 16 + 4
