@@ -144,11 +144,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_claims(args: argparse.Namespace) -> int:
     from .experiments.claims import claims_markdown, claims_wide_markdown
-    from .experiments.results import load_runs
+    from .experiments.results import load_runs, select
 
     where = _where(args.where)
-    runs = [r for r in load_runs(_sweep_dir(args.target, args.results))
-            if all(str(r.config.get(k)) == v for k, v in where.items())]
+    runs = select(load_runs(_sweep_dir(args.target, args.results)), where)
     if not runs:
         raise SystemExit(f"no finished cell in {args.target} matches {where}")
     table = claims_wide_markdown if args.wide else claims_markdown

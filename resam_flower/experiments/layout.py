@@ -25,6 +25,7 @@ __all__ = [
     "dependents",
     "reduce_keys",
     "off_axes",
+    "figure_keys",
     "file_suffix",
     "describe",
 ]
@@ -57,19 +58,19 @@ def split_runs(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
     return dict(sorted(groups.items(), key=lambda kv: str(kv[0])))
 
 
+def _determined(runs: list[Run], by: tuple[str, ...], other: str) -> bool:
+    """Whether ``other``'s value is a function of the values of ``by`` across ``runs``."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        seen[_canon([run.config.get(k) for k in by])].add(_canon(run.config.get(other)))
+    return all(len(v) == 1 for v in seen.values())
+
+
 def dependents(runs: list[Run], key: str) -> list[str]:
     """Configuration keys (:func:`~.results.row_keys`, rule and β aside) whose value is a function of
     ``key``'s value across ``runs``: each value of ``key`` comes with a single value of theirs."""
-    out = []
-    for other in row_keys(runs):
-        if other in (key, "aggregator", "momentum"):
-            continue
-        seen: dict[str, set[str]] = defaultdict(set)
-        for run in runs:
-            seen[_canon(run.config.get(key))].add(_canon(run.config.get(other)))
-        if all(len(v) == 1 for v in seen.values()):
-            out.append(other)
-    return out
+    others = [o for o in row_keys(runs) if o not in (key, "aggregator", "momentum")]
+    return [o for o in others if _determined(runs, (key,), o)]
 
 
 def reduce_keys(runs: list[Run], keys: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -104,15 +105,18 @@ def off_axes(runs: list[Run], keys: list[str], axes: tuple[str, ...] = ("aggrega
         tied[axis] = [k for k in dependents(runs, axis) if k in keys and k not in taken]
         taken.update(tied[axis])
     for key in keys:
-        if key in taken or key in axes:
-            continue
-        seen: dict[str, set[str]] = defaultdict(set)
-        for run in runs:
-            seen[_canon([run.config.get(a) for a in axes])].add(_canon(run.config.get(key)))
-        if all(len(v) == 1 for v in seen.values()):
+        if key not in taken and key not in axes and _determined(runs, axes, key):
             tied[axes[-1]].append(key)
             taken.add(key)
     return [k for k in keys if k not in taken], tied
+
+
+def figure_keys(runs: list[Run]) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """For a figure with rule and β on its axes: the keys that split files, the keys each of those
+    determines (:func:`reduce_keys`), and the keys each axis determines (:func:`off_axes`)."""
+    free, on_axes = off_axes(runs, [k for k in row_keys(runs) if k not in ("aggregator", "momentum")])
+    rest, tied = reduce_keys(runs, free)
+    return rest, tied, on_axes
 
 
 def file_suffix(keys: list[str], values: tuple) -> str:

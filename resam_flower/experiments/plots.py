@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .grid import _slug  # noqa: E402
 from .heatmaps import plot_heatmaps  # noqa: E402
-from .layout import describe, file_suffix, off_axes, reduce_keys, sorted_values, split_runs  # noqa: E402
-from .results import NO_ATTACK, Run, attack_of, load_runs, mean, row_keys  # noqa: E402
+from .layout import describe, figure_keys, file_suffix, sorted_values, split_runs  # noqa: E402
+from .results import NO_ATTACK, Run, attack_of, load_runs, mean, select  # noqa: E402
 
 __all__ = ["plot_curves", "plot_heatmaps", "plot_mechanism", "plot_sweep", "curve_layout", "mechanism_series",
            "MECHANISM_COLUMNS"]
@@ -67,9 +67,7 @@ def curve_layout(runs: list[Run]) -> tuple[list[Any], list[Any], list[Any]]:
 
 def plot_curves(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the curve figures; return their paths."""
-    keys = row_keys(runs)
-    free, on_axes = off_axes(runs, [k for k in keys if k not in ("aggregator", "momentum")])
-    rest, tied = reduce_keys(runs, free)
+    rest, tied, on_axes = figure_keys(runs)
     paths = []
     for values, group in split_runs(runs, rest).items():
         rules, reference_rules, betas = curve_layout(group)
@@ -219,9 +217,7 @@ def _mechanism_figure(rows, series, group: list[Run], beta_ties: list[str], head
 def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path]:
     """Write the mechanism figures (see the module docstring); none when no run recorded the columns.
     Above :data:`MAX_MECHANISM_ROWS` (rule, attack) rows: one file per attack (``mechanism__alie.png``)."""
-    keys = row_keys(runs)
-    free, on_axes = off_axes(runs, [k for k in keys if k not in ("aggregator", "momentum")])
-    rest, tied = reduce_keys(runs, free)
+    rest, tied, on_axes = figure_keys(runs)
     paths = []
     for values, group in split_runs(runs, rest).items():
         series = mechanism_series(group)
@@ -253,9 +249,7 @@ def plot_sweep(
     """All figures of the sweep whose results are in ``directory`` (default output: ``<directory>/plots``);
     ``where``: only the runs whose config values read as these texts (``{"attack": "alie"}``)."""
     directory = Path(directory)
-    runs = load_runs(directory)
-    if where:
-        runs = [r for r in runs if all(str(r.config.get(k)) == v for k, v in where.items())]
+    runs = select(load_runs(directory), where)
     if not runs:
         selection = f" with {where}" if where else ""
         raise ValueError(f"no finished cell{selection} under {directory}: run `resam sweep` first")

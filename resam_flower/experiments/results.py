@@ -19,6 +19,7 @@ __all__ = [
     "Run",
     "load_runs",
     "load_cells",
+    "select",
     "varying_keys",
     "attack_of",
     "pivot",
@@ -118,6 +119,11 @@ def load_cells(directory: str | Path) -> list[Run]:
         config = dict(summary.get("config", {}))
         runs.append(Run(cell, config, summary, _curve(cell / "metrics.csv", summary), timing))
     return runs
+
+
+def select(runs: list[Run], where: dict[str, str] | None) -> list[Run]:
+    """The runs whose config values read as ``where``'s texts (``{"attack": "alie"}``); all with none."""
+    return [r for r in runs if all(str(r.config.get(k)) == v for k, v in (where or {}).items())]
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
