@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,11 @@ def results(tmp_path, fake_simulate):
     )
     run_sweep(sweep, tmp_path, progress=False, share_ray=False)
     return tmp_path / "fake"
+
+
+def write_sweep_file(path, name: str, base: dict, grid: str, engine: str = "") -> None:
+    """A sweep TOML at ``path``: ``[sweep]`` (``name``, ``engine`` if given), ``[base]`` from ``base`` and the
+    ``[grid]`` lines ``grid`` as written (``'aggregator = ["cwtm"]\\n'``)."""
+    sweep = f'[sweep]\nname = "{name}"\n' + (f'engine = "{engine}"\n' if engine else "")
+    body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items())
+    path.write_text(f"{sweep}[base]\n{body}[grid]\n{grid}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from resam_flower.experiments import Sweep, run_sweep
+from tests.experiments.conftest import write_sweep_file
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -170,11 +171,7 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path, two_node_cluster, capsys, mon
     assert [r.status for r in seq] == ["done"] * 4
 
     toml = tmp_path / "c.toml"
-    toml.write_text(
-        '[sweep]\nname = "c"\n[base]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items())
-        + '[grid]\naggregator = ["cwtm", "nnm+cwtm"]\nmomentum = [0.0, 0.9]\n'
-    )
+    write_sweep_file(toml, "c", TINY, 'aggregator = ["cwtm", "nnm+cwtm"]\nmomentum = [0.0, 0.9]\n')
     argv = ["sweep", str(toml), "--results", str(tmp_path / "ray"), "--ray-address", two_node_cluster]
     argv += ["--no-report", "--no-progress"]
     assert main(argv) == 0

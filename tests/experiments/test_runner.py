@@ -15,7 +15,7 @@ from resam_flower.experiments import runner as runner_module
 from resam_flower.experiments.hooks import quiet_flower
 from resam_flower.experiments.runner import resolve_engine
 from resam_flower.strategies import ResilientAveraging
-from tests.experiments.conftest import BASE
+from tests.experiments.conftest import BASE, write_sweep_file
 
 
 def sweep(**grid):
@@ -233,33 +233,23 @@ def test_parallel_in_process_sweep_equals_the_sequential_ray_sweep(tmp_path):
         assert b.summary["byzantine_nodes"] == a.summary["byzantine_nodes"]
 
 
+def _parallel_sweep(tmp_path, name: str, base: dict, grid: str) -> list[str]:
+    """The command of `resam sweep` over a sweep file written in ``tmp_path``: 2 jobs, results in ``r/``."""
+    toml = tmp_path / f"{name}.toml"
+    write_sweep_file(toml, name, base, grid, engine="inprocess")
+    return [sys.executable, "-m", "resam_flower.cli", "sweep", str(toml), "--results", str(tmp_path / "r"),
+            "--jobs", "2", "--no-report", "--no-progress"]
+
+
 @pytest.mark.slow
 def test_killed_parallel_sweep_resumes(tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    toml = tmp_path / "k.toml"
-    toml.write_text(
-        '[sweep]\nname = "k"\nengine = "inprocess"\n[base]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**REAL, "num-server-rounds": 25}.items())
-        + '[grid]\naggregator = ["cwtm", "nnm+cwtm", "cwmed"]\nmomentum = [0.0, 0.9]\n'
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "resam_flower.cli",
-        "sweep",
-        str(toml),
-        "--results",
-        str(tmp_path / "r"),
-        "--jobs",
-        "2",
-        "--no-report",
-        "--no-progress",
-    ]
+    cmd = _parallel_sweep(tmp_path, "k", {**REAL, "num-server-rounds": 25},
+                          'aggregator = ["cwtm", "nnm+cwtm", "cwmed"]\nmomentum = [0.0, 0.9]\n')
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     cells = list((tmp_path / "r" / "k").glob("*/summary.json"))
     deadline = time.time() + 240
@@ -275,7 +265,7 @@ def test_killed_parallel_sweep_resumes(tmp_path):
     assert f"{6 - len(done_before)} cells run, {len(done_before)} already finished, 0 failed" in out.stdout
     from resam_flower.experiments import load_sweep
 
-    s = load_sweep(toml)
+    s = load_sweep(tmp_path / "k.toml")
     seq = run_sweep(s, tmp_path / "seq", progress=False)  # the sequential sweep (engine from the file)
     for r in seq:
         resumed = json.loads((tmp_path / "r" / "k" / r.cell.name / "summary.json").read_text())
@@ -326,14 +316,8 @@ def test_cell_processes_die_with_a_killed_driver(tmp_path):
     import subprocess
     import time
 
-    toml = tmp_path / "d.toml"
-    toml.write_text(
-        '[sweep]\nname = "d"\nengine = "inprocess"\n[base]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**REAL, "num-server-rounds": 2000}.items())
-        + '[grid]\naggregator = ["cwtm", "cwmed"]\n'
-    )
-    cmd = [sys.executable, "-m", "resam_flower.cli", "sweep", str(toml), "--results", str(tmp_path / "r"),
-           "--jobs", "2", "--no-report", "--no-progress"]
+    grid = 'aggregator = ["cwtm", "cwmed"]\n'
+    cmd = _parallel_sweep(tmp_path, "d", {**REAL, "num-server-rounds": 2000}, grid)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
