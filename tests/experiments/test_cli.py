@@ -19,9 +19,9 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
         assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path)]) == 0
         counts[path.stem] = int(capsys.readouterr().out.strip().splitlines()[-1].split()[0])
     assert counts["tiny"] == 4 and counts["demo"] == 10 and counts["paper_mnist"] == 432
-    # the reproduction: 12 rules x 6 attacks x 3 betas x 2 seeds + the 6 reference cells; its tuning; FMNIST
+    # the reproduction: 12 rules x 6 attacks x 3 betas x 3 seeds + the 9 reference cells; its tuning; FMNIST
     # (3 attack settings) and Dirichlet (2 alphas x 2 attack settings)
-    assert counts["lab_mnist"] == 438 and counts["lab_mnist_lr"] == 29
+    assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29
     assert counts["lab_fmnist"] == 12 * 3 * 3 * 2 + 6
     assert counts["lab_mnist_dirichlet"] == 12 * 2 * 2 * 3 * 2 + 12
 
