@@ -17,10 +17,11 @@ shared machine affects all rules alike. Three inputs are measured: ``random`` (i
 fast Gram path), ``close`` (rows at distance ~1% of their norms, as momentums late in training: the
 centred Gram path of the precision guard) and ``mimic`` (random rows, ``f`` of them duplicates of row 0).
 
-``--floors`` also times, in the same rounds, the products no distance rule can avoid: the Gram matmul
-``x @ x.T`` (every rule), a matrix-vector product ``w @ x`` (the final weighted sum of MultiKrum, MDA,
-MoNNA, GM) and the ``n x n`` mixing matmul ``W @ x`` into a reused output (NNM), so that a rule's ratio
-can be read against what BLAS takes on the same machine.
+``--floors`` also times, in the same rounds, the products no distance rule can avoid: the Gram matrix (every
+rule), as the BLAS matmul ``x @ x.T`` and as the fused symmetric kernel the rules use on CPU
+(``aggregators._gram``: upper triangle only, one read pass), a matrix-vector product ``w @ x`` (the final
+weighted sum of MultiKrum, MDA, MoNNA, GM) and the ``n x n`` mixing matmul ``W @ x`` into a reused output
+(NNM), so that a rule's ratio can be read against what it cannot avoid on the same machine.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from resam_flower.aggregators import _fused, build
+from resam_flower.aggregators import _fused, _gram, build
 
 RULES = ["krum", "multikrum", "nnm", "gm", "mda", "monna", "bulyan"]
 BYZFL = {
@@ -83,8 +84,10 @@ def _floors(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     w = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
     mixing = torch.full((n, n), 1.0 / n, dtype=x.dtype, device=x.device)
     out = torch.empty_like(x)
-    return {
-        "floor x @ x.T": lambda: x @ x.T,
+    fns = {"floor x @ x.T": lambda: x @ x.T}
+    if _gram.usable(x) is None and _gram.kernel(n, x.dtype) is not None:
+        fns["floor fused Gram"] = lambda: _gram.gram(x)  # the rules' own Gram (aggregators._gram)
+    return fns | {
         "floor w @ x": lambda: w @ x,
         "floor W @ x (reused out)": lambda: torch.mm(mixing, x, out=out),
     }

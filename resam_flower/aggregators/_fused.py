@@ -50,12 +50,16 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-__all__ = ["Spec", "ranks_of", "kernel", "run", "wait", "available", "compiler", "cache_dir", "ENV"]
+__all__ = [
+    "Spec", "ranks_of", "kernel", "load", "compile_source", "run", "wait", "available", "compiler",
+    "cache_dir", "capability", "ENV",
+]
 
 log = logging.getLogger("resam_flower.aggregators.fused")
 
@@ -217,15 +221,20 @@ def _key(spec: Spec, n: int, dtype: torch.dtype) -> str:
     return f"{spec!r}|{n}|{dtype}"
 
 
-def _build(spec: Spec, n: int, dtype: torch.dtype, key: str) -> ctypes._CFuncPtr | None:
-    """Load the cached library or compile it; None (logged once) if that fails."""
+Kernel = ctypes._CFuncPtr
+
+
+def compile_source(src: str, what: str, argtypes: list, extra_flags: tuple[str, ...] = ()) -> Kernel | None:
+    """Load the cached library of C source ``src`` (function ``k``) or compile it; None (logged once) if not.
+
+    ``what`` names the kernel in the log lines; ``extra_flags`` follow :func:`_flags` (a later flag wins).
+    """
     cc = compiler()
     if cc is None:
-        _log_once("nocc", logging.WARNING, "fused coordinate-wise kernels disabled: no C compiler found "
-                  "(set CC, or install gcc); using the torch min/max network")
+        _log_once("nocc", logging.WARNING, "fused kernels disabled: no C compiler found (set CC, or install "
+                  "gcc); using the torch fallbacks (min/max network, matmul Gram)")
         return None
-    src = source(spec, n, dtype)
-    flags = _flags()
+    flags = [*_flags(), *extra_flags]
     digest = hashlib.sha256("\n".join([str(_VERSION), cc, *flags, capability(), platform.machine(), src])
                             .encode()).hexdigest()[:20]
     folder = cache_dir()
@@ -234,8 +243,7 @@ def _build(spec: Spec, n: int, dtype: torch.dtype, key: str) -> ctypes._CFuncPtr
         if not lib.exists():
             folder.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            log.info("building fused kernel %s for n=%d, %s (%s, %s) in %s ...", spec, n, dtype,
-                     capability(), os.path.basename(cc), folder)
+            log.info("building %s (%s, %s) in %s ...", what, capability(), os.path.basename(cc), folder)
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
                 c_file, so_file = Path(tmp) / "k.c", Path(tmp) / "k.so"
                 c_file.write_text(src)
@@ -244,15 +252,20 @@ def _build(spec: Spec, n: int, dtype: torch.dtype, key: str) -> ctypes._CFuncPtr
                 if res.returncode:
                     raise RuntimeError(f"{os.path.basename(cc)} failed: {res.stderr.strip()[-400:]}")
                 os.replace(so_file, lib)  # atomic: other processes see the whole file or none
-            log.info("built fused kernel %s for n=%d, %s in %.2f s", spec, n, dtype, time.perf_counter() - t0)
+            log.info("built %s in %.2f s", what, time.perf_counter() - t0)
         fn = ctypes.CDLL(str(lib)).k
     except Exception as exc:
-        _log_once(f"build:{exc}", logging.WARNING, "fused coordinate-wise kernel unavailable (%s: %s); "
-                  "using the torch min/max network", type(exc).__name__, exc)
+        _log_once(f"build:{exc}", logging.WARNING, "%s unavailable (%s: %s); using its torch fallback",
+                  what, type(exc).__name__, exc)
         return None
     fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    fn.argtypes = argtypes
     return fn
+
+
+def _build(spec: Spec, n: int, dtype: torch.dtype) -> ctypes._CFuncPtr | None:
+    return compile_source(source(spec, n, dtype), f"fused kernel {spec} for n={n}, {dtype}",
+                          [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64])
 
 
 def _builder() -> ThreadPoolExecutor:
@@ -262,26 +275,20 @@ def _builder() -> ThreadPoolExecutor:
     return _BUILDERS[pid]
 
 
-def _finish(key: str, spec: Spec, n: int, dtype: torch.dtype) -> ctypes._CFuncPtr | None:
-    fn = _build(spec, n, dtype, key)
+def _finish(key: str, build: Callable[[], ctypes._CFuncPtr | None]) -> ctypes._CFuncPtr | None:
+    fn = build()
     with _lock:
         _loaded[key] = fn
         _pending.pop(key, None)
     return fn
 
 
-def kernel(spec: Spec, n: int, dtype: torch.dtype, *, mode: str = "block") -> ctypes._CFuncPtr | None:
-    """The compiled kernel of ``spec`` on ``n`` rows of ``dtype``, or None.
+def load(key: str, build: Callable[[], Kernel | None], mode: str = "block") -> Kernel | None:
+    """The kernel cached under ``key`` in this process, built by ``build()`` (None where that failed).
 
     ``mode``: ``"block"`` loads or builds it now; ``"background"`` returns it if loaded, else starts loading
     or building it in a background thread and returns None; ``"peek"`` returns it if loaded, else None.
-    None also where the fused path cannot run (the reason is logged once).
     """
-    if dtype not in _CTYPES or n < 1:
-        _log_once(f"dtype:{dtype}", logging.WARNING, "fused coordinate-wise kernels support float32 and "
-                  "float64, not %s; using the torch min/max network", dtype)
-        return None
-    key = _key(spec, n, dtype)
     with _lock:
         if key in _loaded:
             return _loaded[key]
@@ -289,13 +296,25 @@ def kernel(spec: Spec, n: int, dtype: torch.dtype, *, mode: str = "block") -> ct
         if fut is not None and getattr(fut, "pid", None) != os.getpid():
             fut = None  # started by the parent of this forked process: its thread is not here
         if fut is None and mode == "background":
-            _pending[key] = fut = _builder().submit(_finish, key, spec, n, dtype)
+            _pending[key] = fut = _builder().submit(_finish, key, build)
             fut.pid = os.getpid()  # type: ignore[attr-defined]
     if mode != "block":
         return None
     if fut is not None:
         return fut.result()
-    return _finish(key, spec, n, dtype)
+    return _finish(key, build)
+
+
+def kernel(spec: Spec, n: int, dtype: torch.dtype, *, mode: str = "block") -> ctypes._CFuncPtr | None:
+    """The compiled kernel of ``spec`` on ``n`` rows of ``dtype``, or None (``mode``: see :func:`load`).
+
+    None also where the fused path cannot run (the reason is logged once).
+    """
+    if dtype not in _CTYPES or n < 1:
+        _log_once(f"dtype:{dtype}", logging.WARNING, "fused coordinate-wise kernels support float32 and "
+                  "float64, not %s; using the torch min/max network", dtype)
+        return None
+    return load(_key(spec, n, dtype), lambda: _build(spec, n, dtype), mode)
 
 
 def wait() -> None:

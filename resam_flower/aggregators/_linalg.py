@@ -2,7 +2,10 @@
 
 Distance-based rules (Krum, MultiKrum, NNM, MDA, MoNNA, Bulyan, GM) all start from the ``n x n`` matrix of
 pairwise squared distances ``D_ij = ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j``, computed from the Gram matrix
-``G = x x^T`` in **one read pass** over ``x`` (one matmul). Everything after that is ``O(n^2)`` work.
+``G = x x^T`` in **one read pass** over ``x``. Everything after that is ``O(n^2)`` work. On CPU, for float32
+and float64 rows with contiguous columns and ``n <= 64``, ``G`` comes from the fused symmetric kernel of
+:mod:`._gram` (the upper triangle only, partial sums in float64: faster and more accurate than a matmul);
+elsewhere, or without a C compiler, from the matmul ``x @ x.T``.
 
 Precision guard (:func:`pairwise_sq_distances`)
 -----------------------------------------------
@@ -37,6 +40,7 @@ import math
 
 import torch
 
+from . import _gram
 from ._rowops import weighted_sum
 from .base import NonFiniteInputError
 
@@ -102,16 +106,27 @@ def _blocked_gram(x: torch.Tensor, ref: int | None, work: torch.dtype) -> torch.
     return out
 
 
+def _fast_gram(x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+    """Float64 Gram of ``x`` (centred at row ``ref``) from products in ``x``'s dtype: the fused kernel of
+    :mod:`._gram` where it runs, else matmuls (one, or per column block when centred)."""
+    g = _gram.gram(x, ref)
+    if g is not None:
+        return g
+    if ref is None:
+        return (x @ x.T).to(torch.float64)
+    return _blocked_gram(x, ref, x.dtype)
+
+
 def gram(x: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
     """Gram matrix ``x x^T`` of an ``(n, d)`` tensor as float64, shape ``(n, n)``.
 
-    Default: one matmul in ``x``'s dtype (for float32: error about ``sqrt(d) * eps32`` relative to the
-    squared norms; callers that difference entries should centre ``x`` first or use
+    Default: products in ``x``'s dtype, one read pass (for float32: error about ``sqrt(d) * eps32``
+    relative to the squared norms; callers that difference entries should centre ``x`` first or use
     :func:`pairwise_sq_distances`). ``exact=True``: float64 products over column blocks.
     """
     if exact or not _full_precision_matmul(x):
         return _blocked_gram(x, None, torch.float64)
-    return (x @ x.T).to(torch.float64)
+    return _fast_gram(x)
 
 
 def sq_distances(g: torch.Tensor) -> torch.Tensor:
@@ -281,8 +296,10 @@ def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = R
     eps = torch.finfo(x.dtype).eps
     eps64 = torch.finfo(torch.float64).eps
     fast = _full_precision_matmul(x)
-    g = (x @ x.T).to(torch.float64) if fast else _blocked_gram(x, None, torch.float64)
-    ok = torch.isfinite(g.diagonal())
+    g = _fast_gram(x) if fast else _blocked_gram(x, None, torch.float64)
+    # a squared norm beyond the dtype's range counts as non-finite, whether the products overflowed
+    # (matmul) or their float64 sum did not (fused kernel)
+    ok = torch.isfinite(g.diagonal()) & (g.diagonal() <= torch.finfo(x.dtype).max)
     k = _count_dropped(ok, f, name)
     f -= k
     kept = torch.arange(n, device=x.device)
@@ -298,7 +315,7 @@ def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = R
     source, x = x, Pairwise(x, f, k, kept, d2, method, error, g, None).x  # the guard reads the finite rows
     ref = central_row(d2)
     if fast and x.dtype != torch.float64:
-        g = _blocked_gram(x, ref, x.dtype)
+        g = _fast_gram(x, ref)
         d2 = sq_distances(g)
         error = _error_estimate(g, d2, math.sqrt(min(d, _block(x))) * eps)
         if error <= rtol:
