@@ -288,7 +288,7 @@ def centred_gram(x: torch.Tensor, ref: int) -> torch.Tensor:
 def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = RTOL) -> Pairwise:
     """Drop non-finite rows and return the squared distances of the rest, with the precision guard.
 
-    One read pass over ``x`` in the common case (the Gram matmul); its diagonal (squared norms) also
+    One read pass over ``x`` in the common case (the Gram matrix); its diagonal (squared norms) also
     screens the rows: a row is non-finite iff its squared norm is. Raises :class:`NonFiniteInputError`
     when more than ``f`` rows are non-finite. See the module docstring for the guard.
     """

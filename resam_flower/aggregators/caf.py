@@ -75,7 +75,7 @@ class CAF(Aggregator):
       :math:`\sum_i c_i > n - 2f + 10^{-9}`, so that ties in :math:`\tau` do not leave near-zero weights
       that would admit a candidate mean of (almost) ``n - 2f`` inputs through rounding alone.
 
-    Cost: the pairwise squared distances (:func:`._linalg.pairwise_sq_distances`: one Gram matmul, with
+    Cost: the pairwise squared distances (:func:`._linalg.pairwise_sq_distances`: one Gram matrix, with
     its precision guard) and one weighted sum over the inputs; the centred Gram matrices follow from the
     distances (:math:`K = -\frac12 J D J^\top`, :math:`J = I - 1 w^\top`), everything else is ``O(n^3)``
     per iteration. No (f, kappa) resilient-averaging constant is proven in RESAM's sense:

@@ -62,7 +62,7 @@ class Krum(_KrumBase):
 
     ``k`` defaults to ``n - f - 1`` at call time, the convention of ByzFL (the authors' lab of RESAM);
     Blanchard, El Mhamdi, Guerraoui & Stainer (NeurIPS 2017) use ``n - f - 2`` (pass ``k`` explicitly).
-    Needs ``n > 2f``. Ties are broken towards the lowest index. Cost: one Gram matmul (one read pass)
+    Needs ``n > 2f``. Ties are broken towards the lowest index. Cost: one Gram matrix (one read pass)
     plus ``O(n^2 log n)``.
 
     Parameters
@@ -97,7 +97,7 @@ class MultiKrum(_KrumBase):
 
     with :math:`s_i` the Krum score of :class:`Krum` (``k`` nearest other inputs, default ``n - f - 1``).
     ``m`` defaults to ``n - f`` (ByzFL; Blanchard et al., 2017, Multi-Krum with ``m = n - f``). Needs
-    ``n > 2f``. Cost: one Gram matmul plus one weighted sum of the ``m`` selected rows (matrix-vector
+    ``n > 2f``. Cost: one Gram matrix plus one weighted sum of the ``m`` selected rows (matrix-vector
     products over runs of consecutive selected rows, no copy).
 
     Parameters

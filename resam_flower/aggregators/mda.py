@@ -84,7 +84,7 @@ class MinimumDiameterAveraging(Aggregator):
     al., ICML 2022) proves it is :math:`(f, \kappa)`-resilient averaging with :math:`\kappa = 2f/(n-f)`,
     order-optimal. Needs ``n > 2f``.
 
-    The search is exact: the distance matrix is computed once (one Gram matmul), then a branch and bound
+    The search is exact: the distance matrix is computed once (one Gram matrix), then a branch and bound
     over removal sets, vectorised level by level (see :func:`min_diameter_removal`), scores at most
     :math:`\min(2^f, \binom{n}{f})` candidate subsets instead of ByzFL's loop over all
     :math:`\binom{n}{n-f}`. Inputs whose count exceeds ``max_subsets`` are refused with a

@@ -40,7 +40,7 @@ class MoNNA(Aggregator):
     Without either it raises :class:`ValueError` saying why: a server that sorts untrusted replies (by
     node id, as ``ResilientAveraging`` does) would otherwise hand the choice to one of its nodes.
 
-    Cost: one Gram matmul plus one weighted sum. ``kappa`` is ``None`` (no bound in RESAM's definition
+    Cost: one Gram matrix plus one weighted sum. ``kappa`` is ``None`` (no bound in RESAM's definition
     that we could verify). ``last_info``: ``selected`` (sorted input indices averaged, the trusted vector
     not counted), distance diagnostics.
 

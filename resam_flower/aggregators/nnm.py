@@ -32,7 +32,7 @@ class NearestNeighborMixing(PreAggregator):
     Stephan, "Fixing by Mixing", AISTATS 2023; ByzFL's ``NNM``). Needs ``n > 2f``, the setting of the paper.
 
     Computed as one mixing matrix ``W`` (``n x n``, rows of ``1/(n-f)`` on the neighbourhoods) applied in
-    one matmul ``W @ x``, after one Gram matmul for the distances: two read passes of ``x`` and one write
+    one matmul ``W @ x``, after one Gram matrix for the distances: two read passes of ``x`` and one write
     of the ``(n, d)`` output, allocated in huge pages on CPU (:func:`._rowops.empty_rows`). Non-finite
     rows are dropped first (``n`` and ``f`` shrink by their number), without copying the others
     (:func:`._rowops.mix`). Cost at ``n = 20``, ``f = 4``, ``d = 10^6``, float32, one CPU thread: about

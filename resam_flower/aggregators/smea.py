@@ -102,7 +102,7 @@ class SMEA(Aggregator):
     Notes
     -----
     * The search is exact: the pairwise squared distances (:func:`._linalg.pairwise_sq_distances`, one
-      Gram matmul with its precision guard), then the centred ``(n-f) x (n-f)`` Gram matrices
+      Gram matrix with its precision guard), then the centred ``(n-f) x (n-f)`` Gram matrices
       :math:`-\frac12 P D_{SS} P` and their largest eigenvalue (batched ``eigvalsh``), searched by
       branch and bound on a trace lower bound (:func:`search`), then one weighted sum for the output.
       ByzFL instead takes one power-iteration step from a random vector per subset, which makes its
