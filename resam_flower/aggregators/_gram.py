@@ -9,7 +9,7 @@ what BLAS calls ``syrk``), blocked so that every input value is read from memory
   buffer (centred at row ``r`` when asked: ``x_i - x_r`` in the input dtype, as the torch path does);
 * the upper triangle is covered by square tiles of ``t x t`` row pairs whose ``t^2`` vector accumulators
   stay in registers while the tile runs over the chunk (``t = 4`` with 512-bit vectors: 16 accumulators and 8
-  operands of 32 registers; ``t = 3`` with AVX2 or SSE2, which have 16);
+  operands of 32 registers; ``t = 3`` with AVX2, which has 16), see :data:`SHAPES`;
 * products and sums within :data:`FLUSH` columns are in the input dtype, per vector lane; every
   :data:`FLUSH` columns the lanes' partial sums are added into float64 accumulators, and at the end the lanes
   are summed in order. For float32 input that is ``FLUSH / lanes`` (128 with 16 lanes) float32 additions per
@@ -25,7 +25,7 @@ Unlike the coordinate-wise kernels (:mod:`._fused`), whose fused and torch paths
 kernel and a BLAS matmul do not: so it is never built in the background while a call runs on the other
 path. It is compiled synchronously on first use (0.2-0.5 s, then cached on disk as in :mod:`._fused`) and
 used by every call after that; ``RESAM_FUSED=0``, no C compiler, a failed build, another device or dtype,
-non-contiguous rows or ``n >`` :data:`MAX_N` give the matmul (logged once).
+non-contiguous rows, ``n >`` :data:`MAX_N` or an instruction set other than AVX2/AVX-512 give the matmul.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 
 from . import _fused
 
-__all__ = ["source", "gram", "kernel", "usable", "BLOCK", "FLUSH", "MAX_N"]
+__all__ = ["source", "gram", "kernel", "usable", "BLOCK", "FLUSH", "MAX_N", "SHAPES"]
 
 #: Columns of one block: a fixed split of the columns, independent of the number of threads.
 BLOCK = 1 << 16
@@ -52,12 +52,17 @@ BUFFER = 24576
 _CT = {torch.float32: "float", torch.float64: "double"}
 
 
-def _shape() -> tuple[int, int]:
-    """(vector bytes, tile size) for the instruction set the kernels are compiled for."""
-    cap = _fused.capability()
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        return (64, 4) if cap == "AVX512" else (32, 3) if cap == "AVX2" else (16, 3)
-    return 16, 4  # e.g. aarch64 NEON: 32 registers of 128 bits
+#: (vector bytes, tile size) per instruction set: 16 accumulators + 8 operands of 32 registers (AVX-512),
+#: 9 + 6 of 16 (AVX2). Elsewhere (SSE2, or torch told to dispatch lower, and other architectures) the
+#: matmul runs: with 128-bit vectors and no FMA the kernel measured 1.25x slower than MKL's matmul here.
+SHAPES = {"AVX512": (64, 4), "AVX2": (32, 3)}
+
+
+def _shape() -> tuple[int, int] | None:
+    """(vector bytes, tile size) for the instruction set the kernels are compiled for; None: not served."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    return SHAPES.get(_fused.capability())
 
 
 def source(n: int, dtype: torch.dtype, vector_bytes: int | None = None, tile: int | None = None) -> str:
@@ -68,7 +73,7 @@ def source(n: int, dtype: torch.dtype, vector_bytes: int | None = None, tile: in
     ``t^2`` accumulators unrolled) and looped over the tiles, so the source and its compile time do not
     grow with ``n``; the buffer has ``n`` rounded up to a multiple of ``t`` rows, the extra ones zero.
     """
-    vb0, t0 = _shape()
+    vb0, t0 = _shape() or (16, 3)
     vb, t = vector_bytes or vb0, tile or t0
     ct = _CT[dtype]
     size = 4 if dtype == torch.float32 else 8
@@ -159,6 +164,8 @@ def usable(x: torch.Tensor) -> str | None:
     why = _fused.usable(x)
     if why is None and x.shape[0] > MAX_N:
         why = f"n = {x.shape[0]} > {MAX_N}"
+    if why is None and _shape() is None:
+        why = f"instruction set {_fused.capability()} ({platform.machine()})"
     return why
 
 
@@ -176,11 +183,13 @@ def gram(x: torch.Tensor, ref: int | None = None) -> torch.Tensor | None:
     """Float64 Gram matrix of ``x`` (centred at row ``ref``), ``(n, n)``; None where the kernel cannot run.
 
     The reason it cannot is logged once (WARNING, logger ``resam_flower.aggregators.fused``) except for
-    ``n > MAX_N`` and other devices, where the matmul is the intended path.
+    ``n > MAX_N``, instruction sets without 256-bit vectors and other devices, where the matmul is the
+    intended path.
     """
     why = usable(x)
     if why is not None:
-        if x.device.type == "cpu" and not why.startswith("n = "):
+        intended = x.device.type != "cpu" or x.shape[0] > MAX_N or _shape() is None
+        if not intended:
             _fused._log_once(f"gram:{why}", logging.WARNING, "fused Gram kernel does not run on %s; "
                              "using the matmul x @ x.T", why)
         return None

@@ -7,6 +7,7 @@ error (float64) is negligible next to the float32 bounds checked here.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 
@@ -16,8 +17,10 @@ import torch
 from resam_flower.aggregators import _fused, _gram, _linalg
 from resam_flower.aggregators.krum import Krum
 
-HAVE_FUSED = _fused.enabled() != "off" and _fused.compiler() is not None
-needs_fused = pytest.mark.skipif(not HAVE_FUSED, reason="no C compiler (or RESAM_FUSED=0): fallback only")
+HAVE_FUSED = _fused.enabled() != "off" and _fused.compiler() is not None and _gram._shape() is not None
+needs_fused = pytest.mark.skipif(
+    not HAVE_FUSED, reason="no C compiler, RESAM_FUSED=0 or no AVX2/AVX-512 (x86-64): matmul fallback only"
+)
 
 
 def _reference(x: torch.Tensor, ref: int | None) -> torch.Tensor:
@@ -130,7 +133,7 @@ def test_fallback_to_the_matmul(case, monkeypatch, caplog):
         assert _gram.gram(x) is None
         if x.dtype == torch.float32:
             assert torch.equal(_linalg.gram(x), (x @ x.T).double())
-    quiet = case == "too many rows"  # the intended path for large n: nothing to warn about
+    quiet = case == "too many rows" or _gram._shape() is None  # intended paths: nothing to warn about
     assert ("fused Gram kernel does not run" in caplog.text) != quiet, caplog.text
     _fused.reset()
 
@@ -156,17 +159,29 @@ def test_fallback_without_compiler_gives_krum_the_matmul_result(monkeypatch, tmp
 
 
 @needs_fused
-def test_source_compiles_on_every_supported_shape():
-    """The tile shapes of the other instruction sets build and are right (AVX2, SSE2: t = 3; NEON: 4)."""
-    for vb, t in ((64, 4), (32, 3), (16, 3), (16, 4)):
-        src = _gram.source(11, torch.float32, vector_bytes=vb, tile=t)
+@pytest.mark.parametrize("isa", sorted(_gram.SHAPES))
+def test_source_compiles_on_every_supported_shape(isa):
+    """The tile shape of each instruction set served builds and is right (here: built for this CPU)."""
+    vb, t = _gram.SHAPES[isa]
+    for n in (1, 4, 11):
+        src = _gram.source(n, torch.float32, vector_bytes=vb, tile=t)
         fn = _fused.compile_source(src, f"test Gram {vb}/{t}", _gram._ARGTYPES, ("-ffp-contract=fast",))
         assert fn is not None
-        x = torch.randn(11, 3001)
-        rows = [x[i].data_ptr() for i in range(11)]
-        import ctypes
-
-        ptrs = (ctypes.c_void_p * 11)(*rows)
-        out = torch.empty(11, 11, dtype=torch.float64)
+        x = torch.randn(n, 3001)
+        ptrs = (ctypes.c_void_p * n)(*[x[i].data_ptr() for i in range(n)])
+        out = torch.empty(n, n, dtype=torch.float64)
         fn(ptrs, None, out.data_ptr(), 0, 3001)
-        assert bool(((out - _reference(x, None)).abs() <= _bound(x, None)).all()), (vb, t)
+        assert bool(((out - _reference(x, None)).abs() <= _bound(x, None)).all()), (isa, n)
+
+
+def test_other_instruction_sets_use_the_matmul_quietly(monkeypatch, caplog):
+    """SSE2-only x86 (or torch told to dispatch lower) and other architectures: the matmul, no warning."""
+    monkeypatch.setattr(_fused, "capability", lambda: "DEFAULT")
+    _fused.reset()
+    x = torch.randn(9, 2500)
+    with caplog.at_level(logging.WARNING, logger="resam_flower.aggregators.fused"):
+        assert _gram.gram(x) is None
+        p = _linalg.pairwise_sq_distances(x, 2, "krum")
+    assert torch.equal(p.d2, _linalg.sq_distances((x @ x.T).double()))
+    assert "fused Gram" not in caplog.text
+    _fused.reset()
