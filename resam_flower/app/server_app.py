@@ -35,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from .._provenance import code_version
 from ..aggregators import build as build_rule
 from ..strategies import Checkpointing, NoProgressError, ResilientAveraging, SimulatedAdversary, core_of
 from ..strategies.checkpoint import Checkpointer, model_digest
@@ -205,6 +206,7 @@ def run_experiment(
         "byzantine_nodes": getattr(strategy, "chosen", None) or [],
         "aggregator": core.rule.spec,
         "status": "ok" if failure is None else f"failed: {failure}",
+        "code": code_version(),
         "config": cfg.to_dict(),
     }
     write_run(run_dir, cfg.to_dict(), rows, summary)

@@ -42,6 +42,7 @@ SUMMARY_FIELDS = (
     "status",
     "wall_time_s",
     "final_model_sha256",
+    "code",
 )
 #: Fields of ``timing.json`` kept per cell (the report's timing lines).
 TIMING_FIELDS = ("total_s", "startup_s", "round_s")

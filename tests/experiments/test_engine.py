@@ -8,7 +8,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from resam_flower import __version__
 from resam_flower import protocol as P
+from resam_flower._provenance import code_version
 from resam_flower.app.server_app import RoundCallbackError
 from resam_flower.experiments.engine import (
     InProcessGrid,
@@ -133,6 +135,7 @@ def test_in_process_run_is_reproducible_and_writes_the_run(tmp_path):
     b = simulate_in_process({**CONFIG, "results-dir": str(tmp_path), "run-name": "b"})
     assert rounds == [1, 2, 3] and a["rounds"] == 3 and a["skipped_rounds"] == 0
     assert a["final_model_sha256"] == b["final_model_sha256"]
+    assert a["code"] == code_version() and a["code"].startswith(__version__)  # which code made the numbers
     assert a["byzantine_nodes"] and set(a["byzantine_nodes"]) <= set(simulation_node_ids(6, seed=0))
     assert (tmp_path / "a" / "summary.json").exists() and (tmp_path / "b" / "metrics.csv").exists()
 
