@@ -114,7 +114,7 @@ def source(n: int, dtype: torch.dtype, vector_bytes: int | None = None, tile: in
         "  static __thread T buf[NP][C] __attribute__((aligned(64)));",
         "  memset(acc, 0, sizeof acc);",
         "  memset(part, 0, sizeof part);",
-        "  memset(buf, 0, sizeof buf);  /* rows N .. NP-1 stay zero */",
+        "  if (NP > N) memset(buf[N], 0, (NP - N) * sizeof buf[0]);  /* padding rows: zero, never written */",
         "  int64_t since = 0;",
         "  for (int64_t c0 = a; c0 < b; c0 += C) {",
         "    int64_t len = b - c0 < C ? b - c0 : C;",
