@@ -50,15 +50,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
 __all__ = [
     "Spec", "ranks_of", "kernel", "load", "compile_source", "run", "wait", "available", "compiler",
-    "cache_dir", "capability", "ENV",
+    "cache_dir", "capability", "for_each", "ENV",
 ]
 
 log = logging.getLogger("resam_flower.aggregators.fused")
@@ -343,8 +344,6 @@ def usable(x: torch.Tensor) -> str | None:
 
 def run(fn: ctypes._CFuncPtr, x: torch.Tensor, rows: list[int] | None, out: torch.Tensor) -> None:
     """Run ``fn`` on every column of ``x`` (its ``rows``) into ``out``, on torch.get_num_threads() threads."""
-    from ._order import _pool
-
     d = x.shape[1]
     idx = range(x.shape[0]) if rows is None else rows
     step = x.stride(0) * x.element_size()
@@ -357,21 +356,31 @@ def run(fn: ctypes._CFuncPtr, x: torch.Tensor, rows: list[int] | None, out: torc
         return
     chunk = max(4096, -(-d // (8 * workers)))
     chunk = -(-chunk // 64) * 64  # whole cache lines per chunk
-    starts = iter(range(0, d, chunk))
+    for_each(range(0, d, chunk), lambda start: fn(ptrs, optr, start, min(d, start + chunk)), workers)
+
+
+def for_each(items: Iterable, work: Callable[[Any], None], workers: int) -> None:
+    """``work(item)`` for every item, taken in turn by ``workers`` threads (this one included)."""
+    from ._order import _pool
+
+    todo = iter(items)
     lock = threading.Lock()
 
-    def work() -> None:
+    def loop() -> None:
         while True:
             with lock:
-                start = next(starts, None)
-            if start is None:
+                item = next(todo, _DONE)
+            if item is _DONE:
                 return
-            fn(ptrs, optr, start, min(d, start + chunk))
+            work(item)
 
-    futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)]
-    work()
+    futures = [_pool(workers - 1).submit(loop) for _ in range(workers - 1)] if workers > 1 else []
+    loop()
     for fut in futures:
         fut.result()
+
+
+_DONE = object()
 
 
 def reset() -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
-import threading
 
 import torch
 
@@ -205,27 +204,8 @@ def gram(x: torch.Tensor, ref: int | None = None) -> torch.Tensor | None:
     parts = torch.empty((blocks, n, n), dtype=torch.float64)
     pptr, pstep = parts.data_ptr(), n * n * 8
     workers = max(1, min(torch.get_num_threads(), blocks))
-    if workers == 1:
-        for k in range(blocks):
-            fn(ptrs, rptr, pptr + k * pstep, k * BLOCK, min(d, (k + 1) * BLOCK))
-    else:
-        from ._order import _pool
-
-        todo = iter(range(blocks))
-        lock = threading.Lock()
-
-        def work() -> None:
-            while True:
-                with lock:
-                    k = next(todo, None)
-                if k is None:
-                    return
-                fn(ptrs, rptr, pptr + k * pstep, k * BLOCK, min(d, (k + 1) * BLOCK))
-
-        futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)]
-        work()
-        for fut in futures:
-            fut.result()
+    _fused.for_each(range(blocks), lambda k: fn(ptrs, rptr, pptr + k * pstep, k * BLOCK,
+                                                min(d, (k + 1) * BLOCK)), workers)
     out = parts[0].clone()
     for k in range(1, blocks):  # in block order: the same bits for any number of threads
         out += parts[k]
