@@ -20,10 +20,27 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
         counts[path.stem] = int(capsys.readouterr().out.strip().splitlines()[-1].split()[0])
     assert counts["tiny"] == 4 and counts["demo"] == 10 and counts["paper_mnist"] == 432
     # the reproduction: 12 rules x 6 attacks x 3 betas x 3 seeds + the 9 reference cells; its tuning; FMNIST
-    # (3 attack settings) and Dirichlet (2 alphas x 2 attack settings)
+    # (12 rules x ALIE, FOE, none, + sf and mimic for the 6 NNM rules, + mimic for Krum, x 3 betas x 2 seeds,
+    # + 6 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum)
     assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29
-    assert counts["lab_fmnist"] == 12 * 3 * 3 * 2 + 6
-    assert counts["lab_mnist_dirichlet"] == 12 * 2 * 2 * 3 * 2 + 12
+    assert counts["lab_fmnist"] == (12 * 3 + 6 * 2 + 1) * 3 * 2 + 6
+    assert counts["lab_mnist_dirichlet"] == ((12 * 2 + 6 * 2 + 2) * 3 * 2 + 6) * 2
+
+
+@pytest.mark.parametrize("name", ["lab_mnist", "lab_fmnist", "lab_mnist_dirichlet"])
+def test_reproduction_files_run_krum_at_its_own_rates_and_cover_the_worst_attacks(name, tmp_path):
+    """Krum fails without attack at CWTM's rates for beta > 0 (lab_mnist_krum_cwtm_rate): never run it there.
+    Each rule runs its worst-case attacks of IID MNIST (ALIE; sf/mimic for NNM rules; FOE/mimic for Krum)."""
+    from resam_flower.experiments import load_sweep
+
+    cells = load_sweep(ROOT / "simulations" / f"{name}.toml").cells(tmp_path)
+    krum = [c.config for c in cells if c.config["aggregator"] == "krum"]
+    assert krum and all(c["lr"] == (0.5 if c["momentum"] == 0.0 else 1.0) for c in krum)
+    runs = {(c.config["aggregator"], c.config["attack"], c.config["momentum"]) for c in cells}
+    worst = {"krum": ["alie", "foe", "mimic"], "cwtm": ["alie"], "nnm+cwmed": ["alie", "sf", "mimic"]}
+    for rule, attacks in worst.items():
+        for attack in [*attacks, "none"]:
+            assert all((rule, attack, beta) in runs for beta in (0.0, 0.9, 0.99)), (name, rule, attack)
 
 
 def test_report_and_plot_commands(tmp_path, fake_simulate, capsys):
