@@ -2,10 +2,10 @@
 
 Distance-based rules (Krum, MultiKrum, NNM, MDA, MoNNA, Bulyan, GM) all start from the ``n x n`` matrix of
 pairwise squared distances ``D_ij = ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j``, computed from the Gram matrix
-``G = x x^T`` in **one read pass** over ``x``. Everything after that is ``O(n^2)`` work. On CPU, for float32
-and float64 rows with contiguous columns and ``n <= 64``, ``G`` comes from the fused symmetric kernel of
-:mod:`._gram` (the upper triangle only, partial sums in float64: faster and more accurate than a matmul);
-elsewhere, or without a C compiler, from the matmul ``x @ x.T``.
+``G = x x^T`` in **one read pass** over ``x``. Everything after that is ``O(n^2)`` work. On x86-64 CPUs with
+AVX2 or AVX-512, for float32 and float64 rows with contiguous columns and ``n <= 64``, ``G`` comes from the
+fused symmetric kernel of :mod:`._gram` (the upper triangle only, partial sums in float64: faster and more
+accurate than a matmul); elsewhere, or without a C compiler, from the matmul ``x @ x.T``.
 
 Precision guard (:func:`pairwise_sq_distances`)
 -----------------------------------------------
@@ -297,9 +297,10 @@ def pairwise_sq_distances(x: torch.Tensor, f: int, name: str, *, rtol: float = R
     eps64 = torch.finfo(torch.float64).eps
     fast = _full_precision_matmul(x)
     g = _fast_gram(x) if fast else _blocked_gram(x, None, torch.float64)
-    # a squared norm beyond the dtype's range counts as non-finite, whether the products overflowed
-    # (matmul) or their float64 sum did not (fused kernel)
-    ok = torch.isfinite(g.diagonal()) & (g.diagonal() <= torch.finfo(x.dtype).max)
+    ok = torch.isfinite(g.diagonal())
+    if fast:  # in the dtype's own arithmetic a squared norm beyond its range is non-finite, whether the
+        # products overflowed (matmul) or their float64 sums hid it (fused kernel)
+        ok &= g.diagonal() <= torch.finfo(x.dtype).max
     k = _count_dropped(ok, f, name)
     f -= k
     kept = torch.arange(n, device=x.device)

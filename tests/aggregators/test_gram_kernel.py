@@ -116,6 +116,16 @@ def test_a_row_whose_squared_norm_overflows_is_dropped_on_every_path(huge, monke
         assert p.dropped == 1 and p.kept.tolist() == [0, 1, 3, 4, 5, 6], switch
 
 
+def test_half_precision_rows_with_large_norms_are_kept():
+    """float16 rows go through the float64 blocked Gram: a squared norm above float16's range (65504) is
+    not an overflow there, the row is finite and kept."""
+    x = torch.full((6, 2000), 10.0, dtype=torch.float16)  # squared norms 2e5
+    x[1] = 9.0
+    p = _linalg.pairwise_sq_distances(x, 1, "krum")
+    assert p.dropped == 0 and p.method == "exact"
+    assert float(p.d2[0, 1]) == pytest.approx(2000 * 1.0)
+
+
 @pytest.mark.parametrize("case", ["disabled", "too many rows", "columns not contiguous", "float16"])
 def test_fallback_to_the_matmul(case, monkeypatch, caplog):
     g = torch.Generator().manual_seed(4)
