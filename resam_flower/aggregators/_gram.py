@@ -44,7 +44,8 @@ __all__ = ["source", "gram", "kernel", "usable", "BLOCK", "FLUSH", "MAX_N", "SHA
 BLOCK = 1 << 16
 #: Columns summed in the input dtype (per vector lane) before the partial sums go into float64.
 FLUSH = 2048
-#: Largest ``n`` served (the source has ``n^2 / 2t`` tiles; beyond it BLAS blocks well and compiles nothing).
+#: Largest ``n`` served: the per-thread accumulators hold ``n^2 / 2`` pairs x lanes (278 KiB at 64 with
+#: AVX-512, zeroed per block), and for large ``n`` BLAS's own blocking is compute-efficient.
 MAX_N = 64
 #: Bytes of the chunk buffer (``n`` rows), to stay in a 32-48 KiB L1 data cache.
 BUFFER = 24576
