@@ -8,6 +8,7 @@ torch out), so everything downstream is plain :mod:`torch`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -116,10 +117,14 @@ def to_float_images(
 
     ``scale`` maps raw values to ``[0, 1]`` (``1/255`` for bytes). ``normalisation=None`` keeps ``[0, 1]``.
     """
-    if isinstance(pixels, torch.Tensor):
-        x = pixels.to(torch.float32, copy=True)
-    else:  # astype copies, so read-only buffers (np.frombuffer, np.load) are fine
-        x = torch.from_numpy(np.asarray(pixels).astype(np.float32))
+    if not isinstance(pixels, torch.Tensor):
+        # torch converts, not numpy: numpy's astype into a fresh 188 MB array took 2.4 s here (page faults on
+        # its huge-page-advised allocation) against 0.07 s for torch; the same values either way
+        arr = np.asarray(pixels)
+        with warnings.catch_warnings():  # a read-only buffer (np.frombuffer, np.load) is only read, copied
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            pixels = torch.from_numpy(arr)
+    x = pixels.to(torch.float32, copy=True)
     x.mul_(scale)
     if normalisation is not None:
         mean, std = normalisation
