@@ -110,8 +110,9 @@ def seed_table(runs: list[Run]) -> dict[tuple[Any, float], dict[str, dict[int, f
     return table
 
 
-def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
-    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+def _paired(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    """``{seed: a - b}`` over the seeds both ran, in seed order."""
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
 
 
 def _attacks(cells: dict[str, dict[int, float]], prefixes: tuple[str, ...] | None = None) -> set[str]:
@@ -129,7 +130,7 @@ def _worst(cells: dict[str, dict[int, float]], attacks: set[str] | None = None) 
     return {s: min(cells[a][s] for a in attacks) for s in seeds}
 
 
-def _worst_pair(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> list[float]:
+def _worst_pair(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> dict[int, float]:
     """Per-seed worst case of ``a`` minus that of ``b``, over the attacks both ran (a partial sweep compares
     like with like)."""
     common = _attacks(a) & _attacks(b)
@@ -139,15 +140,19 @@ def _worst_pair(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) 
 def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[dict[str, str]]:
     """One row per (claim, rule), then the :data:`POOLED` row of each claim: ``claim``, ``rule``, ``cells``,
     ``value`` (text), ``verdict``, ``interval`` (the :class:`Interval`, ``None`` when not run), ``diffs``
-    (the per-seed differences), ``bound`` and ``above``."""
+    (the per-seed differences), ``seeds`` (their seeds; empty in pooled rows), ``bound`` and ``above``."""
     table = seed_table(runs)
     rules = sorted({r for r, _ in table if any(a != NO_ATTACK for a in table[(r, _)])}, key=str)
     betas = sorted({b for _, b in table})
     positive = [b for b in betas if b > 0]
     rows: list[dict[str, str]] = []
 
-    def add(claim: str, rule: str, cells: str, diffs: list[float], bound: float, above: bool) -> None:
-        row = {"claim": claim, "rule": rule, "cells": cells, "diffs": diffs, "bound": bound, "above": above}
+    def add(claim: str, rule: str, cells: str, diffs: dict[int, float] | list[float], bound: float,
+            above: bool) -> None:
+        seeds = list(diffs) if isinstance(diffs, dict) else []
+        diffs = list(diffs.values()) if isinstance(diffs, dict) else diffs
+        row = {"claim": claim, "rule": rule, "cells": cells, "diffs": diffs, "seeds": seeds, "bound": bound,
+               "above": above}
         if not diffs:
             rows.append({**row, "value": "—", "verdict": "not run", "interval": None})
             return
@@ -185,13 +190,18 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
 
 
 def claims_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> str:
-    """The claims table as Markdown (values are per-seed differences in points, mean ± 95 % CI)."""
+    """The claims table as Markdown (values are per-seed differences in points, mean ± 95 % CI, and each
+    seed's own difference: whether the seeds agree in sign shows even when the interval is wide)."""
     lines = [
-        "| claim | rule | cells | difference (points, mean ± 95 % CI) | verdict |",
-        "|---|---|---|---|---|",
+        "| claim | rule | cells | difference (points, mean ± 95 % CI) | per seed | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for row in claims_rows(runs, near, fail):
-        lines.append("| " + " | ".join(row[k] for k in ("claim", "rule", "cells", "value", "verdict")) + " |")
+        per_seed = "—"  # a pooled row mixes rules: its seeds are not listed
+        if row["seeds"]:
+            per_seed = ", ".join(f"s{s} {d:+.1f}" for s, d in zip(row["seeds"], row["diffs"], strict=True))
+        cells = [row["claim"], row["rule"], row["cells"], row["value"], per_seed, row["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resam_flower.cli import main
-from resam_flower.experiments.claims import claims_rows, interval, t_quantile
+from resam_flower.experiments.claims import claims_markdown, claims_rows, interval, t_quantile
 from resam_flower.experiments.compact import SUMMARY_FIELDS, export_compact, is_compact, load_compact
 from resam_flower.experiments.plots import mechanism_series, plot_sweep
 from resam_flower.experiments.report import markdown_table
@@ -124,6 +124,14 @@ def test_claims_are_paired_per_seed_differences_with_their_verdicts():
     assert pooled["verdict"] == "agrees"
     # claim 1 at beta 0, for comparison: cwtm (95 - 60, 96 - 64) -> far above 5
     assert rows[("1. β=0.0: no attack − worst case < 5", "cwtm")]["verdict"] == "disagrees"
+    # the long table shows each seed's own difference next to the interval (the pooled rows: none)
+    table = claims_markdown(runs, near=5, fail=10)
+    line = next(x for x in table.splitlines() if x.startswith("| 3. worst case β=0.99 − β=0 > 0 | cwtm |"))
+    assert "| s0 +35.0, s1 +31.0 |" in line
+    four = "| 4. β=0.99: worst case nnm+rule − rule > 0 |"
+    line = next(x for x in table.splitlines() if x.startswith(four))
+    assert "| s0 -1.0, s1 +0.0 |" in line
+    assert all(x.split(" | ")[4] == "—" for x in table.splitlines() if "all rules (pooled)" in x)
 
 
 def test_claims_and_export_commands(results, tmp_path, capsys):
