@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from resam_flower.aggregators import PRE_AGGREGATORS, RULES, _fused, _gram, build
+from resam_flower.aggregators import PRE_AGGREGATORS, RULES, _fused, _gram, _linalg, build
 
 PIPELINES = ["nnm+cwtm", "nnm+krum", "bucketing(s=2)+cwmed", "arc+nnm+cwtm"]
 CASES = [*RULES, *PRE_AGGREGATORS, *PIPELINES]
@@ -235,13 +235,8 @@ def floors(x: torch.Tensor, repeats: int, sync: Callable[[], None]) -> dict[str,
     Gram matrix (the fused symmetric kernel of ``aggregators._gram`` where it runs, else ``x @ x.T``) and
     a matrix-vector product ``w @ x``; each over the read passes interleaved with it."""
     w = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=x.dtype, device=x.device)
-
-    def gram(t: torch.Tensor) -> object:
-        g = _gram.gram(t)
-        return g if g is not None else t @ t.T
-
     out = {}
-    for name, fn in (("gram", gram), ("w @ x", lambda t: w @ t)):
+    for name, fn in (("gram", _linalg.gram), ("w @ x", lambda t: w @ t)):
         t, r = _timed(fn, lambda: x, repeats, sync, x)
         out[name] = t / r
     return out

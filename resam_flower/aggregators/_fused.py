@@ -59,7 +59,7 @@ import torch
 
 __all__ = [
     "Spec", "ranks_of", "kernel", "load", "compile_source", "run", "wait", "available", "compiler",
-    "cache_dir", "capability", "for_each", "ENV",
+    "cache_dir", "capability", "for_each", "row_pointers", "ENV",
 ]
 
 log = logging.getLogger("resam_flower.aggregators.fused")
@@ -342,13 +342,17 @@ def usable(x: torch.Tensor) -> str | None:
     return None
 
 
+def row_pointers(x: torch.Tensor, rows: list[int] | None = None) -> ctypes.Array:
+    """C array of the addresses of ``x``'s ``rows`` (all by default): a kernel's ``const T *const *``."""
+    idx = range(x.shape[0]) if rows is None else rows
+    step, base = x.stride(0) * x.element_size(), x.data_ptr()
+    return (ctypes.c_void_p * len(idx))(*[base + r * step for r in idx])
+
+
 def run(fn: ctypes._CFuncPtr, x: torch.Tensor, rows: list[int] | None, out: torch.Tensor) -> None:
     """Run ``fn`` on every column of ``x`` (its ``rows``) into ``out``, on torch.get_num_threads() threads."""
     d = x.shape[1]
-    idx = range(x.shape[0]) if rows is None else rows
-    step = x.stride(0) * x.element_size()
-    base = x.data_ptr()
-    ptrs = (ctypes.c_void_p * len(idx))(*[base + r * step for r in idx])
+    ptrs = row_pointers(x, rows)
     optr = out.data_ptr()
     workers = max(1, min(torch.get_num_threads(), d // 4096))
     if workers == 1:

@@ -157,16 +157,23 @@ def source(n: int, dtype: torch.dtype, vector_bytes: int | None = None, tile: in
     return "\n".join(lines)
 
 
+def _not_served(x: torch.Tensor) -> str | None:
+    """Why the matmul is the intended path for ``x`` (another device, ``n > MAX_N``, an instruction set
+    without the kernel), or None."""
+    if x.device.type != "cpu":
+        return f"device {x.device.type}"
+    if x.shape[0] > MAX_N:
+        return f"n = {x.shape[0]} > {MAX_N}"
+    if _shape() is None:
+        return f"instruction set {_fused.capability()} ({platform.machine()})"
+    return None
+
+
 def usable(x: torch.Tensor) -> str | None:
     """Why the fused Gram cannot serve ``x`` (None if it can)."""
     if _fused.enabled() == "off":
         return f"{_fused.ENV}=0"
-    why = _fused.usable(x)
-    if why is None and x.shape[0] > MAX_N:
-        why = f"n = {x.shape[0]} > {MAX_N}"
-    if why is None and _shape() is None:
-        why = f"instruction set {_fused.capability()} ({platform.machine()})"
-    return why
+    return _fused.usable(x) or _not_served(x)
 
 
 _ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
@@ -188,8 +195,7 @@ def gram(x: torch.Tensor, ref: int | None = None) -> torch.Tensor | None:
     """
     why = usable(x)
     if why is not None:
-        intended = x.device.type != "cpu" or x.shape[0] > MAX_N or _shape() is None
-        if not intended:
+        if _not_served(x) is None:  # the kernel should have run here: say why not
             _fused._log_once(f"gram:{why}", logging.WARNING, "fused Gram kernel does not run on %s; "
                              "using the matmul x @ x.T", why)
         return None
@@ -197,10 +203,8 @@ def gram(x: torch.Tensor, ref: int | None = None) -> torch.Tensor | None:
     fn = kernel(n, x.dtype)
     if fn is None:
         return None
-    step = x.stride(0) * x.element_size()
-    base = x.data_ptr()
-    ptrs = (ctypes.c_void_p * n)(*[base + r * step for r in range(n)])
-    rptr = None if ref is None else base + ref * step
+    ptrs = _fused.row_pointers(x)
+    rptr = None if ref is None else ptrs[ref]
     blocks = max(1, -(-d // BLOCK))
     parts = torch.empty((blocks, n, n), dtype=torch.float64)
     pptr, pstep = parts.data_ptr(), n * n * 8
