@@ -8,6 +8,8 @@
     resam sweep simulations/tiny.toml --ray-address auto  # cells as tasks on a running Ray cluster
     resam plot results/paper_mnist                # PNG curves and heatmaps in results/paper_mnist/plots/
     resam report results/paper_mnist              # Markdown table (also written to report.md)
+    resam progress simulations/lab_mnist.toml --from reproduction/lab_mnist  # cells finished per rule, seed
+    resam tables REPRODUCTION.md --check          # fail if a generated table no longer matches its results
     resam kappa --n 7 --f 2 --d 2                 # empirical κ by adversarial search vs the proven κ
     resam demo                                    # what `make run` runs
 
@@ -125,11 +127,86 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import write_report
+    from .experiments.report import markdown_table, write_report
+    from .experiments.results import load_runs, select
 
+    if args.where is not None:  # a selection (bare --where: every cell) is printed, report.md not written
+        where = _where(args.where)
+        runs = select(load_runs(_sweep_dir(args.target, args.results)), where)
+        if not runs:
+            raise SystemExit(f"no finished cell in {args.target} matches {where}")
+        print(markdown_table(runs))
+        return 0
     text, path = write_report(_sweep_dir(args.target, args.results))
     print(text)
     print(f"[resam] report: {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    from .experiments import load_sweep
+    from .experiments.doctables import progress_markdown
+
+    folder = args.source or load_sweep(args.file).directory(args.results)
+    print(progress_markdown(args.file, folder), end="")
+    return 0
+
+
+#: The commands whose tables a document may embed (``resam tables``): each prints only what it computes.
+TABLE_COMMANDS = ("report", "claims", "progress")
+
+
+def render_table(command: str) -> str:
+    """The output of ``resam <command>`` for a generated block of a document, computed without writing any
+    file (``report`` prints its table, not the report.md it would write)."""
+    import contextlib
+    import io
+    import shlex
+
+    argv = shlex.split(command)
+    if not argv or argv[0] not in TABLE_COMMANDS:
+        raise ValueError(f"`{command}` is not one of {', '.join(TABLE_COMMANDS)}")
+    if argv[0] == "report" and "--where" not in argv:
+        argv.append("--where")  # an empty selection: every cell, printed without writing report.md
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(argv)
+    except SystemExit:
+        lines = err.getvalue().strip().splitlines() or ["bad arguments"]
+        raise ValueError(f"`{command}`: {lines[-1]}") from None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        args.func(args)
+    return out.getvalue()
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    import contextlib
+    import difflib
+
+    from .app.results import atomic_write_text
+    from .experiments.doctables import refresh
+
+    path = Path(args.file)
+    text = path.read_text()
+    with contextlib.chdir(path.parent.resolve()):  # the blocks' paths are relative to the document
+        new, stale = refresh(text, render_table)
+    for block in stale:
+        print(f"{path}:{block.line}: stale: resam {block.command}", file=sys.stderr)
+    if args.check:
+        if stale:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                       f"{path} (committed)", f"{path} (from the results)"))
+            print(f"[resam] {len(stale)} stale table(s) in {path}: `resam tables {args.file}` rewrites them",
+                  file=sys.stderr)
+            return 1
+        print(f"[resam] every generated table of {path} matches its results", file=sys.stderr)
+        return 0
+    if stale:
+        atomic_write_text(path, new)
+    print(f"[resam] {path}: {len(stale)} table(s) rewritten{'' if stale else ' (all up to date)'}",
+          file=sys.stderr)
     return 0
 
 
@@ -281,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results", help="results root when TARGET is a TOML file")
         if name == "plot":
             p.add_argument("--out", help="output folder (default: <results folder>/plots)")
-            p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE",
-                           help="only cells with these values, e.g. attack=alie")
+        p.add_argument("--where", nargs="*", metavar="KEY=VALUE",
+                       help="only cells with these values, e.g. attack=alie"
+                       + ("" if name == "plot" else " (printed only: report.md is not written)"))
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a sweep's compact CSVs (config.json, cells.csv, rounds.csv)")
@@ -291,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results root when TARGET is a TOML file")
     p.add_argument("--every", type=int, default=5, help="keep every N-th round besides 1..10 and eval rounds")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("progress", help="cells of a sweep finished so far, per rule and seed (Markdown)")
+    p.add_argument("file", help="the sweep's experiment file, e.g. simulations/lab_mnist.toml")
+    p.add_argument("--from", dest="source",
+                   help="results folder or export (default: the file's results folder)")
+    p.add_argument("--results", help="results root when --from is not given")
+    p.set_defaults(func=cmd_progress)
+
+    p = sub.add_parser("tables", help="regenerate the `<!-- resam ... -->` tables of a Markdown document")
+    p.add_argument("file", help="the document, e.g. REPRODUCTION.md (block paths are relative to it)")
+    p.add_argument("--check", action="store_true",
+                   help="rewrite nothing; exit 1 with a diff if a table is stale")
+    p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("claims", help="RESAM's claims with 95%% CIs over seeds (Markdown table)")
     p.add_argument("target", help="results folder, exported folder, or the sweep's TOML file")

@@ -1,0 +1,117 @@
+"""Tables of a Markdown document that ``resam`` regenerates from results, and a sweep's progress table.
+
+A document (REPRODUCTION.md) marks each generated table with the ``resam`` command that makes it::
+
+    <!-- resam claims reproduction/lab_mnist --wide -->
+    | rule | ... |
+    |---|...|
+    <!-- /resam -->
+
+:func:`refresh` replaces each block's body with the table lines (lines that start with ``|``) of its
+command's output, given a ``render`` function (the CLI's: ``resam tables FILE``); ``resam tables FILE
+--check`` fails, naming the stale blocks, when a committed table no longer matches the committed results.
+Text outside the blocks is never touched.
+
+:func:`progress_markdown` is ``resam progress``: the cells of a sweep finished so far, per rule and seed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .grid import load_sweep
+from .results import Run, load_runs
+
+__all__ = ["Block", "blocks", "progress_markdown", "refresh"]
+
+_OPEN = re.compile(r"^<!-- resam (?P<command>.+?) -->[ \t]*$", re.M)
+_CLOSE = "<!-- /resam -->"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated block: its command (after ``resam``), its body's span in the text and the body."""
+
+    command: str
+    start: int
+    end: int
+    body: str
+    line: int
+
+
+def blocks(text: str) -> list[Block]:
+    """The generated blocks of ``text`` in order; :class:`ValueError` names the line of a block that is not
+    closed (by ``<!-- /resam -->`` on its own line) before the next one opens or the text ends."""
+    out = []
+    for match in _OPEN.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        start = match.end() + 1 if text[match.end():match.end() + 1] == "\n" else match.end()
+        close = re.compile(rf"^{re.escape(_CLOSE)}[ \t]*$", re.M).search(text, start)
+        following = _OPEN.search(text, start)
+        if close is None or (following is not None and following.start() < close.start()):
+            raise ValueError(f"line {line}: block `resam {match['command']}` has no {_CLOSE} line")
+        out.append(Block(match["command"].strip(), start, close.start(), text[start:close.start()], line))
+    return out
+
+
+def table_lines(output: str) -> str:
+    """The table of a command's output: its lines that start with ``|``, newline-terminated."""
+    lines = [line for line in output.splitlines() if line.startswith("|")]
+    if not lines:
+        raise ValueError("the command printed no table")
+    return "\n".join(lines) + "\n"
+
+
+def refresh(text: str, render: Callable[[str], str]) -> tuple[str, list[Block]]:
+    """``text`` with every block's body replaced by ``table_lines(render(command))``, and the blocks whose
+    body changed. A failing command raises :class:`ValueError` naming the block's line and command."""
+    parts, stale, last = [], [], 0
+    for block in blocks(text):
+        try:
+            body = table_lines(render(block.command))
+        except (ValueError, SystemExit) as exc:
+            raise ValueError(f"line {block.line}: `resam {block.command}`: {exc}") from exc
+        if body != block.body:
+            stale.append(block)
+        parts += [text[last:block.start], body]
+        last = block.end
+    parts.append(text[last:])
+    return "".join(parts), stale
+
+
+def _seed(run_or_config: Run | dict) -> str:
+    config = run_or_config.config if isinstance(run_or_config, Run) else run_or_config
+    return str(config.get("seed", 0))
+
+
+def progress_markdown(sweep_file: str | Path, folder: str | Path) -> str:
+    """Per rule (``aggregator``, in the file's order) and seed: ``finished / planned`` cells of the sweep
+    ``sweep_file`` whose results are in ``folder`` (a sweep folder or an export), with a total row and the
+    finished cells' time. A finished cell that the file no longer plans is not counted."""
+    cells = load_sweep(sweep_file).cells()
+    planned = {c.name: c.config for c in cells}
+    folder = Path(folder)
+    runs = {r.path.name: r for r in load_runs(folder) if r.accuracy is not None} if folder.is_dir() else {}
+    done = {name: run for name, run in runs.items() if name in planned}
+    rules = list(dict.fromkeys(str(c.config.get("aggregator")) for c in cells))
+    seeds = sorted({_seed(c.config) for c in cells}, key=lambda s: (len(s), s))
+
+    def count(rule: str | None, seed: str | None) -> str:
+        names = [n for n, c in planned.items() if (rule is None or str(c.get("aggregator")) == rule)
+                 and (seed is None or _seed(c) == seed)]
+        return f"{sum(n in done for n in names)} / {len(names)}"
+
+    def hours(rule: str | None) -> str:
+        total = sum(r.timing.get("total_s") or r.summary.get("wall_time_s") or 0.0 for n, r in done.items()
+                    if rule is None or str(planned[n].get("aggregator")) == rule)
+        return f"{total / 3600:.1f}"
+
+    header = ["rule", *(f"seed {s}" for s in seeds), "all", "cell time (h)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rule in [*rules, None]:
+        row = [rule or "**all**", *(count(rule, s) for s in seeds), count(rule, None), hours(rule)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
