@@ -24,7 +24,13 @@ Claims (points of accuracy; ``near`` and ``fail`` are parameters, 5 and 10 by de
 
 Each claim also gets a row :data:`POOLED` over every rule's per-seed differences: the average effect across
 rules, with an interval that treats (rule, seed) pairs as independent replicates — they are not (a seed is
-shared by all rules), so read it as descriptive, and the per-rule rows as the test.
+shared by all rules), so it is descriptive and carries no verdict; the per-rule rows are the test.
+
+The worst case of claims 1 and 2 is over the attacks that rule ran (the ``cells`` text names them); claims 3
+and 4 compare worst cases over the attacks both sides ran. A rule's cells may differ in learning rate across
+β (each β its tuned rate) and claim 4's two rules may run at different rates (the ``cells`` text says so),
+but two finished cells of one (rule, β, attack, seed) — the same cell at two rates, two α or two f — are an
+error naming the keys they differ in: select one setting with ``where`` (``--where alpha=1``).
 """
 
 from __future__ import annotations
@@ -35,24 +41,35 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from .results import NO_ATTACK, Run, attack_of
+from .results import BOOKKEEPING, NO_ATTACK, Run, attack_of
 
 __all__ = ["Interval", "t_quantile", "interval", "seed_table", "claims_rows", "claims_markdown",
            "claims_wide_markdown"]
 
-# Two-sided 95 % Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: 1.96).
+# Two-sided 95 % Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: the Cornish-Fisher expansion).
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )
+_Z975 = 1.959963984540054
 
 
 def t_quantile(df: int) -> float:
-    """:math:`t_{0.975}` with ``df`` degrees of freedom (1.96 above 30)."""
+    """:math:`t_{0.975}` with ``df`` degrees of freedom: the table for df ≤ 30, above it the Cornish-Fisher
+    expansion in 1/df (Abramowitz & Stegun 26.7.5; error below 1e-5 from df = 31)."""
     if df < 1:
         raise ValueError(f"df={df}: needs at least 1 degree of freedom (2 samples)")
-    return _T975[df - 1] if df <= len(_T975) else 1.96
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    terms = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + sum(term / df ** (i + 1) for i, term in enumerate(terms))
 
 
 @dataclass(frozen=True)
@@ -99,15 +116,47 @@ def interval(values: list[float]) -> Interval:
     return Interval(mean, half, k)
 
 
+def _collision(a: Run, b: Run) -> ValueError:
+    keys = sorted({*a.config, *b.config} - BOOKKEEPING)
+    differ = [k for k in keys if str(a.config.get(k)) != str(b.config.get(k))]
+    shown = ", ".join(f"{k} {a.config.get(k)!r} vs {b.config.get(k)!r}" for k in differ) or "nothing"
+    first = differ[0] if differ else "KEY"
+    return ValueError(
+        f"cells {a.path.name} and {b.path.name} are both {a.config.get('aggregator')}, β="
+        f"{float(a.config.get('momentum', 0.0)):g}, {attack_of(a.config)}, seed {a.config.get('seed', 0)}; "
+        f"they differ in {shown}: select one setting (--where {first}={a.config.get(first)})")
+
+
 def seed_table(runs: list[Run]) -> dict[tuple[Any, float], dict[str, dict[int, float]]]:
-    """``{(rule, β): {attack: {seed: accuracy in points}}}`` of the finished runs."""
+    """``{(rule, β): {attack: {seed: accuracy in points}}}`` of the finished runs; :class:`ValueError` when
+    two runs share (rule, β, attack, seed) (see the module docstring)."""
     table: dict[tuple[Any, float], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    seen: dict[tuple, Run] = {}
     for run in runs:
         if run.accuracy is None:
             continue
         key = (run.config.get("aggregator"), float(run.config.get("momentum", 0.0)))
-        table[key][attack_of(run.config)][int(run.config.get("seed", 0))] = 100.0 * float(run.accuracy)
+        attack, seed = attack_of(run.config), int(run.config.get("seed", 0))
+        if (key, attack, seed) in seen:
+            raise _collision(seen[(key, attack, seed)], run)
+        seen[(key, attack, seed)] = run
+        table[key][attack][seed] = 100.0 * float(run.accuracy)
     return table
+
+
+def _rates(runs: list[Run]) -> dict[tuple[Any, float], set[str]]:
+    """``{(rule, β): {learning rates, as text}}`` of the finished runs."""
+    rates: dict[tuple[Any, float], set[str]] = defaultdict(set)
+    for run in runs:
+        if run.accuracy is not None:
+            key = (run.config.get("aggregator"), float(run.config.get("momentum", 0.0)))
+            rates[key].add(f"{float(run.config['lr']):g}" if "lr" in run.config else "?")
+    return rates
+
+
+def _names(attacks: set[str]) -> str:
+    """``{"alie(z='lab')", "sf"}`` -> ``"alie, sf"`` (short names, sorted)."""
+    return ", ".join(sorted({a.split("(")[0] for a in attacks})) or "no attack run"
 
 
 def _paired(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
@@ -142,6 +191,7 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
     ``value`` (text), ``verdict``, ``interval`` (the :class:`Interval`, ``None`` when not run), ``diffs``
     (the per-seed differences), ``seeds`` (their seeds; empty in pooled rows), ``bound`` and ``above``."""
     table = seed_table(runs)
+    rates = _rates(runs)
     rules = sorted({r for r, _ in table if any(a != NO_ATTACK for a in table[(r, _)])}, key=str)
     betas = sorted({b for _, b in table})
     positive = [b for b in betas if b > 0]
@@ -157,34 +207,41 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
             rows.append({**row, "value": "—", "verdict": "not run", "interval": None})
             return
         ci = interval(diffs)
-        rows.append({**row, "value": str(ci), "verdict": ci.verdict(bound, above), "interval": ci})
+        verdict = DESCRIPTIVE if rule == POOLED else ci.verdict(bound, above)
+        rows.append({**row, "value": str(ci), "verdict": verdict, "interval": ci})
 
     for beta in betas:
         for rule in rules:
             cells = table.get((rule, beta), {})
-            add(f"1. β={beta}: no attack − worst case < {near:g}", rule,
-                f"{rule}, β={beta}, every attack vs none", _paired(cells.get(NO_ATTACK, {}), _worst(cells)),
-                near, above=False)
+            add(f"1. β={beta:g}: no attack − worst case < {near:g}", rule,
+                f"{rule}, β={beta:g}: worst of {_names(_attacks(cells))} vs none",
+                _paired(cells.get(NO_ATTACK, {}), _worst(cells)), near, above=False)
     for rule in rules:
         cells = table.get((rule, 0.0), {})
-        add(f"2. β=0: no attack − min(ALIE, FOE) > {fail:g}", rule, f"{rule}, β=0, alie/foe vs none",
-            _paired(cells.get(NO_ATTACK, {}), _worst(cells, _attacks(cells, ("alie", "foe")))), fail,
-            above=True)
+        both = _attacks(cells, ("alie", "foe"))
+        add(f"2. β=0: no attack − min(ALIE, FOE) > {fail:g}", rule,
+            f"{rule}, β=0: worst of {_names(both)} vs none",
+            _paired(cells.get(NO_ATTACK, {}), _worst(cells, both)), fail, above=True)
     for beta in positive:
         for rule in rules:
-            add(f"3. worst case β={beta} − β=0 > 0", rule, f"{rule}, every attack, β={beta} vs 0",
-                _worst_pair(table.get((rule, beta), {}), table.get((rule, 0.0), {})), 0.0, above=True)
+            high, low = table.get((rule, beta), {}), table.get((rule, 0.0), {})
+            add(f"3. worst case β={beta:g} − β=0 > 0", rule,
+                f"{rule}: worst of {_names(_attacks(high) & _attacks(low))}, β={beta:g} vs 0",
+                _worst_pair(high, low), 0.0, above=True)
     for beta in betas:
         for rule in rules:
             if str(rule).startswith("nnm+") or (f"nnm+{rule}", beta) not in table:
                 continue
-            add(f"4. β={beta}: worst case nnm+rule − rule > 0", rule, f"nnm+{rule} vs {rule}, β={beta}",
-                _worst_pair(table.get((f"nnm+{rule}", beta), {}), table.get((rule, beta), {})), 0.0,
-                above=True)
+            nnm, alone = table.get((f"nnm+{rule}", beta), {}), table.get((rule, beta), {})
+            lr_nnm, lr_alone = ("/".join(sorted(rates[(r, beta)])) for r in (f"nnm+{rule}", rule))
+            at = "" if lr_nnm == lr_alone else f" (lr {lr_nnm} vs {lr_alone})"
+            add(f"4. β={beta:g}: worst case nnm+rule − rule > 0", rule,
+                f"nnm+{rule} vs {rule}{at}, β={beta:g}: worst of {_names(_attacks(nnm) & _attacks(alone))}",
+                _worst_pair(nnm, alone), 0.0, above=True)
     for claim in list(dict.fromkeys(r["claim"] for r in rows)):
         mine = [r for r in rows if r["claim"] == claim]
         if len(mine) > 1:
-            add(claim, POOLED, "every rule's per-seed differences together",
+            add(claim, POOLED, "every rule's per-seed differences together (rules share seeds)",
                 [d for r in mine for d in r["diffs"]], mine[0]["bound"], mine[0]["above"])
     return rows
 
@@ -208,9 +265,11 @@ def claims_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> s
 #: The row of a claim that pools every rule's per-seed differences (rules taken as replicates: they share
 #: seeds and data, so this interval is narrower than an independent one would be).
 POOLED = "all rules (pooled)"
+#: The verdict of a :data:`POOLED` row: none (its interval is too narrow to test a claim with).
+DESCRIPTIVE = "descriptive (no verdict)"
 
 #: Short verdict marks of the wide table.
-MARKS = {"agrees": "✓", "disagrees": "✗", "inconclusive": "?", "not run": "—"}
+MARKS = {"agrees": "✓", "disagrees": "✗", "inconclusive": "?", "not run": "—", DESCRIPTIVE: ""}
 
 
 def _mark(verdict: str) -> str:
@@ -230,7 +289,7 @@ def claims_wide_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0)
         if ci is None:
             return "—"
         value = f"{ci.mean:+.1f}" if ci.k < 2 else f"{ci.mean:+.1f} ± {ci.half:.1f}"
-        return f"{value} {_mark(row['verdict'])}"
+        return f"{value} {_mark(row['verdict'])}".rstrip()
 
     cell = {(r["claim"], r["rule"]): text(r) for r in rows}
     lines = ["| rule | " + " | ".join(claims) + " |", "|---|" + "---|" * len(claims)]

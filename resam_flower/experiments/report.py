@@ -2,7 +2,9 @@
 
 One row per configuration (the sweep's varying keys except attack and seed), one column per attack with
 the final test accuracy in % (mean ± standard deviation over seeds when there are several), then the
-worst case over attacks and the no-attack accuracy when the sweep has ``attack = "none"`` cells.
+worst case over attacks and the no-attack accuracy when the sweep has ``attack = "none"`` cells, and the
+number of seeds (``1–2`` when the row's columns have different numbers of seeds: a partial sweep, whose worst
+case then compares means over different seeds).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def markdown_table(runs: list[Run]) -> str:
             out.append("—" if math.isnan(wc) else f"**{100 * wc:.2f}**")
         if NO_ATTACK in attacks:
             out.append(_pct(cells.get(NO_ATTACK, [])))
-        out.append(str(max((len(v) for v in cells.values()), default=0)))
+        counts = sorted({len(v) for v in cells.values()}) or [0]
+        out.append(str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}")
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines)
 

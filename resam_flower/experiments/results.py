@@ -121,9 +121,20 @@ def load_cells(directory: str | Path) -> list[Run]:
     return runs
 
 
+def _reads_as(value: Any, text: str) -> bool:
+    """``value`` written as ``text``: the same string, or the same number (``alpha=1`` selects 1.0)."""
+    if str(value) == text:
+        return True
+    try:
+        return not isinstance(value, bool) and float(value) == float(text)
+    except (TypeError, ValueError):
+        return False
+
+
 def select(runs: list[Run], where: dict[str, str] | None) -> list[Run]:
-    """The runs whose config values read as ``where``'s texts (``{"attack": "alie"}``); all with none."""
-    return [r for r in runs if all(str(r.config.get(k)) == v for k, v in (where or {}).items())]
+    """The runs whose config values read as ``where``'s texts (``{"attack": "alie"}``, ``{"alpha": "1"}``
+    selects ``alpha = 1.0``); all with none."""
+    return [r for r in runs if all(_reads_as(r.config.get(k), v) for k, v in (where or {}).items())]
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

@@ -14,7 +14,7 @@ from resam_flower.experiments.claims import claims_markdown, claims_rows, interv
 from resam_flower.experiments.compact import SUMMARY_FIELDS, export_compact, is_compact, load_compact
 from resam_flower.experiments.plots import mechanism_series, plot_sweep
 from resam_flower.experiments.report import markdown_table
-from resam_flower.experiments.results import Run, load_cells, load_runs
+from resam_flower.experiments.results import Run, load_cells, load_runs, select
 from tests.experiments.test_report_plots import mechanism_run, spread_rows
 
 
@@ -56,7 +56,7 @@ def test_export_keeps_the_mechanism_series_and_thins_the_rounds(tmp_path):
 
 def _t_cdf(x: float, df: int) -> float:
     """Student-t CDF by Simpson integration of the density (independent of the quantile table)."""
-    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
     steps = 20_000
     h = x / steps
     total = sum((1 if i in (0, steps) else 4 if i % 2 else 2) * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2)
@@ -64,7 +64,7 @@ def _t_cdf(x: float, df: int) -> float:
     return 0.5 + c * total * h / 3
 
 
-@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 30])
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 30, 31, 45, 120, 1000])
 def test_t_quantiles_are_the_975_points(df):
     assert _t_cdf(t_quantile(df), df) == pytest.approx(0.975, abs=2e-4)
 
@@ -110,7 +110,7 @@ def test_claims_are_paired_per_seed_differences_with_their_verdicts():
     # 3: worst(0.99) - worst(0): cwtm (95 - 60, 95 - 64)
     assert rows[("3. worst case β=0.99 − β=0 > 0", "cwtm")]["value"] == ci([35.0, 31.0])
     # 4: nnm+cwtm - cwtm, beta 0: (70 - 60, 75 - 64); beta 0.99: (94 - 95, 95 - 95)
-    four = rows[("4. β=0.0: worst case nnm+rule − rule > 0", "cwtm")]
+    four = rows[("4. β=0: worst case nnm+rule − rule > 0", "cwtm")]
     assert four["value"] == ci([10.0, 11.0]) == "+10.5 ± 6.4 (k=2)" and four["verdict"] == "agrees"
     four = rows[("4. β=0.99: worst case nnm+rule − rule > 0", "cwtm")]
     assert four["value"] == "-0.5 ± 6.4 (k=2)" and four["verdict"] == "inconclusive"
@@ -121,9 +121,9 @@ def test_claims_are_paired_per_seed_differences_with_their_verdicts():
     # cwtm (95 - 60, 95 - 64), nnm+cwtm (94 - 70, 95 - 75): four differences
     half = 3.182 * statistics.stdev([35.0, 31.0, 24.0, 20.0]) / 2
     assert pooled["value"] == f"+{(35 + 31 + 24 + 20) / 4:.1f} ± {half:.1f} (k=4)"
-    assert pooled["verdict"] == "agrees"
+    assert pooled["verdict"] == "descriptive (no verdict)"  # rules share seeds: no test
     # claim 1 at beta 0, for comparison: cwtm (95 - 60, 96 - 64) -> far above 5
-    assert rows[("1. β=0.0: no attack − worst case < 5", "cwtm")]["verdict"] == "disagrees"
+    assert rows[("1. β=0: no attack − worst case < 5", "cwtm")]["verdict"] == "disagrees"
     # the long table shows each seed's own difference next to the interval (the pooled rows: none)
     table = claims_markdown(runs, near=5, fail=10)
     line = next(x for x in table.splitlines() if x.startswith("| 3. worst case β=0.99 − β=0 > 0 | cwtm |"))
@@ -171,8 +171,60 @@ def test_the_wide_claims_table_has_a_row_per_rule_and_a_column_per_claim():
         ("alie", 0.0, 0, 60), ("none", 0.0, 0, 95), ("alie", 0.0, 1, 70), ("none", 0.0, 1, 96),
         ("alie", 0.9, 0, 94), ("none", 0.9, 0, 96)]]
     lines = claims_wide_markdown(runs).splitlines()
-    assert lines[0] == ("| rule | 1. β=0.0: no attack − worst case < 5 | 1. β=0.9: no attack − worst case < 5"
+    assert lines[0] == ("| rule | 1. β=0: no attack − worst case < 5 | 1. β=0.9: no attack − worst case < 5"
                         " | 2. β=0: no attack − min(ALIE, FOE) > 10 | 3. worst case β=0.9 − β=0 > 0 |")
     # beta 0: (35, 26): 30.5 ± 57.2 straddles both bounds; beta 0.9: one seed (2) -> agrees, no interval
     half = 12.706 * statistics.stdev([35.0, 26.0]) / math.sqrt(2)
     assert lines[2] == f"| cwtm | +30.5 ± {half:.1f} ? | +2.0 ✓¹ | +30.5 ± {half:.1f} ? | +34.0 ✓¹ |"
+
+
+def _cell(rule: str, attack: str, beta: float, seed: int, acc: float, **extra) -> Run:
+    run = _run(rule, attack, beta, seed, acc)
+    run.config.update(extra)
+    run.path = Path("-".join([run.path.name, *(f"{k}{v}" for k, v in extra.items())]))
+    return run
+
+
+def test_two_cells_of_one_rule_beta_attack_and_seed_are_an_error_not_a_silent_pick(tmp_path, capsys):
+    # the same krum cell at two rates (a stale rerun left beside the new one): which one wins must not depend
+    # on folder order; the error names the key they differ in and how to select
+    runs = [_cell("krum", "none", 0.9, 0, 92, lr=1.0), _cell("krum", "alie", 0.9, 0, 91, lr=1.0),
+            _cell("krum", "none", 0.9, 0, 50, lr=2.0)]
+    with pytest.raises(ValueError, match=r"both krum, β=0.9, none, seed 0; they differ in lr 1.0 vs 2.0: "
+                                         r"select one setting \(--where lr=1.0\)"):
+        claims_rows(runs)
+    assert claims_rows(runs[:2])[0]["value"] == "+1.0 (1 seed)"
+    # two Dirichlet alphas: an error until one is selected; alpha=1 selects the cells of alpha 1.0
+    runs = [_cell("cwtm", a, 0.0, 0, acc, alpha=alpha) for a, acc, alpha in
+            [("none", 95, 1.0), ("alie", 70, 1.0), ("none", 96, 5.0), ("alie", 90, 5.0)]]
+    with pytest.raises(ValueError, match="they differ in alpha 1.0 vs 5.0"):
+        claims_rows(runs)
+    assert [r.config["alpha"] for r in select(runs, {"alpha": "1"})] == [1.0, 1.0]
+    assert {r["claim"]: r["value"] for r in claims_rows(select(runs, {"alpha": "5"}))}[
+        "1. β=0: no attack − worst case < 5"] == "+6.0 (1 seed)"
+
+
+def test_claim_rows_name_the_attacks_and_the_rates_they_compare():
+    runs = [_cell("krum", a, b, 0, acc, lr=lr) for a, b, acc, lr in [
+        ("alie", 0.0, 80, 0.5), ("foe", 0.0, 60, 0.5), ("none", 0.0, 95, 0.5),
+        ("alie", 0.9, 90, 1.0), ("none", 0.9, 93, 1.0)]]
+    runs += [_cell("nnm+krum", a, b, 0, acc, lr=lr) for a, b, acc, lr in [
+        ("alie", 0.0, 93, 0.5), ("sf", 0.0, 91, 0.5), ("none", 0.0, 95, 0.5),
+        ("alie", 0.9, 96, 2.0), ("mimic", 0.9, 94, 2.0), ("none", 0.9, 97, 2.0)]]
+    rows = {(r["claim"], r["rule"]): r for r in claims_rows(runs)}
+    one = rows[("1. β=0: no attack − worst case < 5", "nnm+krum")]
+    assert one["cells"] == "nnm+krum, β=0: worst of alie, sf vs none" and one["diffs"] == [4.0]
+    two = rows[("2. β=0: no attack − min(ALIE, FOE) > 10", "nnm+krum")]
+    assert two["cells"] == "nnm+krum, β=0: worst of alie vs none" and two["diffs"] == [2.0]
+    # claim 4 compares the attacks both ran (alie) and says the rates differ at beta 0.9, not at 0
+    four = rows[("4. β=0.9: worst case nnm+rule − rule > 0", "krum")]
+    assert four["cells"] == "nnm+krum vs krum (lr 2 vs 1), β=0.9: worst of alie" and four["diffs"] == [6.0]
+    four = rows[("4. β=0: worst case nnm+rule − rule > 0", "krum")]
+    assert four["cells"] == "nnm+krum vs krum, β=0: worst of alie" and four["diffs"] == [13.0]
+    # the pooled row is descriptive: an interval, no verdict, no mark in the wide table
+    from resam_flower.experiments.claims import claims_wide_markdown
+
+    pooled = rows[("1. β=0: no attack − worst case < 5", "all rules (pooled)")]
+    assert pooled["verdict"] == "descriptive (no verdict)" and pooled["diffs"] == [35.0, 4.0]
+    last = claims_wide_markdown(runs).splitlines()[-1]
+    assert last.startswith("| all rules (pooled) | +19.5 ± 196.9 |"), last
