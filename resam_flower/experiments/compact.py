@@ -14,7 +14,9 @@ writes the part the reports and figures read:
 :func:`load_compact` reads them back as :class:`~resam_flower.experiments.results.Run` objects with the
 same config, summary, accuracy curve and mechanism series as the full folder, so ``resam report``,
 ``resam plot`` and ``resam claims`` accept either folder (:func:`~.results.load_runs` dispatches).
-Values in ``cells.csv`` are read back as JSON where they parse (numbers, booleans), else as strings.
+Values in ``cells.csv`` are read back as JSON where they parse (numbers, booleans), else as strings; a string
+that would parse as something else (``"1e-3"``, ``"true"``) is written JSON-quoted, so it reads back as the
+same string; an empty string reads back as ``None``, as a missing value does.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def _fmt(value: Any) -> str:
         return repr(value) if math.isfinite(value) else str(value)
     if isinstance(value, (bool, int)):
         return json.dumps(value)
-    return str(value)
+    text = str(value)
+    if text and _parse(text) != text:  # a string that would read back as a number, boolean or list: quoted
+        return json.dumps(text)
+    return text
 
 
 def _parse(text: str) -> Any:

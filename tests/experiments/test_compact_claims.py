@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from pathlib import Path
@@ -34,6 +35,21 @@ def test_export_then_load_gives_the_same_runs_report_and_curves(results, tmp_pat
         assert all(b.summary[k] == a.summary.get(k) for k in SUMMARY_FIELDS)
         assert b.timing == {k: a.timing[k] for k in ("total_s", "startup_s", "round_s")}
     assert markdown_table(compact) == markdown_table(full)
+
+
+def test_export_keeps_string_values_that_look_like_numbers_as_strings(tmp_path):
+    # e.g. attack-params "1e-3" or a label "true": the export must not turn them into 0.001 or True
+    strings = ["1e-3", "true", "5", "[1, 2]", "null", "z='lab'", "plain"]
+    for i, text in enumerate(strings):
+        config = {"aggregator": "cwtm", "attack": "alie", "attack-params": text, "seed": i, "lr": 0.5}
+        (tmp_path / "s" / f"c{i}").mkdir(parents=True)
+        (tmp_path / "s" / f"c{i}" / "summary.json").write_text(
+            json.dumps({"final_test_accuracy": 0.5, "config": config}))
+    export_compact(tmp_path / "s", tmp_path / "out")
+    back = {r.path.name: r.config for r in load_compact(tmp_path / "out")}
+    assert [back[f"c{i}"]["attack-params"] for i in range(len(strings))] == strings
+    assert [back[f"c{i}"]["seed"] for i in range(len(strings))] == list(range(len(strings)))
+    assert all(back[f"c{i}"]["lr"] == 0.5 for i in range(len(strings)))
 
 
 def test_export_keeps_the_mechanism_series_and_thins_the_rounds(tmp_path):
