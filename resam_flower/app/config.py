@@ -135,6 +135,12 @@ class ExperimentConfig:
         check_int("checkpoint-every", self.checkpoint_every, low=0)
         check_float("round-timeout", self.round_timeout, low=0.0, low_open=True)
         check_float("node-stall-timeout", self.node_stall_timeout, low=0.0)
+        try:
+            from ..strategies.schedules import build_schedule
+
+            build_schedule(self.lr, self.lr_schedule, **self.lr_schedule_params())
+        except ValueError as exc:
+            raise ValueError(f"run config lr-schedule={self.lr_schedule!r}: {exc}") from None
         if self.mode not in ("gradient", "model"):
             raise ValueError(f"run config mode must be gradient or model, got {self.mode!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
@@ -156,6 +162,14 @@ class ExperimentConfig:
                     f"mode={self.mode!r}"
                 )
         parse_params(self.attack_params)
+
+    def lr_schedule_params(self) -> dict[str, float]:
+        """The parameters of the server's lr schedule (``lr-step-size``, ``lr-gamma``, ``lr-decay``; with
+        ``lr-schedule = "debiased"`` also ``beta``: the run's ``momentum``, the workers')."""
+        params = {"step_size": self.lr_step_size, "gamma": self.lr_gamma, "decay": self.lr_decay}
+        if self.lr_schedule == "debiased":
+            params["beta"] = self.momentum
+        return params
 
     # ------------------------------------------------------------------------------------------
     @property

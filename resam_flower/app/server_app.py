@@ -84,7 +84,6 @@ def _notify(on_round: RoundCallback, server_round: int, row: dict[str, Any]) -> 
 def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -> Strategy:
     """The strategy described by ``cfg``: :class:`ResilientAveraging`, wrapped by the simulated adversary
     (when ``cfg`` has an attack) and by :class:`Checkpointing` (when ``checkpointer`` is given)."""
-    schedule_params = {"step_size": cfg.lr_step_size, "gamma": cfg.lr_gamma, "decay": cfg.lr_decay}
     strategy: Strategy = ResilientAveraging(
         aggregator=cfg.aggregator,
         num_byzantine=cfg.num_byzantine,
@@ -92,7 +91,7 @@ def build_strategy(cfg: ExperimentConfig, evaluate_fn=None, checkpointer=None) -
         mode=cfg.mode,
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,
-        lr_schedule_params=schedule_params,
+        lr_schedule_params=cfg.lr_schedule_params(),
         weight_decay=cfg.server_weight_decay,
         max_update_norm=cfg.max_update_norm or None,
         fraction_train=cfg.fraction_train,

@@ -60,7 +60,8 @@ class ResilientAveraging(Strategy):
         Server learning rate γ (default 0.1 in ``gradient`` mode, 1.0 in ``model`` mode). It is the server's:
         the clients' own ``lr`` (or any key of your train config) is never written.
     lr_schedule, lr_schedule_params
-        ``"constant"``, ``"step"`` (``step_size``, ``gamma``) or ``"inverse"`` (``decay``: γ/(1+t/decay)).
+        ``"constant"``, ``"step"`` (``step_size``, ``gamma``), ``"inverse"`` (``decay``: γ/(1+t/decay)) or
+        ``"debiased"`` (``beta``, the workers' momentum: γ/(1-β^t), momentum's bias correction).
     weight_decay : float (default: 0.0)
         λ, on the parameters only, in ``gradient`` mode.
     max_update_norm : float, optional

@@ -248,3 +248,39 @@ def test_wrong_kind_replies_do_not_reduce_f():
     replies += grad_replies({4: msgs[4]}, {4: [5, 5]}, kind={"num-examples": 1})
     out, m = s.aggregate_train(1, replies)
     assert m["excluded-kind"] == 1 and m["f"] == 1 and m["valid"] == 3 and out is not None
+
+
+def test_lr_schedules_against_their_formulas():
+    from resam_flower.strategies import build_schedule
+
+    rounds = [1, 2, 3, 10, 101, 300]
+    cases = {
+        ("constant", ()): [0.5] * 6,
+        ("step", (("step_size", 2), ("gamma", 0.1))): [0.5 * 0.1**k for k in (0, 0, 1, 4, 50, 149)],
+        ("inverse", (("decay", 100.0),)): [0.5 / (1 + (t - 1) / 100) for t in rounds],
+        # bias correction of m_t = beta m + (1 - beta) g from m_0 = 0 (weight 1 - beta^t on the gradients)
+        ("debiased", (("beta", 0.99),)): [0.5 / (1 - 0.99**t) for t in rounds],
+        ("debiased", (("beta", 0.0),)): [0.5] * 6,
+    }
+    for (kind, params), expected in cases.items():
+        schedule = build_schedule(0.5, kind, **dict(params))
+        assert [schedule(t) for t in rounds] == pytest.approx(expected, rel=1e-12), kind
+    assert build_schedule(0.5, "debiased", beta=0.99)(1) == pytest.approx(50.0)
+    # a constant gradient g through RESAM's momentum and the debiased rate steps lr * g from round 1 on
+    m, beta, schedule = 0.0, 0.9, build_schedule(0.5, "debiased", beta=0.9)
+    for t in range(1, 6):
+        m = beta * m + (1 - beta) * 2.0
+        assert schedule(t) * m == pytest.approx(0.5 * 2.0)
+    with pytest.raises(ValueError, match="beta"):
+        build_schedule(0.5, "debiased", beta=1.0)
+
+
+def test_debiased_schedule_takes_the_runs_momentum_and_bad_kinds_fail_at_config_time():
+    from resam_flower.app.config import ExperimentConfig
+    from resam_flower.app.server_app import build_strategy
+
+    cfg = ExperimentConfig.from_run_config({"lr-schedule": "debiased", "momentum": 0.99, "lr": 2.0})
+    assert build_strategy(cfg).schedule.describe() == "debiased(lr=2.0, beta=0.99)"
+    with pytest.raises(ValueError, match="lr-schedule='cosine': lr schedule must be one of constant, step, "
+                                         "inverse, debiased"):
+        ExperimentConfig.from_run_config({"lr-schedule": "cosine"})
