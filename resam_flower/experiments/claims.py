@@ -39,12 +39,12 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .results import BOOKKEEPING, NO_ATTACK, Run, attack_of
 
-__all__ = ["Interval", "t_quantile", "interval", "seed_table", "claims_rows", "claims_markdown",
-           "claims_wide_markdown"]
+__all__ = ["Arm", "Interval", "arm_of", "t_quantile", "interval", "seed_table", "claims_rows",
+           "claims_markdown", "claims_wide_markdown"]
 
 # Two-sided 95 % Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: the Cornish-Fisher expansion).
 _T975 = (
@@ -116,6 +116,28 @@ def interval(values: list[float]) -> Interval:
     return Interval(mean, half, k)
 
 
+class Arm(NamedTuple):
+    """A momentum setting: β and the lr schedule when it is not ``constant`` (``"debiased"``): two arms of
+    one β (β = 0.99 at a constant rate and bias-corrected) are compared as two settings. Formats as
+    ``0.99`` or ``0.99 debiased``."""
+
+    beta: float
+    schedule: str = ""
+
+    def __format__(self, spec: str) -> str:
+        return format(self.beta, spec or "g") + (f" {self.schedule}" if self.schedule else "")
+
+
+#: β = 0 at a constant rate: the arm every momentum arm is compared with (claims 2 and 3).
+NO_MOMENTUM = Arm(0.0)
+
+
+def arm_of(config: dict[str, Any]) -> Arm:
+    """The :class:`Arm` of a run's config."""
+    schedule = str(config.get("lr-schedule") or "constant")
+    return Arm(float(config.get("momentum", 0.0)), "" if schedule == "constant" else schedule)
+
+
 def _collision(a: Run, b: Run) -> ValueError:
     keys = sorted({*a.config, *b.config} - BOOKKEEPING)
     differ = [k for k in keys if str(a.config.get(k)) != str(b.config.get(k))]
@@ -123,19 +145,19 @@ def _collision(a: Run, b: Run) -> ValueError:
     first = differ[0] if differ else "KEY"
     return ValueError(
         f"cells {a.path.name} and {b.path.name} are both {a.config.get('aggregator')}, β="
-        f"{float(a.config.get('momentum', 0.0)):g}, {attack_of(a.config)}, seed {a.config.get('seed', 0)}; "
+        f"{arm_of(a.config):g}, {attack_of(a.config)}, seed {a.config.get('seed', 0)}; "
         f"they differ in {shown}: select one setting (--where {first}={a.config.get(first)})")
 
 
-def seed_table(runs: list[Run]) -> dict[tuple[Any, float], dict[str, dict[int, float]]]:
-    """``{(rule, β): {attack: {seed: accuracy in points}}}`` of the finished runs; :class:`ValueError` when
-    two runs share (rule, β, attack, seed) (see the module docstring)."""
-    table: dict[tuple[Any, float], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+def seed_table(runs: list[Run]) -> dict[tuple[Any, Arm], dict[str, dict[int, float]]]:
+    """``{(rule, arm): {attack: {seed: accuracy in points}}}`` of the finished runs (:class:`Arm`: β and
+    its schedule); :class:`ValueError` when two runs share (rule, arm, attack, seed) (module docstring)."""
+    table: dict[tuple[Any, Arm], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     seen: dict[tuple, Run] = {}
     for run in runs:
         if run.accuracy is None:
             continue
-        key = (run.config.get("aggregator"), float(run.config.get("momentum", 0.0)))
+        key = (run.config.get("aggregator"), arm_of(run.config))
         attack, seed = attack_of(run.config), int(run.config.get("seed", 0))
         if (key, attack, seed) in seen:
             raise _collision(seen[(key, attack, seed)], run)
@@ -144,12 +166,12 @@ def seed_table(runs: list[Run]) -> dict[tuple[Any, float], dict[str, dict[int, f
     return table
 
 
-def _rates(runs: list[Run]) -> dict[tuple[Any, float], set[str]]:
-    """``{(rule, β): {learning rates, as text}}`` of the finished runs."""
-    rates: dict[tuple[Any, float], set[str]] = defaultdict(set)
+def _rates(runs: list[Run]) -> dict[tuple[Any, Arm], set[str]]:
+    """``{(rule, arm): {learning rates, as text}}`` of the finished runs."""
+    rates: dict[tuple[Any, Arm], set[str]] = defaultdict(set)
     for run in runs:
         if run.accuracy is not None:
-            key = (run.config.get("aggregator"), float(run.config.get("momentum", 0.0)))
+            key = (run.config.get("aggregator"), arm_of(run.config))
             rates[key].add(f"{float(run.config['lr']):g}" if "lr" in run.config else "?")
     return rates
 
@@ -194,7 +216,7 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
     rates = _rates(runs)
     rules = sorted({r for r, _ in table if any(a != NO_ATTACK for a in table[(r, _)])}, key=str)
     betas = sorted({b for _, b in table})
-    positive = [b for b in betas if b > 0]
+    positive = [b for b in betas if b.beta > 0]
     rows: list[dict[str, str]] = []
 
     def add(claim: str, rule: str, cells: str, diffs: dict[int, float] | list[float], bound: float,
@@ -217,14 +239,14 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
                 f"{rule}, β={beta:g}: worst of {_names(_attacks(cells))} vs none",
                 _paired(cells.get(NO_ATTACK, {}), _worst(cells)), near, above=False)
     for rule in rules:
-        cells = table.get((rule, 0.0), {})
+        cells = table.get((rule, NO_MOMENTUM), {})
         both = _attacks(cells, ("alie", "foe"))
         add(f"2. β=0: no attack − min(ALIE, FOE) > {fail:g}", rule,
             f"{rule}, β=0: worst of {_names(both)} vs none",
             _paired(cells.get(NO_ATTACK, {}), _worst(cells, both)), fail, above=True)
     for beta in positive:
         for rule in rules:
-            high, low = table.get((rule, beta), {}), table.get((rule, 0.0), {})
+            high, low = table.get((rule, beta), {}), table.get((rule, NO_MOMENTUM), {})
             add(f"3. worst case β={beta:g} − β=0 > 0", rule,
                 f"{rule}: worst of {_names(_attacks(high) & _attacks(low))}, β={beta:g} vs 0",
                 _worst_pair(high, low), 0.0, above=True)

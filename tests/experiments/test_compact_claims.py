@@ -244,3 +244,16 @@ def test_claim_rows_name_the_attacks_and_the_rates_they_compare():
     assert pooled["verdict"] == "descriptive (no verdict)" and pooled["diffs"] == [35.0, 4.0]
     last = claims_wide_markdown(runs).splitlines()[-1]
     assert last.startswith("| all rules (pooled) | +19.5 ± 196.9 |"), last
+
+
+def test_two_schedules_of_one_beta_are_two_arms_each_compared_with_beta_0():
+    runs = [_cell("cwtm", a, b, 0, acc, **{"lr-schedule": sched}) for a, b, sched, acc in [
+        ("alie", 0.0, "constant", 80), ("none", 0.0, "constant", 96),
+        ("alie", 0.99, "constant", 85), ("none", 0.99, "constant", 94),
+        ("alie", 0.99, "debiased", 92), ("none", 0.99, "debiased", 97)]]
+    rows = {(r["claim"], r["rule"]): r for r in claims_rows(runs)}
+    assert rows[("3. worst case β=0.99 − β=0 > 0", "cwtm")]["diffs"] == [5.0]
+    assert rows[("3. worst case β=0.99 debiased − β=0 > 0", "cwtm")]["diffs"] == [12.0]
+    assert rows[("1. β=0.99 debiased: no attack − worst case < 5", "cwtm")]["diffs"] == [5.0]
+    assert rows[("1. β=0.99: no attack − worst case < 5", "cwtm")]["diffs"] == [9.0]
+    assert rows[("2. β=0: no attack − min(ALIE, FOE) > 10", "cwtm")]["diffs"] == [16.0]
