@@ -118,26 +118,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _runs(targets: list[str], results: str | None, where: dict[str, str]) -> list:
+    """The finished runs of one or more result folders (or sweep files), those matching ``where``."""
+    from .experiments.results import load_runs, select
+
+    runs = select([run for t in targets for run in load_runs(_sweep_dir(t, results))], where)
+    if not runs:
+        raise SystemExit(f"no finished cell in {' '.join(targets)} matches {where}")
+    return runs
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .experiments.plots import plot_sweep
 
-    for path in plot_sweep(_sweep_dir(args.target, args.results), args.out, where=_where(args.where)):
+    folders = [_sweep_dir(t, args.results) for t in args.target]
+    for path in plot_sweep(folders if len(folders) > 1 else folders[0], args.out, where=_where(args.where)):
         print(path)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .experiments.report import markdown_table, write_report
-    from .experiments.results import load_runs, select
 
-    if args.where is not None:  # a selection (bare --where: every cell) is printed, report.md not written
-        where = _where(args.where)
-        runs = select(load_runs(_sweep_dir(args.target, args.results)), where)
-        if not runs:
-            raise SystemExit(f"no finished cell in {args.target} matches {where}")
-        print(markdown_table(runs))
+    if args.where is not None or len(args.target) > 1:
+        # a selection (bare --where: every cell) or several folders: printed, no report.md written
+        print(markdown_table(_runs(args.target, args.results, _where(args.where))))
         return 0
-    text, path = write_report(_sweep_dir(args.target, args.results))
+    text, path = write_report(_sweep_dir(args.target[0], args.results))
     print(text)
     print(f"[resam] report: {path}", file=sys.stderr)
     return 0
@@ -221,12 +228,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_claims(args: argparse.Namespace) -> int:
     from .experiments.claims import claims_markdown, claims_wide_markdown
-    from .experiments.results import load_runs, select
 
-    where = _where(args.where)
-    runs = select(load_runs(_sweep_dir(args.target, args.results)), where)
-    if not runs:
-        raise SystemExit(f"no finished cell in {args.target} matches {where}")
+    runs = _runs(args.target, args.results, _where(args.where))
     table = claims_wide_markdown if args.wide else claims_markdown
     print(table(runs, near=args.near, fail=args.fail), end="")
     return 0
@@ -354,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", cmd_report, "print the Markdown table"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("target", help="results folder (results/<sweep>) or the sweep's TOML file")
+        p.add_argument("target", nargs="+",
+                       help="results folder (results/<sweep>) or the sweep's TOML file; several: together")
         p.add_argument("--results", help="results root when TARGET is a TOML file")
         if name == "plot":
             p.add_argument("--out", help="output folder (default: <results folder>/plots)")
@@ -384,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("claims", help="RESAM's claims with 95%% CIs over seeds (Markdown table)")
-    p.add_argument("target", help="results folder, exported folder, or the sweep's TOML file")
+    p.add_argument("target", nargs="+",
+                   help="results folder, exported folder, or the sweep's TOML file; several: together")
     p.add_argument("--results", help="results root when TARGET is a TOML file")
     p.add_argument("--near", type=float, default=5.0, help="claim 1's bound, in points (default 5)")
     p.add_argument("--fail", type=float, default=10.0, help="claim 2's bound, in points (default 10)")

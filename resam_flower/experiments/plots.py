@@ -241,19 +241,24 @@ def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path
 
 
 def plot_sweep(
-    directory: str | Path,
+    directory: str | Path | list[str | Path],
     out_dir: str | Path | None = None,
     title: str | None = None,
     where: dict[str, str] | None = None,
 ) -> list[Path]:
-    """All figures of the sweep whose results are in ``directory`` (default output: ``<directory>/plots``);
-    ``where``: only the runs whose config values read as these texts (``{"attack": "alie"}``)."""
-    directory = Path(directory)
-    runs = select(load_runs(directory), where)
+    """All figures of the sweep whose results are in ``directory`` (default output: ``<directory>/plots``),
+    or of several result folders together (a list: one sweep's grid and another arm of it; ``out_dir``
+    then required); ``where``: only the runs whose config values read as these texts
+    (``{"attack": "alie"}``)."""
+    folders = [Path(d) for d in (directory if isinstance(directory, list) else [directory])]
+    runs = select([run for folder in folders for run in load_runs(folder)], where)
     if not runs:
         selection = f" with {where}" if where else ""
-        raise ValueError(f"no finished cell{selection} under {directory}: run `resam sweep` first")
-    out = Path(out_dir) if out_dir is not None else directory / "plots"
+        where_from = ", ".join(map(str, folders))
+        raise ValueError(f"no finished cell{selection} under {where_from}: run `resam sweep` first")
+    if out_dir is None and len(folders) > 1:
+        raise ValueError("several result folders: give the output folder (--out)")
+    out = Path(out_dir) if out_dir is not None else folders[0] / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    name = title if title is not None else directory.name
+    name = title if title is not None else " + ".join(folder.name for folder in folders)
     return plot_curves(runs, out, name) + plot_heatmaps(runs, out, name) + plot_mechanism(runs, out, name)

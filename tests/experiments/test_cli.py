@@ -21,8 +21,9 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
     assert counts["tiny"] == 4 and counts["demo"] == 10 and counts["paper_mnist"] == 432
     # the reproduction: 12 rules x 6 attacks x 3 betas x 3 seeds + the 9 reference cells; its tuning; FMNIST
     # (12 rules x ALIE, FOE, none, + sf and mimic for the 6 NNM rules, + mimic for Krum, x 3 betas x 2 seeds,
-    # + 6 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum)
-    assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29
+    # + 6 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum); the
+    # tuning has 29 constant/inverse cells, 8 bias-corrected ones and 3 for Krum
+    assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29 + 8 + 3
     assert counts["lab_fmnist"] == (12 * 3 + 6 * 2 + 1) * 3 * 2 + 6
     assert counts["lab_mnist_dirichlet"] == ((12 * 2 + 6 * 2 + 2) * 3 * 2 + 6) * 2
 

@@ -257,3 +257,22 @@ def test_two_schedules_of_one_beta_are_two_arms_each_compared_with_beta_0():
     assert rows[("1. β=0.99 debiased: no attack − worst case < 5", "cwtm")]["diffs"] == [5.0]
     assert rows[("1. β=0.99: no attack − worst case < 5", "cwtm")]["diffs"] == [9.0]
     assert rows[("2. β=0: no attack − min(ALIE, FOE) > 10", "cwtm")]["diffs"] == [16.0]
+
+
+def test_claims_report_and_plot_read_several_folders_together(results, tmp_path, capsys):
+    import shutil
+
+    for rule in ("cwtm", "krum"):  # one sweep's cells split in two folders, as a grid and an extra arm
+        for cell in results.glob(f"{rule}__*"):
+            shutil.copytree(cell, tmp_path / rule / cell.name)
+    both = [str(tmp_path / "cwtm"), str(tmp_path / "krum")]
+    for command in ("claims", "report"):
+        assert main([command, str(results)] + (["--where"] if command == "report" else [])) == 0
+        whole = capsys.readouterr().out
+        assert main([command, *both]) == 0
+        assert capsys.readouterr().out == whole and "| krum |" in whole and "| cwtm |" in whole
+    assert not (tmp_path / "cwtm" / "report.md").exists()
+    assert main(["plot", *both, "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "heatmap_β.png").exists()
+    assert main(["plot", *both]) == 2  # several folders: no default output folder
+    assert "give the output folder (--out)" in capsys.readouterr().err
