@@ -22,26 +22,46 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
     # the reproduction: 12 rules x 6 attacks x 3 betas x 3 seeds + the 9 reference cells; its tuning; FMNIST
     # (12 rules x ALIE, FOE, none, + sf and mimic for the 6 NNM rules, + mimic for Krum, x 3 betas x 2 seeds,
     # + 6 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum); the
-    # tuning has 29 constant/inverse cells, 8 bias-corrected ones and 3 for Krum
-    assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29 + 8 + 3
+    # tuning has 29 constant/inverse cells, 8 bias-corrected ones and 4 for Krum
+    assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29 + 8 + 4
+    assert counts["lab_mnist_debiased"] == 12 * 6 * 3 + 3  # beta 0.99 bias-corrected: the grid and its references
     assert counts["lab_fmnist"] == (12 * 3 + 6 * 2 + 1) * 3 * 2 + 6
     assert counts["lab_mnist_dirichlet"] == ((12 * 2 + 6 * 2 + 2) * 3 * 2 + 6) * 2
 
 
-@pytest.mark.parametrize("name", ["lab_mnist", "lab_fmnist", "lab_mnist_dirichlet"])
+#: Krum's own rate per momentum arm (beta, lr schedule), from its no-attack tuning (lab_mnist_lr.toml).
+KRUM_RATES = {(0.0, "constant"): 0.5, (0.9, "constant"): 1.0, (0.99, "constant"): 1.0,
+              (0.99, "debiased"): 0.25}
+#: The momentum arms of each reproduction file: the MNIST grid at constant rates and its bias-corrected beta =
+#: 0.99 arm; Fashion-MNIST and Dirichlet with the bias-corrected beta = 0.99 only.
+ARMS = {
+    "lab_mnist": [(0.0, "constant"), (0.9, "constant"), (0.99, "constant")],
+    "lab_mnist_debiased": [(0.99, "debiased")],
+    "lab_fmnist": [(0.0, "constant"), (0.9, "constant"), (0.99, "debiased")],
+    "lab_mnist_dirichlet": [(0.0, "constant"), (0.9, "constant"), (0.99, "debiased")],
+}
+
+
+@pytest.mark.parametrize("name", list(ARMS))
 def test_reproduction_files_run_krum_at_its_own_rates_and_cover_the_worst_attacks(name, tmp_path):
     """Krum fails without attack at CWTM's rates for beta > 0 (lab_mnist_krum_cwtm_rate): never run it there.
-    Each rule runs its worst-case attacks of IID MNIST (ALIE; sf/mimic for NNM rules; FOE/mimic for Krum)."""
+    Each rule runs its worst-case attacks of IID MNIST (ALIE; sf/mimic for NNM rules; FOE/mimic for Krum), in
+    every momentum arm of the file; the other rules run at CWTM's tuned rate of the arm."""
     from resam_flower.experiments import load_sweep
 
-    cells = load_sweep(ROOT / "simulations" / f"{name}.toml").cells(tmp_path)
-    krum = [c.config for c in cells if c.config["aggregator"] == "krum"]
-    assert krum and all(c["lr"] == (0.5 if c["momentum"] == 0.0 else 1.0) for c in krum)
-    runs = {(c.config["aggregator"], c.config["attack"], c.config["momentum"]) for c in cells}
+    cells = [c.config for c in load_sweep(ROOT / "simulations" / f"{name}.toml").cells(tmp_path)]
+    arm = {id(c): (c["momentum"], c["lr-schedule"]) for c in cells}
+    assert sorted(set(arm.values())) == ARMS[name]
+    cwtm_rates = {(0.0, "constant"): 0.5, (0.9, "constant"): 2.0, (0.99, "constant"): 8.0,
+                  (0.99, "debiased"): 1.0}
+    for c in cells:
+        expected = KRUM_RATES if c["aggregator"] == "krum" else cwtm_rates
+        assert c["lr"] == expected[arm[id(c)]], (name, c["aggregator"], arm[id(c)], c["lr"])
+    runs = {(c["aggregator"], c["attack"], arm[id(c)]) for c in cells}
     worst = {"krum": ["alie", "foe", "mimic"], "cwtm": ["alie"], "nnm+cwmed": ["alie", "sf", "mimic"]}
     for rule, attacks in worst.items():
         for attack in [*attacks, "none"]:
-            assert all((rule, attack, beta) in runs for beta in (0.0, 0.9, 0.99)), (name, rule, attack)
+            assert all((rule, attack, a) in runs for a in ARMS[name]), (name, rule, attack)
 
 
 def test_report_and_plot_commands(tmp_path, fake_simulate, capsys):
