@@ -19,6 +19,7 @@ Rendering uses matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -240,6 +241,23 @@ def plot_mechanism(runs: list[Run], out_dir: Path, title: str = "") -> list[Path
     return paths
 
 
+def momentum_arms(runs: list[Run]) -> list[Run]:
+    """``runs`` with ``momentum`` read as the momentum arm when the lr schedule varies: β and a schedule
+    other than ``constant`` become one value (``"0.99 debiased"``) and ``lr-schedule`` is dropped, so that
+    two arms of one β are two columns of a heatmap and two lines of a figure, as in the claims table;
+    unchanged otherwise."""
+    if len({r.config.get("lr-schedule", "constant") for r in runs}) < 2:
+        return runs
+    out = []
+    for run in runs:
+        config = dict(run.config)
+        schedule = config.pop("lr-schedule", "constant")
+        if schedule != "constant":
+            config["momentum"] = f"{float(config.get('momentum', 0.0)):g} {schedule}"
+        out.append(dataclasses.replace(run, config=config))
+    return out
+
+
 def plot_sweep(
     directory: str | Path | list[str | Path],
     out_dir: str | Path | None = None,
@@ -251,7 +269,7 @@ def plot_sweep(
     then required); ``where``: only the runs whose config values read as these texts
     (``{"attack": "alie"}``)."""
     folders = [Path(d) for d in (directory if isinstance(directory, list) else [directory])]
-    runs = select([run for folder in folders for run in load_runs(folder)], where)
+    runs = momentum_arms(select([run for folder in folders for run in load_runs(folder)], where))
     if not runs:
         selection = f" with {where}" if where else ""
         where_from = ", ".join(map(str, folders))

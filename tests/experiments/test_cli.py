@@ -24,7 +24,7 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
     # + 6 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum); the
     # tuning has 29 constant/inverse cells, 8 bias-corrected ones and 4 for Krum
     assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29 + 8 + 4
-    assert counts["lab_mnist_debiased"] == 12 * 6 * 3 + 3  # beta 0.99 bias-corrected: the grid and its references
+    assert counts["lab_mnist_debiased"] == 12 * 6 * 3 + 3  # beta 0.99 bias-corrected: grid and references
     assert counts["lab_fmnist"] == (12 * 3 + 6 * 2 + 1) * 3 * 2 + 6
     assert counts["lab_mnist_dirichlet"] == ((12 * 2 + 6 * 2 + 2) * 3 * 2 + 6) * 2
 

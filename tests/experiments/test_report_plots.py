@@ -11,7 +11,7 @@ from resam_flower.app.results import write_run
 from resam_flower.experiments import Sweep, load_sweep, run_sweep
 from resam_flower.experiments.heatmaps import worst_case_matrix
 from resam_flower.experiments.layout import dependents, reduce_keys
-from resam_flower.experiments.plots import curve_layout, mechanism_series, plot_sweep
+from resam_flower.experiments.plots import curve_layout, mechanism_series, momentum_arms, plot_sweep
 from resam_flower.experiments.report import markdown_table, write_report
 from resam_flower.experiments.results import attack_of, load_runs, pivot, row_keys, worst_case
 from tests.experiments.conftest import BASE
@@ -294,3 +294,21 @@ def test_a_rate_tuned_per_rule_and_beta_and_a_reference_rule_split_no_file(tmp_p
     free, tied = off_axes(runs, ["lr", "num-byzantine"])
     assert free == [] and tied == {"aggregator": ["num-byzantine"], "momentum": ["lr"]}
     assert sorted(p.name for p in plot_sweep(tmp_path / "joint")) == ["curves.png", "heatmap_β.png"]
+
+
+def test_two_lr_schedules_of_one_beta_are_two_columns_of_one_heatmap(results, tmp_path):
+    arm = Sweep("arm", {**BASE, "lr-schedule": "debiased", "momentum": 0.9},
+                {"aggregator": ["cwtm", "krum"], "attack": ["alie", "foe"], "seed": [0, 1]})
+    run_sweep(arm, tmp_path, progress=False, share_ray=False)
+    runs = momentum_arms(load_runs(results) + load_runs(tmp_path / "arm"))
+    assert sorted({str(r.config["momentum"]) for r in runs}) == ["0.0", "0.9", "0.9 debiased"]
+    assert all("lr-schedule" not in r.config for r in runs)
+    # fake accuracies: 0.9 with momentum, - 0.2 alie, - 0.05 krum, - 0.04 (f = 2), - 0.01 x seed; seed mean
+    matrix = worst_case_matrix(runs, ["cwtm", "krum"], "momentum", [0.0, 0.9, "0.9 debiased"])
+    assert matrix == [[pytest.approx(v) for v in row] for row in ([55.5, 65.5, 65.5], [50.5, 60.5, 60.5])]
+    out = tmp_path / "figs"
+    paths = plot_sweep([results, tmp_path / "arm"], out)
+    assert sorted(p.name for p in paths if p.name.startswith("heatmap")) == ["heatmap_β.png"]
+    # one schedule only: the runs are returned as they are
+    alone = load_runs(results)
+    assert momentum_arms(alone) is alone
