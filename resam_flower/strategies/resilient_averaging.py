@@ -153,6 +153,14 @@ class ResilientAveraging(Strategy):
         self.buffers = None if buffers is None else [str(b) for b in buffers]
         self.fraction_train = check_float("fraction_train", fraction_train, low=0.0, high=1.0)
         self.fraction_evaluate = check_float("fraction_evaluate", fraction_evaluate, low=0.0, high=1.0)
+        if self.schedule.kind == "debiased" and self.fraction_train < 1.0:
+            log(
+                WARNING,
+                "lr schedule %s divides by 1 - beta^t for the round t; with fraction_train=%s a sampled "
+                "worker's momentum has seen fewer rounds, so its bias is corrected only in part",
+                self.schedule.describe(),
+                self.fraction_train,
+            )
         self.min_train_nodes = check_int("min_train_nodes", min_train_nodes, low=0)
         self.min_evaluate_nodes = check_int("min_evaluate_nodes", min_evaluate_nodes, low=0)
         self.min_available_nodes = check_int("min_available_nodes", min_available_nodes, low=0)

@@ -284,3 +284,16 @@ def test_debiased_schedule_takes_the_runs_momentum_and_bad_kinds_fail_at_config_
     with pytest.raises(ValueError, match="lr-schedule='cosine': lr schedule must be one of constant, step, "
                                          "inverse, debiased"):
         ExperimentConfig.from_run_config({"lr-schedule": "cosine"})
+
+
+def test_debiased_schedule_with_node_sampling_warns_that_the_correction_is_partial(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        debiased = {"lr_schedule": "debiased", "lr_schedule_params": {"beta": 0.9}}
+        ResilientAveraging("mean", fraction_train=0.5, **debiased)
+        ResilientAveraging("mean", **debiased)
+    warned = [r.getMessage() for r in caplog.records if "corrected only in part" in r.getMessage()]
+    assert warned == ["lr schedule debiased(lr=0.1, beta=0.9) divides by 1 - beta^t for the round t; with "
+                      "fraction_train=0.5 a sampled worker's momentum has seen fewer rounds, so its bias is "
+                      "corrected only in part"]
