@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grid import load_sweep
-from .results import Run, load_runs
+from .results import load_runs
 
 __all__ = ["Block", "blocks", "progress_markdown", "refresh"]
 
@@ -82,8 +82,7 @@ def refresh(text: str, render: Callable[[str], str]) -> tuple[str, list[Block]]:
     return "".join(parts), stale
 
 
-def _seed(run_or_config: Run | dict) -> str:
-    config = run_or_config.config if isinstance(run_or_config, Run) else run_or_config
+def _seed(config: dict) -> str:
     return str(config.get("seed", 0))
 
 

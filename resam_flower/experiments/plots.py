@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .claims import arm_of  # noqa: E402
 from .grid import _slug  # noqa: E402
 from .heatmaps import plot_heatmaps  # noqa: E402
 from .layout import describe, figure_keys, file_suffix, sorted_values, split_runs  # noqa: E402
@@ -246,14 +247,14 @@ def momentum_arms(runs: list[Run]) -> list[Run]:
     other than ``constant`` become one value (``"0.99 debiased"``) and ``lr-schedule`` is dropped, so that
     two arms of one β are two columns of a heatmap and two lines of a figure, as in the claims table;
     unchanged otherwise."""
-    if len({r.config.get("lr-schedule", "constant") for r in runs}) < 2:
+    arms = [arm_of(run.config) for run in runs]
+    if len({arm.schedule for arm in arms}) < 2:
         return runs
     out = []
-    for run in runs:
-        config = dict(run.config)
-        schedule = config.pop("lr-schedule", "constant")
-        if schedule != "constant":
-            config["momentum"] = f"{float(config.get('momentum', 0.0)):g} {schedule}"
+    for run, arm in zip(runs, arms, strict=True):
+        config = {k: v for k, v in run.config.items() if k != "lr-schedule"}
+        if arm.schedule:
+            config["momentum"] = f"{arm:g}"
         out.append(dataclasses.replace(run, config=config))
     return out
 
