@@ -227,10 +227,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from .experiments.claims import claims_markdown, claims_wide_markdown
+    from .experiments.claims import claims_markdown, claims_summary_markdown, claims_wide_markdown
 
     runs = _runs(args.target, args.results, _where(args.where))
-    table = claims_wide_markdown if args.wide else claims_markdown
+    table = (claims_wide_markdown if args.wide else claims_summary_markdown if args.summary
+             else claims_markdown)
     print(table(runs, near=args.near, fail=args.fail), end="")
     return 0
 
@@ -394,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near", type=float, default=5.0, help="claim 1's bound, in points (default 5)")
     p.add_argument("--fail", type=float, default=10.0, help="claim 2's bound, in points (default 10)")
     p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="only cells with these values")
-    p.add_argument("--wide", action="store_true", help="one row per rule, one column per claim")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--wide", action="store_true", help="one row per rule, one column per claim")
+    form.add_argument("--summary", action="store_true",
+                      help="one bullet per claim: seeds on the claim's side, the rules of each verdict")
     p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("kappa", help="empirical κ of rules by adversarial search, next to the proven κ")

@@ -26,6 +26,10 @@ Each claim also gets a row :data:`POOLED` over every rule's per-seed differences
 rules, with an interval that treats (rule, seed) pairs as independent replicates — they are not (a seed is
 shared by all rules), so it is descriptive and carries no verdict; the per-rule rows are the test.
 
+Three forms: :func:`claims_markdown` (one row per claim and rule, each seed's difference),
+:func:`claims_wide_markdown` (one row per rule, one column per claim) and :func:`claims_summary_markdown`
+(one bullet per claim: the seeds on its side, the rules of each verdict).
+
 The worst case of claims 1 and 2 is over the attacks that rule ran (the ``cells`` text names them); claims 3
 and 4 compare worst cases over the attacks both sides ran. A rule's cells may differ in learning rate across
 β (each β its tuned rate) and claim 4's two rules may run at different rates (the ``cells`` text says so),
@@ -44,7 +48,7 @@ from typing import Any, NamedTuple
 from .results import BOOKKEEPING, NO_ATTACK, Run, attack_of
 
 __all__ = ["Arm", "Interval", "arm_of", "t_quantile", "interval", "seed_table", "claims_rows",
-           "claims_markdown", "claims_wide_markdown"]
+           "claims_markdown", "claims_wide_markdown", "claims_summary_markdown"]
 
 # Two-sided 95 % Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: the Cornish-Fisher expansion).
 _T975 = (
@@ -317,4 +321,55 @@ def claims_wide_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0)
     lines = ["| rule | " + " | ".join(claims) + " |", "|---|" + "---|" * len(claims)]
     for rule in rules:
         lines.append(f"| {rule} | " + " | ".join(cell.get((c, rule), "") for c in claims) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: Verdict groups of :func:`claims_summary_markdown`, in order (a one-seed verdict is ``provisional``).
+_GROUPS = ("agrees", "disagrees", "inconclusive", "provisional", "not run")
+
+
+def _group(verdict: str) -> str:
+    return "provisional" if verdict.startswith("1 seed: ") else verdict
+
+
+def _seed_side(rows: list[dict], label: str) -> str:
+    """``label k of n (low to high)``: how many per-seed differences of ``rows`` lie on the claim's side."""
+    diffs = [(d, r) for r in rows for d in r["diffs"]]
+    side = sum((d > r["bound"]) if r["above"] else (d < r["bound"]) for d, r in diffs)
+    values = [d for d, _ in diffs]
+    return f"{label}{side} of {len(values)} ({min(values):+.1f} to {max(values):+.1f})"
+
+
+def claims_summary_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> str:
+    """The claims table read claim by claim, as Markdown bullets: per claim (and arm), how many per-seed
+    differences lie on the claim's side and their range — the rules alone and behind NNM apart when both
+    ran — then the rules of each verdict with their mean ± 95 % CI (a one-seed value is *provisional*).
+    The numbers are :func:`claims_rows`' own; the pooled rows are left out (they carry no verdict)."""
+    rows = [r for r in claims_rows(runs, near, fail) if r["rule"] != POOLED]
+    lines = []
+    for claim in dict.fromkeys(r["claim"] for r in rows):
+        mine = [r for r in rows if r["claim"] == claim]
+        ran = [r for r in mine if r["diffs"]]
+        alone = [r for r in ran if not str(r["rule"]).startswith("nnm+")]
+        nnm = [r for r in ran if str(r["rule"]).startswith("nnm+")]
+        if alone and nnm:
+            side = _seed_side(alone, "rules alone ") + ", " + _seed_side(nnm, "behind NNM ")
+        else:
+            side = _seed_side(ran, "") if ran else "none run"
+        seeds = sorted({r["interval"].k for r in ran})
+        k = "" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+        k = f" ({k} seed{'' if k == '1' else 's'} a rule)" if k else ""
+        text = f"- **{claim}**{k} — per-seed differences on the claim's side: {side}."
+        for group in _GROUPS:
+            members = [r for r in mine if _group(r["verdict"]) == group]
+            if not members:
+                continue
+            if group == "not run":
+                names = ", ".join(str(r["rule"]) for r in members)
+            else:
+                names = ", ".join(
+                    f"{r['rule']} {r['interval'].mean:+.1f}"
+                    + ("" if r["interval"].k < 2 else f" ± {r['interval'].half:.1f}") for r in members)
+            text += f" {group.capitalize()} ({len(members)}): {names}."
+        lines.append(text)
     return "\n".join(lines) + "\n"

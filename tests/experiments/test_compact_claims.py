@@ -276,3 +276,43 @@ def test_claims_report_and_plot_read_several_folders_together(results, tmp_path,
     assert (tmp_path / "figs" / "heatmap_β.png").exists()
     assert main(["plot", *both]) == 2  # several folders: no default output folder
     assert "give the output folder (--out)" in capsys.readouterr().err
+
+
+def test_the_claims_summary_counts_seeds_on_the_claims_side_and_lists_rules_by_verdict(capsys):
+    from resam_flower.experiments.claims import claims_summary_markdown
+
+    acc = {  # the data of test_claims_are_paired_per_seed_differences_with_their_verdicts
+        "cwtm": {0.0: {"alie": [60, 64], "foe": [80, 82], "none": [95, 96]},
+                 0.99: {"alie": [95, 95], "foe": [95.5, 95.5], "none": [96, 96.5]}},
+        "nnm+cwtm": {0.0: {"alie": [70, 75], "foe": [85, 83], "none": [95, 95]},
+                     0.99: {"alie": [95, 95], "foe": [94, 95], "none": [96, 96]}},
+    }
+    runs = [_run(rule, attack, beta, seed, a) for rule, by_beta in acc.items() for beta, by_attack in
+            by_beta.items() for attack, seeds in by_attack.items() for seed, a in enumerate(seeds)]
+    lines = claims_summary_markdown(runs).splitlines()
+    side = "per-seed differences on the claim's side"
+    # claim 1 at 0.99: cwtm (1, 1.5) -> 1.25 ± 12.706 * 0.354 = 3.2, below 5; nnm+cwtm (2, 1): 1.5 ± 6.4
+    assert lines[1] == (f"- **1. β=0.99: no attack − worst case < 5** (2 seeds a rule) — {side}: rules alone "
+                        "2 of 2 (+1.0 to +1.5), behind NNM 2 of 2 (+1.0 to +2.0). Agrees (1): "
+                        "cwtm +1.2 ± 3.2. Inconclusive (1): nnm+cwtm +1.5 ± 6.4.")
+    # claim 1 at 0: cwtm (35, 32): 33.5 ± 19.1, above 5; nnm+cwtm (25, 20): 22.5 ± 31.8 straddles it
+    assert lines[0] == (f"- **1. β=0: no attack − worst case < 5** (2 seeds a rule) — {side}: rules alone "
+                        "0 of 2 (+32.0 to +35.0), behind NNM 0 of 2 (+20.0 to +25.0). Disagrees (1): "
+                        "cwtm +33.5 ± 19.1. Inconclusive (1): nnm+cwtm +22.5 ± 31.8.")
+    # claim 4 (no NNM group: its rows are the rules alone): beta 0 (10, 11); beta 0.99 (-1, 0)
+    assert lines[-2:] == [
+        f"- **4. β=0: worst case nnm+rule − rule > 0** (2 seeds a rule) — {side}: 2 of 2 (+10.0 to +11.0)."
+        " Agrees (1): cwtm +10.5 ± 6.4.",
+        f"- **4. β=0.99: worst case nnm+rule − rule > 0** (2 seeds a rule) — {side}: 0 of 2 (-1.0 to +0.0)."
+        " Inconclusive (1): cwtm -0.5 ± 6.4."]
+    assert not any("pooled" in line for line in lines) and len(lines) == 2 + 1 + 1 + 2
+
+    # one seed: provisional (no interval); a rule without its no-attack cell: not run
+    runs = [_run("cwtm", a, b, 0, x) for a, b, x in [("alie", 0.0, 60), ("none", 0.0, 95), ("alie", 0.9, 93),
+                                                    ("none", 0.9, 96)]] + [_run("cwmed", "alie", 0.9, 0, 50)]
+    line = claims_summary_markdown(runs).splitlines()[1]
+    assert line == (f"- **1. β=0.9: no attack − worst case < 5** (1 seed a rule) — {side}: 1 of 1 "
+                    "(+3.0 to +3.0). Provisional (1): cwtm +3.0. Not run (1): cwmed.")
+    with pytest.raises(SystemExit):
+        main(["claims", "x", "--wide", "--summary"])  # one form at a time
+    assert "not allowed with argument" in capsys.readouterr().err
