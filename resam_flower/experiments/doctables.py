@@ -7,8 +7,9 @@ A document (REPRODUCTION.md) marks each generated table with the ``resam`` comma
     |---|...|
     <!-- /resam -->
 
-:func:`refresh` replaces each block's body with the table lines (lines that start with ``|``) of its
-command's output, given a ``render`` function (the CLI's: ``resam tables FILE``); ``resam tables FILE
+:func:`refresh` replaces each block's body with the table lines (lines that start with ``|``; list items,
+``- ``, for ``resam claims --summary``) of its command's output, given a ``render`` function (the CLI's:
+``resam tables FILE``); ``resam tables FILE
 --check`` fails, naming the stale blocks, when a committed table no longer matches the committed results.
 Text outside the blocks is never touched.
 
@@ -58,8 +59,9 @@ def blocks(text: str) -> list[Block]:
 
 
 def table_lines(output: str) -> str:
-    """The table of a command's output: its lines that start with ``|``, newline-terminated."""
-    lines = [line for line in output.splitlines() if line.startswith("|")]
+    """The Markdown a command printed: its table rows (lines that start with ``|``) and list items (lines
+    that start with ``- ``, e.g. ``resam claims --summary``), newline-terminated."""
+    lines = [line for line in output.splitlines() if line.startswith(("|", "- "))]
     if not lines:
         raise ValueError("the command printed no table")
     return "\n".join(lines) + "\n"

@@ -43,6 +43,15 @@ def test_refresh_rewrites_each_blocks_table_and_nothing_else():
     assert refresh(new, outputs.__getitem__) == (new, [])  # idempotent: nothing stale once rewritten
 
 
+def test_a_block_of_list_items_is_refreshed_like_a_table():
+    # `resam claims --summary` prints bullets: their lines are the block's body, prose around them is not
+    doc = "<!-- resam claims x --summary -->\n- old\n<!-- /resam -->\n- prose after\n"
+    new, stale = refresh(doc, lambda command: "- **1.** one\n  not an item\n- **2.** two\n")
+    assert new == ("<!-- resam claims x --summary -->\n- **1.** one\n- **2.** two\n<!-- /resam -->\n"
+                   "- prose after\n")
+    assert [b.line for b in stale] == [1]
+
+
 def test_a_block_without_its_closing_line_or_a_table_is_an_error():
     with pytest.raises(ValueError, match="line 5: block `resam claims one` has no <!-- /resam -->"):
         blocks(DOC.replace("<!-- /resam -->\n\nMore", "\nMore"))
