@@ -100,15 +100,22 @@ def _run(rule: str, attack: str, beta: float, seed: int, acc: float) -> Run:
     return Run(Path(f"{rule}-{attack}-{beta}-{seed}"), config, {"final_test_accuracy": acc / 100})
 
 
-def test_claims_are_paired_per_seed_differences_with_their_verdicts():
-    acc = {  # rule: {beta: {attack: [seed 0, seed 1]}}
-        "cwtm": {0.0: {"alie": [60, 64], "foe": [80, 82], "none": [95, 96]},
-                 0.99: {"alie": [95, 95], "foe": [95.5, 95.5], "none": [96, 96.5]}},
-        "nnm+cwtm": {0.0: {"alie": [70, 75], "foe": [85, 83], "none": [95, 95]},
-                     0.99: {"alie": [95, 95], "foe": [94, 95], "none": [96, 96]}},
-    }
-    runs = [_run(rule, attack, beta, seed, a) for rule, by_beta in acc.items() for beta, by_attack in
+#: rule: {beta: {attack: [accuracy of seed 0, of seed 1]}} (points)
+PAIRED = {
+    "cwtm": {0.0: {"alie": [60, 64], "foe": [80, 82], "none": [95, 96]},
+             0.99: {"alie": [95, 95], "foe": [95.5, 95.5], "none": [96, 96.5]}},
+    "nnm+cwtm": {0.0: {"alie": [70, 75], "foe": [85, 83], "none": [95, 95]},
+                 0.99: {"alie": [95, 95], "foe": [94, 95], "none": [96, 96]}},
+}
+
+
+def _paired_runs() -> list[Run]:
+    return [_run(rule, attack, beta, seed, a) for rule, by_beta in PAIRED.items() for beta, by_attack in
             by_beta.items() for attack, seeds in by_attack.items() for seed, a in enumerate(seeds)]
+
+
+def test_claims_are_paired_per_seed_differences_with_their_verdicts():
+    runs = _paired_runs()
     rows = {(r["claim"], r["rule"]): r for r in claims_rows(runs, near=5, fail=10)}
 
     def ci(diffs: list[float]) -> str:
@@ -281,15 +288,7 @@ def test_claims_report_and_plot_read_several_folders_together(results, tmp_path,
 def test_the_claims_summary_counts_seeds_on_the_claims_side_and_lists_rules_by_verdict(capsys):
     from resam_flower.experiments.claims import claims_summary_markdown
 
-    acc = {  # the data of test_claims_are_paired_per_seed_differences_with_their_verdicts
-        "cwtm": {0.0: {"alie": [60, 64], "foe": [80, 82], "none": [95, 96]},
-                 0.99: {"alie": [95, 95], "foe": [95.5, 95.5], "none": [96, 96.5]}},
-        "nnm+cwtm": {0.0: {"alie": [70, 75], "foe": [85, 83], "none": [95, 95]},
-                     0.99: {"alie": [95, 95], "foe": [94, 95], "none": [96, 96]}},
-    }
-    runs = [_run(rule, attack, beta, seed, a) for rule, by_beta in acc.items() for beta, by_attack in
-            by_beta.items() for attack, seeds in by_attack.items() for seed, a in enumerate(seeds)]
-    lines = claims_summary_markdown(runs).splitlines()
+    lines = claims_summary_markdown(_paired_runs()).splitlines()  # PAIRED: the differences worked out below
     side = "per-seed differences on the claim's side"
     # claim 1 at 0.99: cwtm (1, 1.5) -> 1.25 ± 12.706 * 0.354 = 3.2, below 5; nnm+cwtm (2, 1): 1.5 ± 6.4
     assert lines[1] == (f"- **1. β=0.99: no attack − worst case < 5** (2 seeds a rule) — {side}: rules alone "
