@@ -95,7 +95,12 @@ class Interval:
     def __str__(self) -> str:
         if self.k < 2:
             return f"{self.mean:+.1f} (1 seed)"
-        return f"{self.mean:+.1f} ± {self.half:.1f} (k={self.k})"
+        return f"{self.short} (k={self.k})"
+
+    @property
+    def short(self) -> str:
+        """``+1.2 ± 3.4`` (``+1.2`` with one seed): the value without its seed count."""
+        return f"{self.mean:+.1f}" if self.k < 2 else f"{self.mean:+.1f} ± {self.half:.1f}"
 
     def verdict(self, bound: float, above: bool) -> str:
         """``agrees`` / ``disagrees`` / ``inconclusive`` / ``1 seed: ...`` for the claim ``D > bound``
@@ -314,8 +319,7 @@ def claims_wide_markdown(runs: list[Run], near: float = 5.0, fail: float = 10.0)
         ci = row["interval"]
         if ci is None:
             return "—"
-        value = f"{ci.mean:+.1f}" if ci.k < 2 else f"{ci.mean:+.1f} ± {ci.half:.1f}"
-        return f"{value} {_mark(row['verdict'])}".rstrip()
+        return f"{ci.short} {_mark(row['verdict'])}".rstrip()
 
     cell = {(r["claim"], r["rule"]): text(r) for r in rows}
     lines = ["| rule | " + " | ".join(claims) + " |", "|---|" + "---|" * len(claims)]
@@ -356,10 +360,12 @@ def claims_summary_markdown(runs: list[Run], near: float = 5.0, fail: float = 10
             side = _seed_side(alone, "rules alone ") + ", " + _seed_side(nnm, "behind NNM ")
         else:
             side = _seed_side(ran, "") if ran else "none run"
-        seeds = sorted({r["interval"].k for r in ran})
-        k = "" if not seeds else f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-        k = f" ({k} seed{'' if k == '1' else 's'} a rule)" if k else ""
-        text = f"- **{claim}**{k} — per-seed differences on the claim's side: {side}."
+        counts = sorted({r["interval"].k for r in ran})
+        seeds = ""
+        if counts:
+            span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+            seeds = f" ({span} seed{'' if span == '1' else 's'} a rule)"
+        text = f"- **{claim}**{seeds} — per-seed differences on the claim's side: {side}."
         for group in _GROUPS:
             members = [r for r in mine if _group(r["verdict"]) == group]
             if not members:
@@ -367,9 +373,7 @@ def claims_summary_markdown(runs: list[Run], near: float = 5.0, fail: float = 10
             if group == "not run":
                 names = ", ".join(str(r["rule"]) for r in members)
             else:
-                names = ", ".join(
-                    f"{r['rule']} {r['interval'].mean:+.1f}"
-                    + ("" if r["interval"].k < 2 else f" ± {r['interval'].half:.1f}") for r in members)
+                names = ", ".join(f"{r['rule']} {r['interval'].short}" for r in members)
             text += f" {group.capitalize()} ({len(members)}): {names}."
         lines.append(text)
     return "\n".join(lines) + "\n"
