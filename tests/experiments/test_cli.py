@@ -20,13 +20,13 @@ def test_every_shipped_experiment_file_expands(capsys, tmp_path):
         counts[path.stem] = int(capsys.readouterr().out.strip().splitlines()[-1].split()[0])
     assert counts["tiny"] == 4 and counts["demo"] == 10 and counts["paper_mnist"] == 432
     # the reproduction: 12 rules x 6 attacks x 3 betas x 3 seeds + the 9 reference cells; its tuning; FMNIST
-    # (12 rules x ALIE, FOE, none, + sf and mimic for the 6 NNM rules, + mimic for Krum, x 3 betas x 2 seeds,
-    # + 6 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum); the
+    # (12 rules x ALIE, FOE, none, + sf and mimic for the 6 NNM rules, + mimic for Krum, x 3 betas x 3 seeds,
+    # + 9 references) and Dirichlet (the same per alpha, ALIE and none for all, FOE and mimic for Krum); the
     # tuning has 29 constant/inverse cells, 8 bias-corrected ones and 4 for Krum
     assert counts["lab_mnist"] == 12 * 6 * 3 * 3 + 9 and counts["lab_mnist_lr"] == 29 + 8 + 4
     assert counts["lab_mnist_debiased"] == 12 * 6 * 3 + 3  # beta 0.99 bias-corrected: grid and references
-    assert counts["lab_fmnist"] == (12 * 3 + 6 * 2 + 1) * 3 * 2 + 6
-    assert counts["lab_mnist_dirichlet"] == ((12 * 2 + 6 * 2 + 2) * 3 * 2 + 6) * 2
+    assert counts["lab_fmnist"] == (12 * 3 + 6 * 2 + 1) * 3 * 3 + 9
+    assert counts["lab_mnist_dirichlet"] == ((12 * 2 + 6 * 2 + 2) * 3 * 3 + 9) * 2
 
 
 #: Krum's own rate per momentum arm (beta, lr schedule), from its no-attack tuning (lab_mnist_lr.toml).
