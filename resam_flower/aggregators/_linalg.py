@@ -259,6 +259,7 @@ def _error_estimate(g: torch.Tensor, d2: torch.Tensor, u: float) -> float:
     n = d2.shape[0]
     if n < 2:
         return 0.0
+    g, d2 = g.detach(), d2.detach()  # a bound on rounding, not part of the result: no gradient through it
     if not bool(torch.isfinite(d2).all()):
         return math.inf
     diag = g.diagonal()

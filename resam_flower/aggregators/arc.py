@@ -54,5 +54,5 @@ class AdaptiveRobustClipping(NormClipping):
         k = arc_count(norms.shape[0], f)
         threshold = torch.topk(norms, k + 1).values[k] if k else norms.max()  # k = 0: nothing is clipped
         self.last_info["k"] = k
-        self.last_info["threshold"] = float(threshold)
+        self.last_info["threshold"] = float(threshold.detach())
         return threshold

@@ -144,7 +144,8 @@ class CenteredClipping(Aggregator):
             self._nonempty(x)
             out = self._iterate_direct(x, v0, sq[ok] if k else sq)
         self.last_info["nonfinite_rows"] = k
-        self.last_info["step_norm"] = float(torch.linalg.vector_norm(out if v0 is None else out - v0))
+        step = (out if v0 is None else out - v0).detach()
+        self.last_info["step_norm"] = float(torch.linalg.vector_norm(step))
         self.v = out.detach().clone()
         return out
 

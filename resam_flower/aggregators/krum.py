@@ -84,7 +84,7 @@ class Krum(_KrumBase):
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         p, scores = self._scores(x, f)
         i = int(scores.argmin())
-        self.last_info.update(selected=int(p.kept[i]), score=float(scores[i]))
+        self.last_info.update(selected=int(p.kept[i]), score=float(scores[i].detach()))
         return p.row(i).clone()
 
 

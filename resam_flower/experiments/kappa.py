@@ -122,8 +122,9 @@ def _adam(rule, h, b, radius, steps, lr, betas=(0.9, 0.999), eps=1e-8):
         evals += 1
         if not torch.isfinite(r):
             break
-        if float(r) > best:
-            best, best_hb = float(r), (params[0].detach().clone(), params[1].detach().clone())
+        value = float(r.detach())
+        if value > best:
+            best, best_hb = value, (params[0].detach().clone(), params[1].detach().clone())
         if not r.requires_grad:
             break
         grads = torch.autograd.grad(r, params, allow_unused=True)
