@@ -76,7 +76,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep.engine = sweep.engine or "inprocess"  # the CLI's default engine (run_sweep's is Ray)
     cells = sweep.cells(args.results)
     if args.dry_run:
-        from .experiments.runner import is_finished
+        from .experiments.runner import is_finished, select_cells
+
+        cells = select_cells(sweep, cells, only=args.only, where=_where(args.where))
 
         for cell in cells:
             state = "finished" if is_finished(cell) else "to run"
@@ -96,6 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             worker_niceness=None if args.worker_niceness < 0 else args.worker_niceness,
             backend=_backend(args),
             only=args.only,
+            where=_where(args.where),
             verbose=args.verbose,
             engine=forced,
             jobs=jobs,
@@ -312,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="experiment file, e.g. simulations/paper_mnist.toml")
     p.add_argument("--results", help="results root (default: the file's [sweep] results, else 'results')")
     p.add_argument("--only", nargs="+", help="run only cells whose name contains one of these strings")
+    p.add_argument("--where", nargs="+", metavar="KEY=VALUE",
+                   help="run only cells with these run-config values, e.g. seed=0 alpha=1")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
     p.add_argument("--no-resume", action="store_true", help="rerun finished cells too")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -49,6 +49,7 @@ __all__ = [
     "CellExecutor",
     "LocalProcesses",
     "run_sweep",
+    "select_cells",
     "is_finished",
     "write_manifest",
     "resolve_engine",
@@ -131,6 +132,41 @@ def _timing(t_call: float, t_end: float, marks: list[float], summary: dict[str, 
     return out
 
 
+def select_cells(
+    sweep: Sweep,
+    cells: list[Cell],
+    *,
+    only: list[str] | None = None,
+    where: dict[str, str] | None = None,
+) -> list[Cell]:
+    """The cells of ``cells`` (``sweep``'s) whose name contains one of ``only``'s strings and whose config has
+    ``where``'s values (``{"seed": "0"}``; ``alpha=1`` selects 1.0, as :func:`.results.select` reads it).
+
+    A typo must not run nothing and exit 0: a ``where`` key that is no cell's config key, or a selection that
+    leaves no cell, raises ``ValueError`` naming it.
+    """
+    from .results import _reads_as
+
+    for key in where or {}:
+        if not any(key in c.config for c in cells):
+            varying = sorted({k for c in cells for k in c.varying})
+            raise ValueError(
+                f"--where {key}=...: {key!r} is not a run-config key of sweep {sweep.name!r} "
+                f"(the keys its cells vary: {', '.join(varying) or 'none'})"
+            )
+    chosen = [
+        c for c in cells
+        if (not only or any(s in c.name for s in only))
+        and all(_reads_as(c.config.get(k), v) for k, v in (where or {}).items())
+    ]
+    if (only or where) and not chosen:
+        asked = " ".join(
+            [*(f"--only {s}" for s in only or []), *(f"--where {k}={v}" for k, v in (where or {}).items())]
+        )
+        raise ValueError(f"no cell of sweep {sweep.name!r} ({len(cells)} cells) matches {asked}")
+    return chosen
+
+
 def run_sweep(
     sweep: Sweep,
     results_root: str | Path | None = None,
@@ -142,6 +178,7 @@ def run_sweep(
     worker_niceness: int | None = 0,
     backend: dict[str, Any] | None = None,
     only: list[str] | None = None,
+    where: dict[str, str] | None = None,
     verbose: bool = False,
     engine: str | None = None,
     jobs: int = 1,
@@ -169,6 +206,11 @@ def run_sweep(
         Ray backend config for :func:`resam_flower.simulation.simulate` (default: its own).
     only
         Run only the cells whose name contains one of these substrings.
+    where
+        Run only the cells whose run config has these values (``{"seed": "0", "alpha": "1"}``; a value
+        matches as :func:`.results.select` reads it). With ``only`` or ``where``, a selection that matches
+        no cell, or a ``where`` key that is no cell's config key, raises ``ValueError``
+        (see :func:`select_cells`).
     engine
         ``"ray"`` or ``"inprocess"`` for every cell (see the module docstring); default: each cell's own
         ``engine``, else the sweep's, else Ray.
@@ -208,8 +250,7 @@ def run_sweep(
             "the Ray engine runs one cell at a time (Flower's Ray backend spreads each cell over the "
             "machine); use jobs = 1, or the in-process engine for several cells at once"
         )
-    if only:
-        cells = [c for c in cells if any(s in c.name for s in only)]
+    cells = select_cells(sweep, cells, only=only, where=where)
     directory = sweep.directory(results_root)
     directory.mkdir(parents=True, exist_ok=True)
     write_manifest(sweep, sweep.cells(results_root), directory)

@@ -106,6 +106,20 @@ def test_kappa_command(capsys):
     assert len([line for line in out.splitlines() if line.startswith("| ")]) == 1 + 3  # header + 3 rules
 
 
+def test_dry_run_lists_only_the_selected_cells(capsys, tmp_path):
+    path = ROOT / "simulations" / "lab_mnist_dirichlet.toml"
+    dry = ["sweep", str(path), "--dry-run", "--results", str(tmp_path)]
+    assert main([*dry, "--where", "seed=2", "alpha=5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("117 cells")  # one seed of one alpha: 702 / 3 / 2
+    assert all("a5__" in line and "__s2__" in line for line in lines[:-1]) and len(lines) == 118
+    assert main([*dry, "--only", "__s0", "a1__"]) == 0
+    # either string: seed 0 or alpha = 1, 234 + 351 - 117 cells
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("468 cells")
+    assert main(["sweep", str(path), "--dry-run", "--where", "sed=0"]) == 2
+    assert "'sed' is not a run-config key of sweep 'lab_mnist_dirichlet'" in capsys.readouterr().err
+
+
 def test_errors_exit_with_code_2(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[base]\nnum-clients = 4\nnum-byzantine = 2\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -53,6 +54,38 @@ def test_resume_skips_finished_cells(tmp_path, fake_simulate):
     third = run(s, tmp_path)
     assert len(fake_simulate) == 4 and {r.status for r in third} == {"cached"}
     assert run(s, tmp_path, resume=False) and len(fake_simulate) == 8
+
+
+def test_where_runs_the_cells_with_those_config_values(tmp_path, fake_simulate):
+    s = sweep(aggregator=["cwtm", "mda"], momentum=[0.0, 0.9], seed=[0, 1])
+    expected = {c.name for c in s.cells(tmp_path) if c.config["momentum"] == 0.9 and c.config["seed"] == 1}
+    assert len(expected) == 2
+    results = run(s, tmp_path, where={"momentum": "0.9", "seed": "1"})
+    assert {r.cell.name for r in results} == expected and [r.status for r in results] == ["done"] * 2
+    assert sorted((c["aggregator"], c["momentum"], c["seed"]) for c in fake_simulate) == [
+        ("cwtm", 0.9, 1), ("mda", 0.9, 1)
+    ]
+    # with --only too: both must hold
+    assert [r.cell.config["aggregator"] for r in run(s, tmp_path, only=["mda"], where={"seed": "0"})] == [
+        "mda", "mda"
+    ]
+    assert len(fake_simulate) == 4
+
+
+@pytest.mark.parametrize(
+    "selection, message",
+    [
+        ({"where": {"momentun": "0.9"}}, "'momentun' is not a run-config key of sweep 't'"),
+        ({"where": {"momentum": "0.5"}}, "no cell of sweep 't' (4 cells) matches --where momentum=0.5"),
+        ({"only": ["cwmt"]}, "no cell of sweep 't' (4 cells) matches --only cwmt"),
+    ],
+)
+def test_a_selection_that_matches_nothing_fails_instead_of_running_nothing(
+    tmp_path, fake_simulate, selection, message
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(sweep(), tmp_path, **selection)
+    assert fake_simulate == []
 
 
 def test_changed_config_or_partial_cell_is_rerun(tmp_path, fake_simulate):
