@@ -86,7 +86,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells -> {sweep.directory(args.results)}")
         return 0
     t0 = time.perf_counter()
-    stop = exit_on_interrupt(f"interrupted: finished cells are kept; `resam sweep {args.file}` resumes")
+    selection = "".join([f" --only {' '.join(args.only)}" if args.only else "",
+                         f" --where {' '.join(args.where)}" if args.where else ""])
+    stop = exit_on_interrupt(
+        f"interrupted: finished cells are kept; `resam sweep {args.file}{selection}` resumes"
+    )
     with stop:
         results = run_sweep(
             sweep,
@@ -246,6 +250,8 @@ def _where(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--where {item!r}: expected KEY=VALUE, e.g. attack=alie")
+        if key in out and out[key] != value:
+            raise SystemExit(f"--where {key}: given twice ({out[key]!r} and {value!r}); one value a key")
         out[key] = value
     return out
 
@@ -315,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="experiment file, e.g. simulations/paper_mnist.toml")
     p.add_argument("--results", help="results root (default: the file's [sweep] results, else 'results')")
     p.add_argument("--only", nargs="+", help="run only cells whose name contains one of these strings")
-    p.add_argument("--where", nargs="+", metavar="KEY=VALUE",
+    p.add_argument("--where", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="run only cells with these run-config values, e.g. seed=0 alpha=1")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
     p.add_argument("--no-resume", action="store_true", help="rerun finished cells too")
@@ -368,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results", help="results root when TARGET is a TOML file")
         if name == "plot":
             p.add_argument("--out", help="output folder (default: <results folder>/plots)")
-        p.add_argument("--where", nargs="*", metavar="KEY=VALUE",
+        p.add_argument("--where", nargs="*", action="extend", metavar="KEY=VALUE",
                        help="only cells with these values, e.g. attack=alie"
                        + ("" if name == "plot" else " (printed only: report.md is not written)"))
         p.set_defaults(func=func)
@@ -399,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results root when TARGET is a TOML file")
     p.add_argument("--near", type=float, default=5.0, help="claim 1's bound, in points (default 5)")
     p.add_argument("--fail", type=float, default=10.0, help="claim 2's bound, in points (default 10)")
-    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="only cells with these values")
+    p.add_argument("--where", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="only cells with these values")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--wide", action="store_true", help="one row per rule, one column per claim")
     form.add_argument("--summary", action="store_true",

@@ -139,25 +139,30 @@ def select_cells(
     only: list[str] | None = None,
     where: dict[str, str] | None = None,
 ) -> list[Cell]:
-    """The cells of ``cells`` (``sweep``'s) whose name contains one of ``only``'s strings and whose config has
-    ``where``'s values (``{"seed": "0"}``; ``alpha=1`` selects 1.0, as :func:`.results.select` reads it).
+    """The cells of ``cells`` (``sweep``'s) whose name contains one of ``only``'s strings and whose full run
+    config (defaults included, as the cell's ``summary.json`` records it) has ``where``'s values
+    (``{"seed": "0"}``; ``alpha=1`` selects 1.0, as :func:`.results.select` reads it).
 
-    A typo must not run nothing and exit 0: a ``where`` key that is no cell's config key, or a selection that
+    A typo must not run nothing and exit 0: a ``where`` key that is not a run-config key, or a selection that
     leaves no cell, raises ``ValueError`` naming it.
     """
+    from ..app.config import ExperimentConfig
     from .results import _reads_as
 
-    for key in where or {}:
-        if not any(key in c.config for c in cells):
-            varying = sorted({k for c in cells for k in c.varying})
-            raise ValueError(
-                f"--where {key}=...: {key!r} is not a run-config key of sweep {sweep.name!r} "
-                f"(the keys its cells vary: {', '.join(varying) or 'none'})"
-            )
+    if where:
+        full = {c.name: {**ExperimentConfig.from_run_config(c.config, validate=False).to_dict(), **c.config}
+                for c in cells}
+        for key in where:
+            if not any(key in config for config in full.values()):
+                varying = sorted({k for c in cells for k in c.varying})
+                raise ValueError(
+                    f"--where {key}=...: {key!r} is not a run-config key of sweep {sweep.name!r} "
+                    f"(the keys its cells vary: {', '.join(varying) or 'none'})"
+                )
     chosen = [
         c for c in cells
         if (not only or any(s in c.name for s in only))
-        and all(_reads_as(c.config.get(k), v) for k, v in (where or {}).items())
+        and all(_reads_as(full[c.name].get(k), v) for k, v in (where or {}).items())
     ]
     if (only or where) and not chosen:
         asked = " ".join(

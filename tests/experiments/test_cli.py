@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from resam_flower.cli import build_parser, main
 from resam_flower.experiments import Sweep, run_sweep
-from tests.experiments.conftest import BASE
+from tests.experiments.conftest import BASE, write_sweep_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,6 +119,28 @@ def test_dry_run_lists_only_the_selected_cells(capsys, tmp_path):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("468 cells")
     assert main(["sweep", str(path), "--dry-run", "--where", "sed=0"]) == 2
     assert "'sed' is not a run-config key of sweep 'lab_mnist_dirichlet'" in capsys.readouterr().err
+
+
+def test_sweep_runs_only_the_cells_where_selects(tmp_path, fake_simulate):
+    path = tmp_path / "w.toml"
+    write_sweep_file(path, "w", BASE, 'aggregator = ["cwtm", "mda"]\nmomentum = [0.0, 0.9]\n', engine="ray")
+    argv = ["sweep", str(path), "--results", str(tmp_path), "--jobs", "1", "--no-progress", "--no-report"]
+    assert main([*argv, "--where", "momentum=0.9", "--where", "aggregator=mda"]) == 0  # repeated: both hold
+    assert [(c["aggregator"], c["momentum"]) for c in fake_simulate] == [("mda", 0.9)]
+    with pytest.raises(SystemExit, match="--where seed: given twice"):
+        main([*argv, "--where", "seed=0", "--where", "seed=1"])
+    assert len(fake_simulate) == 1
+
+
+def test_the_lab_files_run_every_cell_on_seeds_0_1_and_2():
+    from resam_flower.experiments import load_sweep
+
+    for name in ("lab_mnist", "lab_mnist_debiased", "lab_fmnist", "lab_mnist_dirichlet"):
+        seeds: dict[str, set[int]] = {}
+        for cell in load_sweep(ROOT / "simulations" / f"{name}.toml").cells(ROOT / "unused"):
+            rest = json.dumps({k: v for k, v in cell.config.items() if k not in ("seed", "run-name")})
+            seeds.setdefault(rest, set()).add(cell.config["seed"])
+        assert set(map(frozenset, seeds.values())) == {frozenset({0, 1, 2})}, name
 
 
 def test_errors_exit_with_code_2(tmp_path, capsys):

@@ -72,6 +72,14 @@ def test_where_runs_the_cells_with_those_config_values(tmp_path, fake_simulate):
     assert len(fake_simulate) == 4
 
 
+def test_where_reads_a_key_the_file_leaves_at_its_default(tmp_path, fake_simulate):
+    # BASE sets no partitioner: every cell runs the default ("iid"), as its summary.json records
+    assert "partitioner" not in BASE
+    assert len(run(sweep(), tmp_path, where={"partitioner": "iid"})) == 4
+    with pytest.raises(ValueError, match="matches --where partitioner=dirichlet"):
+        run(sweep(), tmp_path, where={"partitioner": "dirichlet"})
+
+
 @pytest.mark.parametrize(
     "selection, message",
     [
