@@ -131,10 +131,15 @@ def _reads_as(value: Any, text: str) -> bool:
         return False
 
 
+def config_matches(config: dict[str, Any], where: dict[str, str] | None) -> bool:
+    """Whether ``config``'s values read as ``where``'s texts (``{"attack": "alie"}``; ``{"alpha": "1"}``
+    matches ``alpha = 1.0``); true with none. What ``--where`` means in every command."""
+    return all(_reads_as(config.get(k), v) for k, v in (where or {}).items())
+
+
 def select(runs: list[Run], where: dict[str, str] | None) -> list[Run]:
-    """The runs whose config values read as ``where``'s texts (``{"attack": "alie"}``, ``{"alpha": "1"}``
-    selects ``alpha = 1.0``); all with none."""
-    return [r for r in runs if all(_reads_as(r.config.get(k), v) for k, v in (where or {}).items())]
+    """The runs whose config matches ``where`` (:func:`config_matches`); all with none."""
+    return [r for r in runs if config_matches(r.config, where)]
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

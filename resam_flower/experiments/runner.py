@@ -141,13 +141,13 @@ def select_cells(
 ) -> list[Cell]:
     """The cells of ``cells`` (``sweep``'s) whose name contains one of ``only``'s strings and whose full run
     config (defaults included, as the cell's ``summary.json`` records it) has ``where``'s values
-    (``{"seed": "0"}``; ``alpha=1`` selects 1.0, as :func:`.results.select` reads it).
+    (``{"seed": "0"}``; ``alpha=1`` selects 1.0: :func:`.results.config_matches`).
 
     A typo must not run nothing and exit 0: a ``where`` key that is not a run-config key, or a selection that
     leaves no cell, raises ``ValueError`` naming it.
     """
     from ..app.config import ExperimentConfig
-    from .results import _reads_as
+    from .results import config_matches
 
     if where:
         full = {c.name: {**ExperimentConfig.from_run_config(c.config, validate=False).to_dict(), **c.config}
@@ -162,7 +162,7 @@ def select_cells(
     chosen = [
         c for c in cells
         if (not only or any(s in c.name for s in only))
-        and all(_reads_as(full[c.name].get(k), v) for k, v in (where or {}).items())
+        and (not where or config_matches(full[c.name], where))
     ]
     if (only or where) and not chosen:
         asked = " ".join(
@@ -212,10 +212,9 @@ def run_sweep(
     only
         Run only the cells whose name contains one of these substrings.
     where
-        Run only the cells whose run config has these values (``{"seed": "0", "alpha": "1"}``; a value
-        matches as :func:`.results.select` reads it). With ``only`` or ``where``, a selection that matches
-        no cell, or a ``where`` key that is no cell's config key, raises ``ValueError``
-        (see :func:`select_cells`).
+        Run only the cells whose run config has these values (``{"seed": "0", "alpha": "1"}``, read by
+        :func:`.results.config_matches`). With ``only`` or ``where``, a selection that matches no cell, or a
+        ``where`` key that is no cell's config key, raises ``ValueError`` (see :func:`select_cells`).
     engine
         ``"ray"`` or ``"inprocess"`` for every cell (see the module docstring); default: each cell's own
         ``engine``, else the sweep's, else Ray.
