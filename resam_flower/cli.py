@@ -203,6 +203,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
     from .experiments.doctables import refresh
 
     path = Path(args.file)
+    if not path.is_file():
+        raise ValueError(f"no Markdown document {path}" + (" (it is a folder)" if path.is_dir() else ""))
     text = path.read_text()
     with contextlib.chdir(path.parent.resolve()):  # the blocks' paths are relative to the document
         new, stale = refresh(text, render_table)

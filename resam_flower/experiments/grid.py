@@ -222,6 +222,11 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
 def load_sweep(path: str | Path) -> Sweep:
     """Parse an experiment file (see the module docstring); unknown sections are an error."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an experiment file: give the sweep's .toml file, "
+                         "e.g. simulations/lab_mnist.toml")
+    if not path.is_file():
+        raise ValueError(f"no experiment file {path}")
     data = tomllib.loads(path.read_text())
     known = {"sweep", "base", "grid", "include", "exclude"}
     unknown = set(data) - known

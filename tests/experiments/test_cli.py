@@ -150,6 +150,15 @@ def test_errors_exit_with_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("resam sweep: error: sweep 'bad', cell default:") and "num-byzantine=2" in err
     assert main(["report", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    # a folder or a missing path where a file belongs: a message naming it, not a traceback
+    for command in ("sweep", "progress", "tables"):
+        assert main([command, str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"resam {command}: error:") and str(tmp_path) in err and "folder" in err
+        assert main([command, str(tmp_path / "missing.toml")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"resam {command}: error: no ") and "missing.toml" in err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["nope"])
 
