@@ -15,7 +15,15 @@ from .._params import parse_kwargs
 from ..aggregators import build as build_rule
 from ..aggregators.base import check_float, check_int
 
-__all__ = ["ExperimentConfig", "parse_params", "MESSAGE_PREFIX", "WEIGHT_DECAY_AT", "DATA_SPLITS"]
+__all__ = [
+    "ExperimentConfig",
+    "parse_params",
+    "check_run_config_key",
+    "MESSAGE_PREFIX",
+    "WEIGHT_DECAY_AT",
+    "DATA_SPLITS",
+    "EXTRA_KEYS",
+]
 
 #: Prefix of the experiment's keys inside train/evaluate ConfigRecords.
 MESSAGE_PREFIX = "exp-"
@@ -25,12 +33,32 @@ WEIGHT_DECAY_AT = ("server", "worker")
 #: Who holds the training data: every node (Byzantine ones included), or the honest nodes only (ByzFL and the
 #: authors' lab: ``n - f`` partitions; the simulated server assigns them, see ``app.task.data_assignment``).
 DATA_SPLITS = ("all", "honest")
+#: Run-config keys the app reads besides the fields of :class:`ExperimentConfig` (kept in its ``extra``): the
+#: partitioners' parameters; ``data-<option>`` keys (any option) go to the data set's loader.
+EXTRA_KEYS = ("classes-per-partition", "gamma")
 
 
 def parse_params(text: str) -> dict[str, Any]:
     """``"z=1.5, target='max-variance'"`` -> ``{"z": 1.5, "target": "max-variance"}`` (empty string -> {})."""
     shown = (text or "").strip()
     return parse_kwargs(text, error=f"cannot parse parameters {shown!r}: use key=value, key2=value2")
+
+
+def check_run_config_key(key: str, where: str) -> None:
+    """Raise :class:`ValueError` if ``key`` is no run-config key the app reads (a typo would be ignored).
+
+    Known: the fields of :class:`ExperimentConfig` (kebab-case), :data:`EXTRA_KEYS` and ``data-<option>``.
+    The message names ``where`` the key was found and the closest known keys.
+    """
+    import difflib
+
+    known = [f.name.replace("_", "-") for f in dataclasses.fields(ExperimentConfig) if f.name != "extra"]
+    known += list(EXTRA_KEYS)
+    if key in known or (key.startswith("data-") and len(key) > len("data-")):
+        return
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"known keys: {', '.join(known)}"
+    raise ValueError(f"{where}: {key!r} is no run-config key; {hint}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 File format (keys of ``[base]``, ``[grid]`` and ``[[include]]`` are the run-config keys of
 :class:`~resam_flower.app.config.ExperimentConfig`, kebab-case)::
 
-    # top-level (before any [table], as TOML requires): drop cells matching every key of one entry
+    # top-level (before any [table], as TOML requires): drop cells whose full config (the app's defaults
+    # included) matches every key of one entry; an entry that drops no cell is an error
     exclude = [{aggregator = "mean", momentum = 0.0}]
 
     [sweep]
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..app.config import ExperimentConfig
+from ..app.config import ExperimentConfig, check_run_config_key
 
 __all__ = ["Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_config", "ENGINES"]
 
@@ -118,18 +119,43 @@ def _as_list(key: str, value: Any) -> list[Any]:
     return values
 
 
-def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
-    """Cartesian product; a list of tables contributes its tables' keys together (zipped group)."""
+def _check_key(key: str, where: str) -> None:
+    """A key a cell may set: a run-config key or :data:`CELL_ENGINE` (a typo would silently be ignored)."""
+    if key != CELL_ENGINE:
+        check_run_config_key(key, where)
+
+
+def _product(grid: dict[str, Any], where: str = "[grid]") -> list[dict[str, Any]]:
+    """Cartesian product; a list of tables contributes its tables' keys together (zipped group).
+
+    Every key must be one a cell may set, and each key is set by one axis only: a group that sets a key
+    another axis varies would silently override it (``where`` names the table in messages).
+    """
     axes: list[list[dict[str, Any]]] = []
+    owner: dict[str, str] = {}
     for key, value in grid.items():
         options = []
         for v in _as_list(key, value):
             if isinstance(v, dict):
+                if key in ("include", "exclude"):
+                    raise ValueError(
+                        f"{where}: {key!r} is a list of tables inside {where}, so it would be read as a "
+                        f"group of grid values; in TOML every key after a [table] header belongs to that "
+                        f"table: put `{key} = [...]` at the top of the file, before [sweep]"
+                    )
                 if any(isinstance(x, (list, dict)) for x in v.values()):
                     raise ValueError(f"grid group {key!r}: values inside a group table must be scalars")
+                for k in v:
+                    _check_key(k, f"{where} group {key!r}")
                 options.append(dict(v))
             else:
+                _check_key(key, where)
                 options.append({key: v})
+        for k in dict.fromkeys(k for option in options for k in option):
+            if k in owner and owner[k] != key:
+                raise ValueError(f"{where}: {k!r} is set by both {owner[k]!r} and {key!r}; "
+                                 f"one of them would silently override the other")
+            owner[k] = key
         axes.append(options)
     out = []
     for combo in itertools.product(*axes):
@@ -177,20 +203,52 @@ def _matches(cell: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(k in cell and cell[k] == v for k, v in pattern.items())
 
 
+def _full(sweep: Sweep, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the app's defaults filled in (what the cell runs), its ``engine`` key kept."""
+    try:
+        defaults = ExperimentConfig.from_run_config(
+            {k: v for k, v in config.items() if k != CELL_ENGINE}, validate=False
+        ).to_dict()
+    except ValueError as exc:
+        raise ValueError(f"sweep {sweep.name!r}: {exc}") from exc
+    return {**defaults, **config}
+
+
 def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
     """Expand ``sweep`` into its cells (grid product, plus includes, minus excludes), validated at once.
 
     Raises :class:`ValueError` naming the cell if a combination is not a valid run config (e.g. a rule that
-    needs ``n > 2f``), so a sweep fails before its first simulation, not in the middle.
+    needs ``n > 2f``), so a sweep fails before its first simulation, not in the middle. A mistake that would
+    otherwise run another grid than the one written is an error too: a key that is no run-config key, a key
+    set by two axes, an ``exclude`` entry that matches no cell (entries match a cell's full config, defaults
+    included). Cells that run the same experiment (an include restating a grid cell, or a value equal to the
+    default) are one cell, the first one written.
     """
+    for key in sweep.base:
+        _check_key(key, "[base]")
     partial = _product(sweep.grid) if sweep.grid else [{}]
-    for extra in sweep.include:
-        partial.extend(_product(extra))
-    partial = [p for p in partial if not any(_matches({**sweep.base, **p}, ex) for ex in sweep.exclude)]
-    unique: list[dict[str, Any]] = []
+    for i, extra in enumerate(sweep.include, 1):
+        partial.extend(_product(extra, f"[[include]] #{i}"))
+    for i, entry in enumerate(sweep.exclude, 1):
+        for key in entry:
+            _check_key(key, f"exclude entry #{i}")
+    kept: list[dict[str, Any]] = []
+    matched: set[int] = set()
+    seen_configs: set[str] = set()
     for p in partial:
-        if p not in unique:
-            unique.append(p)
+        full = _full(sweep, {**sweep.base, **p})
+        hits = {i for i, ex in enumerate(sweep.exclude) if _matches(full, ex)}
+        matched |= hits
+        identity = json.dumps({k: v for k, v in full.items() if k != CELL_ENGINE}, sort_keys=True,
+                              default=str)
+        if hits or identity in seen_configs:
+            continue
+        seen_configs.add(identity)
+        kept.append(p)
+    for i, ex in enumerate(sweep.exclude):
+        if i not in matched:
+            raise ValueError(f"sweep {sweep.name!r}: exclude entry #{i + 1} {ex} matches no cell")
+    unique = kept
     if not unique:
         raise ValueError(f"sweep {sweep.name!r} has no cells (everything excluded?)")
     keys = sorted({k for p in unique for k in p} - {CELL_ENGINE}, key=_key_order)
@@ -233,6 +291,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected {sorted(known)}")
     meta = data.get("sweep", {})
+    sweep_keys = ("name", "results", "description", "engine")
+    for key in meta:
+        if key not in sweep_keys:
+            raise ValueError(f"{path}: [sweep] {key!r} is not one of {', '.join(sweep_keys)}")
     name = str(meta.get("name") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ValueError(f"{path}: sweep name {name!r} must use letters, digits, '.', '_' or '-'")

@@ -70,7 +70,7 @@ def test_load_sweep_file_and_errors(tmp_path):
     path = write(
         tmp_path,
         """
-        exclude = [{attack = "foe", momentum = 0.0}]
+        exclude = [{attack = "foe", momentum = 0.9}]  # 0.9: the default, which exclude entries see
         [sweep]
         name = "demo-x"
         results = "out"
@@ -88,12 +88,68 @@ def test_load_sweep_file_and_errors(tmp_path):
     sweep = load_sweep(path)
     assert sweep.name == "demo-x" and sweep.directory() == __import__("pathlib").Path("out/demo-x")
     names = [c.name for c in sweep.cells(tmp_path)]
-    assert names == ["alie__z-1.5", "foe", "none"]
+    assert names == ["alie__z-1.5", "none"]
     bad = write(tmp_path, "[sweep]\nname = 'x'\n[grids]\na = 1\n", "bad.toml")
     with pytest.raises(ValueError, match="unknown top-level keys"):
         load_sweep(bad)
     with pytest.raises(ValueError, match="empty list"):
         expand(Sweep("s", BASE, {"momentum": []}), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        (Sweep("s", {**BASE, "momentun": 0.9}, {}),
+         r"\[base\]: 'momentun' is no run-config key; did you mean 'momentum'"),
+        (Sweep("s", BASE, {"agregator": ["cwtm", "mean"]}),
+         r"\[grid\]: 'agregator' is no run-config key.*'aggregator'"),
+        (Sweep("s", BASE, {"x": [{"num-client": 6}]}),
+         r"\[grid\] group 'x': 'num-client' is no run-config key"),
+        (Sweep("s", BASE, {}, include=[{"seed": 1}, {"agregator": "krum"}]),
+         r"\[\[include\]\] #2: 'agregator'"),
+        (Sweep("s", BASE, {"seed": [0, 1]}, exclude=[{"sed": 1}]),
+         r"exclude entry #1: 'sed' is no run-config key"),
+        # a group that sets a key another axis varies would override it
+        (Sweep("s", BASE, {"aggregator": ["cwtm", "mean"],
+                           "setting": [{"aggregator": "krum", "seed": 1}]}),
+         r"\[grid\]: 'aggregator' is set by both 'aggregator' and 'setting'"),
+        # an exclude entry that removes nothing is a mistake (seed 0 is the default; no momentum is 0.5)
+        (Sweep("s", BASE, {"seed": [0, 1]}, exclude=[{"seed": 0}, {"momentum": 0.5}]),
+         r"exclude entry #2 \{'momentum': 0.5\} matches no cell"),
+    ],
+)
+def test_a_grid_that_would_not_run_as_written_is_an_error(tmp_path, sweep, message):
+    with pytest.raises(ValueError, match=message):
+        expand(sweep, tmp_path)
+
+
+def test_known_extra_keys_and_data_options_are_accepted(tmp_path):
+    grid = {"gamma": [0.2, 0.5], "data-num-train": 100, "classes-per-partition": 3, "engine": "inprocess"}
+    assert [c.name for c in expand(Sweep("s", BASE, grid), tmp_path)] == ["gamma-0.2", "gamma-0.5"]
+
+
+def test_exclude_misplaced_under_grid_and_unknown_sweep_keys_are_errors(tmp_path):
+    # TOML puts `exclude` written after [grid] into the grid: it would replace the aggregators it meant to cut
+    text = ('[base]\ndataset = "digits"\n[grid]\naggregator = ["cwtm", "mean"]\n'
+            'exclude = [{aggregator = "mean"}]\n')
+    with pytest.raises(ValueError, match=r"'exclude' is a list of tables inside \[grid\].*before \[sweep\]"):
+        load_sweep(write(tmp_path, text)).cells(tmp_path)
+    with pytest.raises(ValueError, match=r"\[sweep\] 'result' is not one of name, results, description"):
+        load_sweep(write(tmp_path, '[sweep]\nresult = "out"\n[base]\ndataset = "digits"\n'))
+
+
+def test_cells_that_run_the_same_experiment_are_one_cell(tmp_path):
+    # the include restates the default seed, the second one a value of [base]: both are the grid's cells
+    sweep = Sweep("s", {**BASE, "attack": "alie"}, {"aggregator": ["cwtm", "mean"]},
+                  include=[{"aggregator": "cwtm", "seed": 0}, {"aggregator": "mean", "attack": "alie"},
+                           {"aggregator": "cwtm", "seed": 1}])
+    cells = expand(sweep, tmp_path)
+    assert [c.name for c in cells] == ["cwtm", "mean", "cwtm__s1"]  # a key a cell leaves out: not in its name
+    assert [(c.config["aggregator"], c.config.get("seed", 0)) for c in cells] == [("cwtm", 0), ("mean", 0),
+                                                                                  ("cwtm", 1)]
+    # without the seed-1 include, nothing varies but the rule: the restated cells add nothing, not even a name
+    sweep.include = sweep.include[:2]
+    assert [c.name for c in expand(sweep, tmp_path)] == ["cwtm", "mean"]
 
 
 def test_cell_names_are_filesystem_safe_and_ordered():
