@@ -29,13 +29,41 @@ __all__ = ["main", "build_parser"]
 DEFAULT_KAPPA_RULES = "mean,cwtm,cwmed,meamed,mda,krum"
 
 
+def _folder(path: str | Path | None) -> Path | None:
+    """``path`` (a folder to read or write, maybe not made yet); :class:`ValueError` when it, or the first
+    of its parents that exists, is a file."""
+    if path is None:
+        return None
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{part} is a file, not a folder")
+            break
+    return path
+
+
 def _sweep_dir(target: str, results: str | None) -> Path:
+    from .experiments import load_sweep
+
     path = Path(target)
     if path.suffix == ".toml":
-        from .experiments import load_sweep
+        return _folder(load_sweep(path).directory(_folder(results)))
+    return _folder(path)
 
-        return load_sweep(path).directory(results)
-    return path
+
+def _target_runs(target: str, results: str | None) -> tuple[Path, list]:
+    """The results folder of ``target`` and its finished runs: a folder's (or export's) every one, or, for a
+    sweep file, those the file plans, with their saved config (:func:`.experiments.results.planned_runs`)."""
+    from .experiments import load_sweep
+    from .experiments.results import load_runs, planned_runs
+
+    folder = _sweep_dir(target, results)
+    runs = load_runs(folder)
+    if Path(target).suffix == ".toml":
+        sweep = load_sweep(target)
+        runs = planned_runs(runs, sweep.cells(results), folder, target)
+    return folder, runs
 
 
 def _backend(args: argparse.Namespace) -> dict | None:
@@ -67,6 +95,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.report import write_report
 
     sweep = load_sweep(args.file)
+    _folder(sweep.directory(_folder(args.results)))
     if args.ray_address and args.engine not in (None, "inprocess"):
         raise ValueError(
             "--ray-address runs each cell on the in-process engine in a Ray task (no --engine ray)"
@@ -119,17 +148,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"{sweep.directory(args.results)}"
     )
     if not args.no_report and any(r.status != "failed" for r in results):
-        text, path = write_report(sweep.directory(args.results), sweep.name)
+        from .experiments.results import load_runs, planned_runs
+
+        folder = sweep.directory(args.results)  # its cells that this file plans, as it plans them
+        runs = planned_runs(load_runs(folder), sweep.cells(args.results), folder, args.file)
+        text, path = write_report(folder, sweep.name, runs=runs)
         print(text)
         print(f"[resam] report: {path}")
     return 1 if failed else 0
 
 
 def _runs(targets: list[str], results: str | None, where: dict[str, str]) -> list:
-    """The finished runs of one or more result folders (or sweep files), those matching ``where``."""
-    from .experiments.results import load_runs, select
+    """The finished runs of one or more result folders (or sweep files), those matching ``where``; a cell in
+    two of them is an error (:func:`~.experiments.results.combine`)."""
+    from .experiments.results import combine, select
 
-    runs = select([run for t in targets for run in load_runs(_sweep_dir(t, results))], where)
+    runs = select(combine([_target_runs(t, results) for t in targets]), where)
     if not runs:
         raise SystemExit(f"no finished cell in {' '.join(targets)} matches {where}")
     return runs
@@ -137,9 +171,13 @@ def _runs(targets: list[str], results: str | None, where: dict[str, str]) -> lis
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from .experiments.plots import plot_sweep
+    from .experiments.results import combine
 
-    folders = [_sweep_dir(t, args.results) for t in args.target]
-    for path in plot_sweep(folders if len(folders) > 1 else folders[0], args.out, where=_where(args.where)):
+    sources = [_target_runs(t, args.results) for t in args.target]
+    folders = [folder for folder, _ in sources]
+    paths = plot_sweep(folders if len(folders) > 1 else folders[0], _folder(args.out),
+                       where=_where(args.where), runs=combine(sources))
+    for path in paths:
         print(path)
     return 0
 
@@ -151,7 +189,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         # a selection (bare --where: every cell) or several folders: printed, no report.md written
         print(markdown_table(_runs(args.target, args.results, _where(args.where))))
         return 0
-    text, path = write_report(_sweep_dir(args.target[0], args.results))
+    folder, runs = _target_runs(args.target[0], args.results)
+    text, path = write_report(folder, runs=runs)
     print(text)
     print(f"[resam] report: {path}", file=sys.stderr)
     return 0
@@ -161,8 +200,9 @@ def cmd_progress(args: argparse.Namespace) -> int:
     from .experiments import load_sweep
     from .experiments.doctables import progress_markdown
 
-    folder = args.source or load_sweep(args.file).directory(args.results)
-    print(progress_markdown(args.file, folder), end="")
+    sweep = load_sweep(args.file)
+    folder = _folder(args.source) or sweep.directory(_folder(args.results))
+    print(progress_markdown(sweep, folder), end="")
     return 0
 
 
@@ -200,12 +240,19 @@ def cmd_tables(args: argparse.Namespace) -> int:
     import difflib
 
     from .app.results import atomic_write_text
-    from .experiments.doctables import refresh
+    from .experiments.doctables import blocks, refresh, stray_markers
 
     path = Path(args.file)
     if not path.is_file():
         raise ValueError(f"no Markdown document {path}" + (" (it is a folder)" if path.is_dir() else ""))
     text = path.read_text()
+    strays = [f"{path}: {line}" for line in stray_markers(text)]
+    if not blocks(text):
+        strays.append(f"{path}: no generated table (no `<!-- resam COMMAND -->` ... `<!-- /resam -->` block)")
+    if strays and args.check:
+        raise ValueError("; ".join(strays))
+    for line in strays:
+        print(f"[resam] warning: {line}", file=sys.stderr)
     with contextlib.chdir(path.parent.resolve()):  # the blocks' paths are relative to the document
         new, stale = refresh(text, render_table)
     for block in stale:
@@ -229,8 +276,9 @@ def cmd_tables(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .experiments.compact import export_compact
 
-    source = _sweep_dir(args.target, args.results)
-    cells, rows = export_compact(source, args.out, every=args.every)
+    source, runs = _target_runs(args.target, args.results) if args.target.endswith(".toml") else (
+        _sweep_dir(args.target, args.results), None)
+    cells, rows = export_compact(source, _folder(args.out), every=args.every, force=args.force, runs=runs)
     print(f"[resam] exported {cells} cells, {rows} round rows of {source} -> {args.out}")
     return 0
 
@@ -271,8 +319,12 @@ def cmd_kappa(args: argparse.Namespace) -> int:
 
     from .experiments.kappa import describe, empirical_kappa, kappa_table
 
+    rules = _rule_specs(args.rules)
+    if not rules:
+        raise ValueError(f"--rules {' '.join(map(repr, args.rules))}: no rule given (e.g. "
+                         f"{DEFAULT_KAPPA_RULES})")
     estimates = []
-    for rule in _rule_specs(args.rules):
+    for rule in rules:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             estimates.append(
@@ -306,7 +358,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.hooks import exit_on_interrupt
 
     with exit_on_interrupt("interrupted: finished cells are kept; `resam demo` resumes"):
-        return run_demo(args.results, fresh=args.fresh, progress=not args.no_progress)
+        return run_demo(_folder(args.results), fresh=args.fresh, progress=not args.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the three files (e.g. a folder to commit)")
     p.add_argument("--results", help="results root when TARGET is a TOML file")
     p.add_argument("--every", type=int, default=5, help="keep every N-th round besides 1..10 and eval rounds")
+    p.add_argument("--force", action="store_true",
+                   help="replace an export in --out that this one would change or lose cells of")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("progress", help="cells of a sweep finished so far, per rule and seed (Markdown)")

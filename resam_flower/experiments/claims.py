@@ -45,7 +45,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .results import BOOKKEEPING, NO_ATTACK, Run, attack_of
+from .results import NO_ATTACK, Run, attack_of, config_differences
 
 __all__ = ["Arm", "Interval", "arm_of", "t_quantile", "interval", "seed_table", "claims_rows",
            "claims_markdown", "claims_wide_markdown", "claims_summary_markdown"]
@@ -148,14 +148,16 @@ def arm_of(config: dict[str, Any]) -> Arm:
 
 
 def _collision(a: Run, b: Run) -> ValueError:
-    keys = sorted({*a.config, *b.config} - BOOKKEEPING)
-    differ = [k for k in keys if str(a.config.get(k)) != str(b.config.get(k))]
-    shown = ", ".join(f"{k} {a.config.get(k)!r} vs {b.config.get(k)!r}" for k in differ) or "nothing"
-    first = differ[0] if differ else "KEY"
-    return ValueError(
-        f"cells {a.path.name} and {b.path.name} are both {a.config.get('aggregator')}, β="
-        f"{arm_of(a.config):g}, {attack_of(a.config)}, seed {a.config.get('seed', 0)}; "
-        f"they differ in {shown}: select one setting (--where {first}={a.config.get(first)})")
+    both = (f"cells {a.path.name} ({a.path.parent}) and {b.path.name} ({b.path.parent}) are both "
+            f"{a.config.get('aggregator')}, β={arm_of(a.config):g}, {attack_of(a.config)}, seed "
+            f"{a.config.get('seed', 0)}")
+    differ = config_differences(a.config, b.config)
+    if not differ:
+        return ValueError(f"{both}, with the same config: the same cell twice; give each cell once")
+    shown = ", ".join(f"{k} {a.config.get(k)!r} vs {b.config.get(k)!r}" for k in differ)
+    first = differ[0]
+    return ValueError(f"{both}; they differ in {shown}: select one setting "
+                      f"(--where {first}={a.config.get(first)})")
 
 
 def seed_table(runs: list[Run]) -> dict[tuple[Any, Arm], dict[str, dict[int, float]]]:
@@ -224,6 +226,9 @@ def claims_rows(runs: list[Run], near: float = 5.0, fail: float = 10.0) -> list[
     table = seed_table(runs)
     rates = _rates(runs)
     rules = sorted({r for r, _ in table if any(a != NO_ATTACK for a in table[(r, _)])}, key=str)
+    if not rules:
+        raise ValueError(f"no attacked cell among the {sum(r.accuracy is not None for r in runs)} finished "
+                         "cells selected: the claims compare attacked cells, nothing to compare")
     betas = sorted({b for _, b in table})
     positive = [b for b in betas if b.beta > 0]
     rows: list[dict[str, str]] = []

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_open
-from .results import BOOKKEEPING, Run, load_cells, varying_keys
+from .results import BOOKKEEPING, Run, _json_object, finished_ok, load_cells, report_left_out, varying_keys
 
 __all__ = ["SUMMARY_FIELDS", "TIMING_FIELDS", "ROUND_FIELDS", "export_compact", "load_compact", "is_compact"]
 
@@ -95,18 +95,32 @@ def _kept_round(rnd: int, row: dict[str, str], every: int) -> bool:
     return rnd <= 10 or rnd % every == 0 or row.get("test-accuracy", "") not in ("", None)
 
 
-def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5) -> tuple[int, int]:
+def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5, force: bool = False,
+                   runs: list[Run] | None = None) -> tuple[int, int]:
     """Write ``config.json``, ``cells.csv`` and ``rounds.csv`` of the sweep in ``directory`` to ``out_dir``.
 
     Returns ``(cells, round rows)`` written. Idempotent: rerun it as cells finish; the files are replaced
-    atomically, so a reader never sees half a file.
+    atomically, so a reader never sees half a file. ``runs``: the cells to write (default: every finished
+    cell of ``directory``, :func:`~.results.load_cells`).
+
+    An export already in ``out_dir`` is replaced only by one of the same sweep that keeps all its cells
+    (the same cells, as many or more): :class:`ValueError` names the cells it would lose or change, unless
+    ``force``.
     """
     if every < 1:
         raise ValueError(f"every={every}: must be >= 1")
-    runs = load_cells(directory)
+    directory = Path(directory)
+    if is_compact(directory) and not any(directory.glob("*/summary.json")):
+        raise ValueError(f"{directory} is already an export ({CONFIG}, {CELLS}): copy it, or export the "
+                         "sweep's results folder")
+    runs = load_cells(directory) if runs is None else runs
     if not runs:
         raise ValueError(f"no finished cell under {directory}: run `resam sweep` first")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
+    if not force and is_compact(out):
+        _check_replace(out, runs)
     out.mkdir(parents=True, exist_ok=True)
     vary = varying_keys(runs)
     shared = {k: v for k, v in runs[0].config.items() if k not in vary and k not in BOOKKEEPING}
@@ -138,16 +152,40 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     return len(runs), rows
 
 
+def _check_replace(out: Path, runs: list[Run]) -> None:
+    """:class:`ValueError` if the export in ``out`` has a cell that ``runs`` lacks or holds with another
+    config (another sweep's export, or a smaller selection of this one)."""
+    from .results import config_differences
+
+    new = {run.path.name: run.config for run in runs}
+    old = load_compact(out)
+    lost = [r.path.name for r in old if r.path.name not in new]
+    changed = {r.path.name: config_differences(r.config, new[r.path.name]) for r in old if r.path.name in new}
+    changed = {name: keys for name, keys in changed.items() if keys}
+    if not lost and not changed:
+        return
+    problems = []
+    if changed:
+        keys = sorted({k for ks in changed.values() for k in ks})
+        problems.append(f"{len(changed)} of its cells have another config here ({', '.join(keys)}; e.g. "
+                        f"{next(iter(changed))}): another sweep's export?")
+    if lost:
+        shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        problems.append(f"{len(lost)} of its {len(old)} cells are not in this export ({shown})")
+    raise ValueError(f"{out} already holds an export: {'; '.join(problems)}; give another --out, or --force "
+                     "to replace it")
+
+
 def load_compact(directory: str | Path) -> list[Run]:
     """The runs of an exported sweep (see the module docstring), sorted by cell name."""
     directory = Path(directory)
-    shared = json.loads((directory / CONFIG).read_text())
+    shared = _json_object(directory / CONFIG)
     rounds: dict[str, list[dict[str, str]]] = {}
     if (directory / ROUNDS).is_file():
         with (directory / ROUNDS).open(newline="") as fh:
             for row in csv.DictReader(fh):
                 rounds.setdefault(row["cell"], []).append(row)
-    runs = []
+    runs, left_out = [], []
     with (directory / CELLS).open(newline="") as fh:
         for row in csv.DictReader(fh):
             name = row.pop("cell")
@@ -155,9 +193,13 @@ def load_compact(directory: str | Path) -> list[Run]:
             summary = {k: _parse(row.pop(k, "")) for k in SUMMARY_FIELDS}
             config = {**shared, **{k: _parse(v) for k, v in row.items()}}
             summary["config"] = config
+            if not finished_ok(summary):
+                left_out.append((name, f"status {summary.get('status')!r}"))
+                continue
             per_round = rounds.get(name, [])
             first = summary["initial_test_accuracy"]
             curve = [] if first is None else [(0, first)]
             curve += [(int(r["round"]), float(r["test-accuracy"])) for r in per_round if r["test-accuracy"]]
             runs.append(Run(directory / name, config, summary, curve, timing, metric_rows=per_round))
+    report_left_out(directory, left_out)
     return sorted(runs, key=lambda r: r.path.name)

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grid import load_sweep
-from .results import load_runs
+from .grid import Sweep, load_sweep
+from .results import load_runs, planned_runs
 
-__all__ = ["Block", "blocks", "progress_markdown", "refresh"]
+__all__ = ["Block", "blocks", "progress_markdown", "refresh", "stray_markers"]
 
 _OPEN = re.compile(r"^<!-- resam (?P<command>.+?) -->[ \t]*$", re.M)
 _CLOSE = "<!-- /resam -->"
@@ -55,6 +55,27 @@ def blocks(text: str) -> list[Block]:
         if close is None or (following is not None and following.start() < close.start()):
             raise ValueError(f"line {line}: block `resam {match['command']}` has no {_CLOSE} line")
         out.append(Block(match["command"].strip(), start, close.start(), text[start:close.start()], line))
+    return out
+
+
+_MARKER = re.compile(r"^[ \t]*<!--[ \t]*/?[ \t]*resam")
+
+
+def stray_markers(text: str) -> list[str]:
+    """Lines that look like a block's marker but that :func:`blocks` does not read as one: an opening line
+    it does not accept (``<!--resam report x-->``: no spaces) or a ``<!-- /resam -->`` that closes no
+    block; ``"line N: ..."`` each, in order. Such a table would silently go unchecked."""
+    found = blocks(text)
+    used = {text.count("\n", 0, b.start) for b in found} | {text.count("\n", 0, b.end) + 1 for b in found}
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not _MARKER.match(line) or number in used:
+            continue
+        if re.fullmatch(rf"{re.escape(_CLOSE)}[ \t]*", line):
+            out.append(f"line {number}: {_CLOSE} closes no block")
+        else:
+            out.append(f"line {number}: {line.strip()!r} is not a block marker (expected "
+                       "`<!-- resam COMMAND -->` on its own line)")
     return out
 
 
@@ -88,15 +109,26 @@ def _seed(config: dict) -> str:
     return str(config.get("seed", 0))
 
 
-def progress_markdown(sweep_file: str | Path, folder: str | Path) -> str:
+def progress_markdown(sweep_file: str | Path | Sweep, folder: str | Path) -> str:
     """Per rule (``aggregator``, in the file's order) and seed: ``finished / planned`` cells of the sweep
-    ``sweep_file`` whose results are in ``folder`` (a sweep folder or an export), with a total row and the
-    finished cells' time. A finished cell that the file no longer plans is not counted."""
-    cells = load_sweep(sweep_file).cells()
+    ``sweep_file`` (or its parsed :class:`~.grid.Sweep`) whose results are in ``folder`` (a sweep folder or
+    an export), with a total row and the finished cells' time.
+
+    A finished cell counts when the file plans a cell of its name with its config
+    (:func:`~.results.planned_runs`); the others are left out with a line on stderr. :class:`ValueError`
+    when ``folder`` does not exist, or when it holds finished cells and none of them is planned by the file
+    (the results of another sweep); an empty folder (a sweep not started) counts none.
+    """
+    sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file)
+    plan = sweep.source or sweep.name
+    cells = sweep.cells()
     planned = {c.name: c.config for c in cells}
     folder = Path(folder)
-    runs = {r.path.name: r for r in load_runs(folder) if r.accuracy is not None} if folder.is_dir() else {}
-    done = {name: run for name, run in runs.items() if name in planned}
+    runs = [r for r in load_runs(folder) if r.accuracy is not None]
+    done = {r.path.name: r for r in planned_runs(runs, cells, folder, plan)}
+    if runs and not done:
+        raise ValueError(f"none of the {len(runs)} finished cells in {folder} is one that {plan} plans: "
+                         "the results of another sweep?")
     rules = list(dict.fromkeys(str(c.config.get("aggregator")) for c in cells))
     seeds = sorted({_seed(c.config) for c in cells}, key=lambda s: (len(s), s))
 

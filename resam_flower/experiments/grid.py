@@ -285,7 +285,10 @@ def load_sweep(path: str | Path) -> Sweep:
                          "e.g. simulations/lab_mnist.toml")
     if not path.is_file():
         raise ValueError(f"no experiment file {path}")
-    data = tomllib.loads(path.read_text())
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     known = {"sweep", "base", "grid", "include", "exclude"}
     unknown = set(data) - known
     if unknown:

@@ -34,7 +34,7 @@ from .claims import arm_of  # noqa: E402
 from .grid import _slug  # noqa: E402
 from .heatmaps import plot_heatmaps  # noqa: E402
 from .layout import describe, figure_keys, file_suffix, sorted_values, split_runs  # noqa: E402
-from .results import NO_ATTACK, Run, attack_of, load_runs, mean, select  # noqa: E402
+from .results import NO_ATTACK, Run, attack_of, combine, load_runs, mean, select  # noqa: E402
 
 __all__ = ["plot_curves", "plot_heatmaps", "plot_mechanism", "plot_sweep", "curve_layout", "mechanism_series",
            "MECHANISM_COLUMNS"]
@@ -264,13 +264,17 @@ def plot_sweep(
     out_dir: str | Path | None = None,
     title: str | None = None,
     where: dict[str, str] | None = None,
+    runs: list[Run] | None = None,
 ) -> list[Path]:
     """All figures of the sweep whose results are in ``directory`` (default output: ``<directory>/plots``),
     or of several result folders together (a list: one sweep's grid and another arm of it; ``out_dir``
     then required); ``where``: only the runs whose config values read as these texts
-    (``{"attack": "alie"}``)."""
+    (``{"attack": "alie"}``); ``runs``: the runs to draw (default: those of the folders, a cell in two of
+    them an error: :func:`~.results.combine`)."""
     folders = [Path(d) for d in (directory if isinstance(directory, list) else [directory])]
-    runs = momentum_arms(select([run for folder in folders for run in load_runs(folder)], where))
+    if runs is None:
+        runs = combine([(folder, load_runs(folder)) for folder in folders])
+    runs = momentum_arms(select(runs, where))
     if not runs:
         selection = f" with {where}" if where else ""
         where_from = ", ".join(map(str, folders))
@@ -278,6 +282,8 @@ def plot_sweep(
     if out_dir is None and len(folders) > 1:
         raise ValueError("several result folders: give the output folder (--out)")
     out = Path(out_dir) if out_dir is not None else folders[0] / "plots"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     name = title if title is not None else " + ".join(folder.name for folder in folders)
     return plot_curves(runs, out, name) + plot_heatmaps(runs, out, name) + plot_mechanism(runs, out, name)

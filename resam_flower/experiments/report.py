@@ -79,10 +79,12 @@ def timing_lines(runs: list[Run]) -> list[str]:
     ]
 
 
-def write_report(directory: str | Path, title: str | None = None) -> tuple[str, Path]:
-    """Write ``<directory>/report.md``; return its text and path."""
+def write_report(directory: str | Path, title: str | None = None, runs: list[Run] | None = None
+                 ) -> tuple[str, Path]:
+    """Write ``<directory>/report.md`` of ``runs`` (default: the folder's, :func:`~.results.load_runs`);
+    return its text and path."""
     directory = Path(directory)
-    runs = load_runs(directory)
+    runs = load_runs(directory) if runs is None else runs
     if not runs:
         raise ValueError(f"no finished cell under {directory}: run `resam sweep` first")
     text = [

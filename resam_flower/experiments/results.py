@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,12 @@ __all__ = [
     "Run",
     "load_runs",
     "load_cells",
+    "finished_ok",
+    "report_left_out",
+    "comparable_config",
+    "config_differences",
+    "planned_runs",
+    "combine",
     "select",
     "varying_keys",
     "attack_of",
@@ -102,23 +109,138 @@ def load_runs(directory: str | Path) -> list[Run]:
 
 
 def load_cells(directory: str | Path) -> list[Run]:
-    """Every ``<directory>/*/summary.json`` (one level down), sorted by folder name."""
+    """Every ``<directory>/*/summary.json`` (one level down), sorted by folder name.
+
+    A cell that did not finish is left out, and so is a cell whose files cannot be read: a ``status`` other
+    than ``ok`` (a run that failed after writing its results, e.g. no progress), a ``summary.json`` or
+    ``timing.json`` that is not a JSON object. How many, which and why is printed on stderr
+    (:func:`report_left_out`).
+    """
     directory = Path(directory)
+    if directory.is_file():
+        raise ValueError(f"{directory} is a file, not a folder")
     if not directory.is_dir():
         raise ValueError(f"no results folder {directory}: run `resam sweep` first")
-    runs = []
+    runs, left_out = [], []
     for summary_path in sorted(directory.glob("*/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except ValueError:
-            continue
         cell = summary_path.parent
-        timing = {}
-        if (cell / "timing.json").exists():
-            timing = json.loads((cell / "timing.json").read_text())
-        config = dict(summary.get("config", {}))
-        runs.append(Run(cell, config, summary, _curve(cell / "metrics.csv", summary), timing))
+        try:
+            summary = _json_object(summary_path)
+            timing = _json_object(cell / "timing.json") if (cell / "timing.json").exists() else {}
+            config = summary.get("config", {})
+            if not isinstance(config, dict):
+                raise ValueError(f"{summary_path}: its config is not a JSON object")
+        except (OSError, ValueError) as exc:
+            left_out.append((cell.name, f"unreadable: {exc}"))
+            continue
+        if not finished_ok(summary):
+            left_out.append((cell.name, f"status {summary.get('status')!r}"))
+            continue
+        runs.append(Run(cell, dict(config), summary, _curve(cell / "metrics.csv", summary), timing))
+    report_left_out(directory, left_out)
     return runs
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`ValueError` naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def finished_ok(summary: dict[str, Any]) -> bool:
+    """Whether a run's summary says it ran to the end: ``status`` ``ok`` (or no status: older results).
+
+    The app writes ``summary.json`` with ``status = "failed: ..."`` before it raises when training made no
+    progress; such a run's accuracy is that of an untrained model.
+    """
+    return summary.get("status") in (None, "ok")
+
+
+def report_left_out(source: str | Path, left_out: list[tuple[str, str]], *, shown: int = 5) -> None:
+    """Print on stderr how many cells of ``source`` were left out, naming the first ``shown`` of
+    ``left_out`` (``[(cell, why)]``) and why; nothing when none was."""
+    if not left_out:
+        return
+    named = "; ".join(f"{name} ({why})" for name, why in left_out[:shown])
+    more = f"; and {len(left_out) - shown} more" if len(left_out) > shown else ""
+    print(f"[resam] {source}: {len(left_out)} cell(s) left out: {named}{more}", file=sys.stderr)
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` in a form that compares across a results folder and its export: the app's defaults
+    filled, JSON types, bookkeeping keys (:data:`BOOKKEEPING`) dropped, and a missing value (``None``: an
+    export's empty CSV field) read as the empty string it was written from."""
+    from ..app.config import ExperimentConfig
+
+    values = {k: "" if v is None else v for k, v in config.items() if k not in BOOKKEEPING}
+    try:
+        values = ExperimentConfig.from_run_config(values, validate=False).to_dict()
+    except (TypeError, ValueError):
+        pass
+    data = json.loads(json.dumps(values, sort_keys=True, default=str))
+    return {k: v for k, v in data.items() if k not in BOOKKEEPING}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two configs (:func:`comparable_config`), sorted."""
+    a, b = comparable_config(a), comparable_config(b)
+    return sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+
+
+def planned_runs(runs: list[Run], cells: list, source: str | Path, plan: str | Path) -> list[Run]:
+    """The runs of ``runs`` (read from ``source``) that the sweep file ``plan`` plans (``cells``, its
+    :class:`~.grid.Cell` list): a cell of the same name whose config is the planned one
+    (:func:`comparable_config`: what :func:`~.runner.is_finished` compares). The others are left out with a
+    line on stderr saying how many and why (not planned, or which keys differ)."""
+    planned = {c.name: c.config for c in cells}
+    kept, unplanned, differ = [], [], {}
+    for run in runs:
+        config = planned.get(run.path.name)
+        if config is None:
+            unplanned.append(run.path.name)
+            continue
+        keys = config_differences(run.config, config)
+        if keys:
+            differ[run.path.name] = keys
+        else:
+            kept.append(run)
+    if unplanned:
+        print(f"[resam] {len(unplanned)} cell(s) in {source} are not planned by {plan} (e.g. "
+              f"{unplanned[0]}): left out", file=sys.stderr)
+    if differ:
+        keys = ", ".join(sorted({k for ks in differ.values() for k in ks}))
+        print(f"[resam] {len(differ)} cell(s) in {source} differ from what {plan} plans ({keys}): left out",
+              file=sys.stderr)
+    return kept
+
+
+def combine(sources: list[tuple[str | Path, list[Run]]]) -> list[Run]:
+    """The runs of several sources (``[(folder, runs)]``) together; :class:`ValueError` when a cell is in two
+    of them (the same config, or the same name in the same sweep): counted twice, it would double its seeds.
+    """
+    seen: dict[Any, tuple[str | Path, Run]] = {}
+    out = []
+    for source, runs in sources:
+        mine: dict[Any, Run] = {}
+        for run in runs:
+            sweep = Path(str(run.config.get("results-dir") or source)).name
+            keys = [json.dumps(comparable_config(run.config), sort_keys=True), (sweep, run.path.name)]
+            for key in keys:
+                if key in seen:
+                    other, first = seen[key]
+                    alias = "" if first.path.name == run.path.name else f" (as {first.path.name})"
+                    raise ValueError(
+                        f"cell {run.path.name} of {source} is also in {other}{alias}: give each cell once "
+                        "(a sweep folder and its export are the same cells)")
+                mine[key] = run
+            out.append(run)
+        seen.update({key: (source, run) for key, run in mine.items()})
+    return out
 
 
 def _reads_as(value: Any, text: str) -> bool:

@@ -70,11 +70,19 @@ class CellResult:
 
 
 def is_finished(cell: Cell) -> dict[str, Any] | None:
-    """The cell's saved summary if it is finished with exactly this config, else ``None``."""
+    """The cell's saved summary if it is finished with exactly this config, else ``None``.
+
+    A run that failed after writing its summary (``status`` ``failed: ...``,
+    :func:`~.results.finished_ok`) is not finished: the sweep runs it again.
+    """
+    from .results import finished_ok
+
     path = Path(cell.config["results-dir"]) / cell.name / "summary.json"
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not finished_ok(summary):
         return None
     saved = summary.get("config")
     if not isinstance(saved, dict):
@@ -143,11 +151,17 @@ def select_cells(
     config (defaults included, as the cell's ``summary.json`` records it) has ``where``'s values
     (``{"seed": "0"}``; ``alpha=1`` selects 1.0: :func:`.results.config_matches`).
 
-    A typo must not run nothing and exit 0: a ``where`` key that is not a run-config key, or a selection that
-    leaves no cell, raises ``ValueError`` naming it.
+    A typo must not run nothing and exit 0: a ``where`` key that is not a run-config key, an ``only`` string
+    that no cell's name contains, or a selection that leaves no cell, raises ``ValueError`` naming it.
     """
     from ..app.config import ExperimentConfig
     from .results import config_matches
+
+    for text in only or []:
+        if not any(text in c.name for c in cells):
+            raise ValueError(f"--only {text}: no cell of sweep {sweep.name!r} ({len(cells)} cells) has "
+                             f"{text!r} in its name (e.g. {cells[0].name})" if cells else
+                             f"--only {text}: sweep {sweep.name!r} has no cells")
 
     if where:
         full = {c.name: {**ExperimentConfig.from_run_config(c.config, validate=False).to_dict(), **c.config}

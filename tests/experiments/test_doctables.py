@@ -96,8 +96,11 @@ def test_progress_counts_finished_cells_per_rule_and_seed(tmp_path):
         "| krum | 0 / 2 | 1 / 2 | 1 / 4 | 0.5 |\n"
         "| **all** | 2 / 4 | 1 / 4 | 3 / 8 | 1.5 |\n"
     )
-    assert progress_markdown(tmp_path / "s.toml", tmp_path / "none").splitlines()[-1] == (
+    (tmp_path / "empty").mkdir()  # a sweep not started yet: none finished
+    assert progress_markdown(tmp_path / "s.toml", tmp_path / "empty").splitlines()[-1] == (
         "| **all** | 0 / 4 | 0 / 4 | 0 / 8 | 0.0 |")
+    with pytest.raises(ValueError, match=r"no results folder .*none"):  # a typo: not zeros
+        progress_markdown(tmp_path / "s.toml", tmp_path / "none")
 
 
 def _copy_reproduction(tmp_path: Path) -> Path:

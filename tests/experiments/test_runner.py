@@ -85,7 +85,7 @@ def test_where_reads_a_key_the_file_leaves_at_its_default(tmp_path, fake_simulat
     [
         ({"where": {"momentun": "0.9"}}, "'momentun' is not a run-config key of sweep 't'"),
         ({"where": {"momentum": "0.5"}}, "no cell of sweep 't' (4 cells) matches --where momentum=0.5"),
-        ({"only": ["cwmt"]}, "no cell of sweep 't' (4 cells) matches --only cwmt"),
+        ({"only": ["cwmt"]}, "--only cwmt: no cell of sweep 't' (4 cells) has 'cwmt' in its name"),
     ],
 )
 def test_a_selection_that_matches_nothing_fails_instead_of_running_nothing(
