@@ -165,7 +165,7 @@ def _runs(targets: list[str], results: str | None, where: dict[str, str]) -> lis
 
     runs = select(combine([_target_runs(t, results) for t in targets]), where)
     if not runs:
-        raise SystemExit(f"no finished cell in {' '.join(targets)} matches {where}")
+        raise ValueError(f"no finished cell in {' '.join(targets)}: run `resam sweep` first")
     return runs
 
 

@@ -244,8 +244,9 @@ def combine(sources: list[tuple[str | Path, list[Run]]]) -> list[Run]:
 
 
 def _reads_as(value: Any, text: str) -> bool:
-    """``value`` written as ``text``: the same string, or the same number (``alpha=1`` selects 1.0)."""
-    if str(value) == text:
+    """``value`` written as ``text``: the same string, or the same number (``alpha=1`` selects 1.0); a
+    missing value (``None``: an export's empty CSV field) reads as the empty string."""
+    if str("" if value is None else value) == text:
         return True
     try:
         return not isinstance(value, bool) and float(value) == float(text)
@@ -260,8 +261,33 @@ def config_matches(config: dict[str, Any], where: dict[str, str] | None) -> bool
 
 
 def select(runs: list[Run], where: dict[str, str] | None) -> list[Run]:
-    """The runs whose config matches ``where`` (:func:`config_matches`); all with none."""
-    return [r for r in runs if config_matches(r.config, where)]
+    """The runs whose config matches ``where`` (:func:`config_matches`); all with none.
+
+    A selection that leaves no run of a non-empty ``runs`` is a :class:`ValueError` saying why: a key no
+    cell has (a typo), a value no cell has (with the values there), or values that no cell has together.
+    """
+    kept = [r for r in runs if config_matches(r.config, where)]
+    if kept or not runs or not where:
+        return kept
+    reasons = []
+    for key, text in where.items():
+        present = sorted({"" if r.config.get(key) is None else str(r.config.get(key)) for r in runs if key in
+                          r.config}, key=lambda v: (len(v), v))
+        if not present:
+            import difflib
+
+            keys = sorted({k for r in runs for k in r.config} - BOOKKEEPING)
+            close = difflib.get_close_matches(key, keys, n=2, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            reasons.append(f"no cell has a key {key!r}{hint}")
+        elif not any(_reads_as(r.config.get(key), text) for r in runs):
+            shown = ", ".join(repr(v) for v in present[:12]) + (", ..." if len(present) > 12 else "")
+            reasons.append(f"no cell has {key}={text} (values here: {shown})")
+    if not reasons:
+        reasons.append("each value is some cell's, but no cell has them all")
+    selection = " ".join(f"{k}={v}" for k, v in where.items())
+    raise ValueError(f"--where {selection} selects none of the {len(runs)} finished cells: "
+                     f"{'; '.join(reasons)}")
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

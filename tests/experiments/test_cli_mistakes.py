@@ -272,3 +272,36 @@ def test_toml_syntax_errors_empty_rules_and_an_only_that_matches_nothing(tmp_pat
     assert "error: --only zzz: no cell of sweep 't' (2 cells) has 'zzz' in its name" in err
     assert main(["sweep", str(tmp_path / "t.toml"), "--dry-run", "--only", "md", "cwtm"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("2 cells")
+
+
+# -- a --where that selects nothing says why -----------------------------------------------------------------
+def test_a_where_that_selects_nothing_says_why(results, tmp_path, capsys):
+    from resam_flower.experiments.results import select
+
+    export_compact(results, tmp_path / "ex")
+    for source in (str(results), str(tmp_path / "ex")):
+        runs = load_runs(source)
+        # an empty value reads the same in a results folder and in its export (an empty CSV field)
+        assert len(select(runs, {"attack-params": ""})) == len(runs) == 20
+        for argv, message in (
+            (["report", source, "--where", "agregator=cwtm"],
+             "no cell has a key 'agregator' (did you mean aggregator"),
+            (["claims", source, "--where", "momentum=0.5"],
+             "no cell has momentum=0.5 (values here: '0.0', '0.9')"),
+            (["plot", source, "--out", str(tmp_path / "f"), "--where", "aggregator=Krum"],
+             "no cell has aggregator=Krum (values here: 'cwtm', 'krum')"),
+            (["report", source, "--where", "attack=none", "seed=1"],
+             "each value is some cell's, but no cell has them all"),
+        ):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            selection = " ".join(argv[argv.index("--where") + 1:])
+            assert f"error: --where {selection} selects none of the 20" in err
+            assert message in err, err
+    # where it varies, an export writes it per cell in cells.csv, the empty value as an empty field
+    with (ROOT / "reproduction" / "lab_fmnist" / "cells.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    empty = sorted(row["cell"] for row in rows if row["attack-params"] == "")
+    assert 0 < len(empty) < len(rows)
+    runs = select(load_runs(ROOT / "reproduction" / "lab_fmnist"), {"attack-params": ""})
+    assert sorted(r.path.name for r in runs) == empty

@@ -184,7 +184,7 @@ def test_plot_where_draws_a_selection(results, tmp_path, capsys):
         main(["plot", str(results), "--where", "krum"])
     capsys.readouterr()
     assert main(["plot", str(results), "--where", "aggregator=bulyan"]) == 2
-    assert "no finished cell with {'aggregator': 'bulyan'}" in capsys.readouterr().err
+    assert "no cell has aggregator=bulyan (values here: 'cwtm', 'krum')" in capsys.readouterr().err
 
 
 def test_the_wide_claims_table_has_a_row_per_rule_and_a_column_per_claim():
