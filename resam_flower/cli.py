@@ -110,7 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cells = select_cells(sweep, cells, only=args.only, where=_where(args.where))
 
         for cell in cells:
-            state = "finished" if is_finished(cell) else "to run"
+            state = "to run" if not is_finished(cell) else "to rerun" if args.no_resume else "finished"
             print(f"{cell.name}\t{state}\t{json.dumps(cell.varying, default=str)}")
         print(f"{len(cells)} cells -> {sweep.directory(args.results)}")
         return 0

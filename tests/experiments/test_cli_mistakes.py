@@ -305,3 +305,15 @@ def test_a_where_that_selects_nothing_says_why(results, tmp_path, capsys):
     assert 0 < len(empty) < len(rows)
     runs = select(load_runs(ROOT / "reproduction" / "lab_fmnist"), {"attack-params": ""})
     assert sorted(r.path.name for r in runs) == empty
+
+
+def test_dry_run_says_what_no_resume_reruns(tmp_path, fake_simulate, capsys):
+    write_sweep_file(tmp_path / "t.toml", "t", BASE, 'aggregator = ["cwtm", "mda"]\n')
+    common = ["sweep", str(tmp_path / "t.toml"), "--results", str(tmp_path), "--no-progress"]
+    assert main([*common, "--no-report", "--only", "cwtm"]) == 0
+    capsys.readouterr()
+    for extra, cwtm in (([], "finished"), (["--no-resume"], "to rerun")):
+        assert main([*common, "--dry-run", *extra]) == 0
+        states = dict(line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()[:-1])
+        assert states == {"cwtm": cwtm, "mda": "to run"}
+
