@@ -85,14 +85,18 @@ class RayTasks(CellExecutor):
         self._task = None
 
     def __enter__(self) -> RayTasks:
+        import warnings
+
         import ray
 
-        ray.init(
-            address=self.address,
-            log_to_driver=self.verbose,
-            logging_level=logging.INFO if self.verbose else logging.WARNING,
-            configure_logging=self.verbose,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator env vars
+            ray.init(
+                address=self.address,
+                log_to_driver=self.verbose,
+                logging_level=logging.INFO if self.verbose else logging.WARNING,
+                configure_logging=self.verbose,
+            )
         self._task = ray.remote(run_cell_task).options(num_cpus=self.threads, max_retries=0)
         from ray.util.queue import Queue
 
