@@ -202,7 +202,8 @@ def cmd_progress(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.file)
     folder = _folder(args.source) or sweep.directory(_folder(args.results))
-    print(progress_markdown(sweep, folder), end="")
+    # the sweep's own folder may not exist yet (no cell finished); a --from folder must
+    print(progress_markdown(sweep, folder, missing_ok=args.source is None), end="")
     return 0
 
 

@@ -109,24 +109,26 @@ def _seed(config: dict) -> str:
     return str(config.get("seed", 0))
 
 
-def progress_markdown(sweep_file: str | Path | Sweep, folder: str | Path) -> str:
+def progress_markdown(sweep_file: str | Path | Sweep, folder: str | Path, *, missing_ok: bool = False) -> str:
     """Per rule (``aggregator``, in the file's order) and seed: ``finished / planned`` cells of the sweep
     ``sweep_file`` (or its parsed :class:`~.grid.Sweep`) whose results are in ``folder`` (a sweep folder or
     an export), with a total row and the finished cells' time.
 
     A finished cell counts when the file plans a cell of its name with its config
     (:func:`~.results.planned_runs`); the others are left out with a line on stderr. :class:`ValueError`
-    when ``folder`` does not exist, or when it holds finished cells and none of them is planned by the file
-    (the results of another sweep); an empty folder (a sweep not started) counts none.
+    when ``folder`` does not exist (unless ``missing_ok``: the sweep's own folder before its first cell), or
+    when it holds finished cells and the file plans none of their names (the results of another sweep); an
+    empty folder counts none, and so do cells of planned names run with another config (named on stderr).
     """
     sweep = sweep_file if isinstance(sweep_file, Sweep) else load_sweep(sweep_file)
     plan = sweep.source or sweep.name
     cells = sweep.cells()
     planned = {c.name: c.config for c in cells}
     folder = Path(folder)
-    runs = [r for r in load_runs(folder) if r.accuracy is not None]
+    missing = missing_ok and not folder.exists()
+    runs = [] if missing else [r for r in load_runs(folder) if r.accuracy is not None]
     done = {r.path.name: r for r in planned_runs(runs, cells, folder, plan)}
-    if runs and not done:
+    if runs and not any(r.path.name in planned for r in runs):
         raise ValueError(f"none of the {len(runs)} finished cells in {folder} is one that {plan} plans: "
                          "the results of another sweep?")
     rules = list(dict.fromkeys(str(c.config.get("aggregator")) for c in cells))

@@ -71,8 +71,9 @@ NAME_KEYS: dict[str, str] = {
     "batch-size": "bs",
     "seed": "s",
 }
-#: Keys that never enter the comparison of a finished cell's config (where results live is not what ran).
-IGNORED_KEYS = frozenset({"results-dir"})
+#: Keys that never enter the comparison of two configs: where results live and under what name (the cell's
+#: folder) is not what ran.
+IGNORED_KEYS = frozenset({"results-dir", "run-name"})
 
 
 @dataclass(frozen=True)
@@ -188,13 +189,16 @@ def cell_name(varying: dict[str, Any]) -> str:
     return "__".join(parts) or "default"
 
 
-def normalized_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as the app records it (validated, defaults filled, JSON types), minus :data:`IGNORED_KEYS`.
+def normalized_config(config: dict[str, Any], *, validate: bool = True) -> dict[str, Any]:
+    """The config as the app records it (defaults filled, JSON types; validated unless ``validate=False``),
+    minus :data:`IGNORED_KEYS`; a value ``None`` (an export's empty CSV field) is a key not set.
 
-    Two configs describe the same experiment iff their normalised forms are equal; this is how a resumed
-    sweep recognises a finished cell from its ``summary.json``.
+    Two configs describe the same experiment iff their normalised forms are equal: this is how a resumed
+    sweep recognises a finished cell from its ``summary.json`` and how ``report``, ``progress`` and ``export``
+    compare a cell with what a sweep file plans (:func:`~.results.comparable_config`).
     """
-    full = ExperimentConfig.from_run_config(config).to_dict()
+    values = {k: v for k, v in config.items() if v is not None and k not in IGNORED_KEYS}
+    full = ExperimentConfig.from_run_config(values, validate=validate).to_dict()
     data = json.loads(json.dumps(full, sort_keys=True, default=str))
     return {k: v for k, v in data.items() if k not in IGNORED_KEYS}
 
@@ -230,20 +234,29 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
     for i, extra in enumerate(sweep.include, 1):
         partial.extend(_product(extra, f"[[include]] #{i}"))
     for i, entry in enumerate(sweep.exclude, 1):
-        for key in entry:
-            _check_key(key, f"exclude entry #{i}")
+        for key in entry:  # what a cell runs, not where (`engine`)
+            check_run_config_key(key, f"exclude entry #{i}")
     kept: list[dict[str, Any]] = []
     matched: set[int] = set()
-    seen_configs: set[str] = set()
+    seen_configs: dict[str, int] = {}
     for p in partial:
         full = _full(sweep, {**sweep.base, **p})
         hits = {i for i, ex in enumerate(sweep.exclude) if _matches(full, ex)}
         matched |= hits
         identity = json.dumps({k: v for k, v in full.items() if k != CELL_ENGINE}, sort_keys=True,
                               default=str)
-        if hits or identity in seen_configs:
+        if hits:
             continue
-        seen_configs.add(identity)
+        if identity in seen_configs:  # the same experiment again: one cell, the engine asked of either
+            first = kept[seen_configs[identity]]
+            mine, theirs = (str({**sweep.base, **q}.get(CELL_ENGINE) or "") for q in (p, first))
+            if mine and theirs and mine != theirs:
+                raise ValueError(f"sweep {sweep.name!r}: the cell {p} is asked on engine {mine!r} and on "
+                                 f"{theirs!r}")
+            if mine and not theirs:
+                kept[seen_configs[identity]] = {**first, CELL_ENGINE: mine}
+            continue
+        seen_configs[identity] = len(kept)
         kept.append(p)
     for i, ex in enumerate(sweep.exclude):
         if i not in matched:
@@ -294,6 +307,9 @@ def load_sweep(path: str | Path) -> Sweep:
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected {sorted(known)}")
     meta = data.get("sweep", {})
+    for key, value in (("sweep", meta), ("base", data.get("base", {})), ("grid", data.get("grid", {}))):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: {key} must be a table ([{key}]), got {value!r}")
     sweep_keys = ("name", "results", "description", "engine")
     for key in meta:
         if key not in sweep_keys:
@@ -310,6 +326,10 @@ def load_sweep(path: str | Path) -> Sweep:
         include = [include]
     if isinstance(exclude, dict):
         exclude = [exclude]
+    for key, entries in (("include", include), ("exclude", exclude)):
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"{path}: {key} must be a list of tables ({key} = [{{aggregator = \"mean\"}}]), "
+                             f"got {entries!r}")
     return Sweep(
         name=name,
         base=dict(data.get("base", {})),

@@ -111,22 +111,27 @@ def load_runs(directory: str | Path) -> list[Run]:
 def load_cells(directory: str | Path) -> list[Run]:
     """Every ``<directory>/*/summary.json`` (one level down), sorted by folder name.
 
-    A cell that did not finish is left out, and so is a cell whose files cannot be read: a ``status`` other
-    than ``ok`` (a run that failed after writing its results, e.g. no progress), a ``summary.json`` or
-    ``timing.json`` that is not a JSON object. How many, which and why is printed on stderr
-    (:func:`report_left_out`).
+    A cell that did not finish is left out, and so is a cell whose summary cannot be read: a ``status``
+    other than ``ok`` (a run that failed after writing its results, e.g. no progress), a ``summary.json``
+    that is not a JSON object (as :func:`~.runner.is_finished`, which then reruns it). How many, which and
+    why is printed on stderr (:func:`report_left_out`). An unreadable ``timing.json`` only loses the cell's
+    timing (named on stderr too): the run itself finished.
     """
     directory = Path(directory)
     if directory.is_file():
         raise ValueError(f"{directory} is a file, not a folder")
     if not directory.is_dir():
         raise ValueError(f"no results folder {directory}: run `resam sweep` first")
-    runs, left_out = [], []
+    runs, left_out, untimed = [], [], []
     for summary_path in sorted(directory.glob("*/summary.json")):
         cell = summary_path.parent
         try:
-            summary = _json_object(summary_path)
             timing = _json_object(cell / "timing.json") if (cell / "timing.json").exists() else {}
+        except (OSError, ValueError) as exc:
+            timing = {}
+            untimed.append((cell.name, f"unreadable: {exc}"))
+        try:
+            summary = _json_object(summary_path)
             config = summary.get("config", {})
             if not isinstance(config, dict):
                 raise ValueError(f"{summary_path}: its config is not a JSON object")
@@ -138,6 +143,11 @@ def load_cells(directory: str | Path) -> list[Run]:
             continue
         runs.append(Run(cell, dict(config), summary, _curve(cell / "metrics.csv", summary), timing))
     report_left_out(directory, left_out)
+    if untimed:
+        named = "; ".join(f"{name} ({why})" for name, why in untimed[:5])
+        more = f"; and {len(untimed) - 5} more" if len(untimed) > 5 else ""
+        print(f"[resam] {directory}: timing.json of {len(untimed)} cell(s) unreadable, their time not "
+              f"counted: {named}{more}", file=sys.stderr)
     return runs
 
 
@@ -172,18 +182,16 @@ def report_left_out(source: str | Path, left_out: list[tuple[str, str]], *, show
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` in a form that compares across a results folder and its export: the app's defaults
-    filled, JSON types, bookkeeping keys (:data:`BOOKKEEPING`) dropped, and a missing value (``None``: an
-    export's empty CSV field) read as the empty string it was written from."""
-    from ..app.config import ExperimentConfig
+    """``config`` in a form that compares across a results folder and its export: what
+    :func:`~.grid.normalized_config` makes of it (unvalidated; the same form :func:`~.runner.is_finished`
+    compares), or, for a config of wrong types, its values without :data:`BOOKKEEPING` keys and ``None``."""
+    from .grid import normalized_config
 
-    values = {k: "" if v is None else v for k, v in config.items() if k not in BOOKKEEPING}
     try:
-        values = ExperimentConfig.from_run_config(values, validate=False).to_dict()
+        return normalized_config(config, validate=False)
     except (TypeError, ValueError):
-        pass
-    data = json.loads(json.dumps(values, sort_keys=True, default=str))
-    return {k: v for k, v in data.items() if k not in BOOKKEEPING}
+        values = {k: v for k, v in config.items() if v is not None and k not in BOOKKEEPING}
+        return json.loads(json.dumps(values, sort_keys=True, default=str))
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -195,8 +203,8 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def planned_runs(runs: list[Run], cells: list, source: str | Path, plan: str | Path) -> list[Run]:
     """The runs of ``runs`` (read from ``source``) that the sweep file ``plan`` plans (``cells``, its
     :class:`~.grid.Cell` list): a cell of the same name whose config is the planned one
-    (:func:`comparable_config`: what :func:`~.runner.is_finished` compares). The others are left out with a
-    line on stderr saying how many and why (not planned, or which keys differ)."""
+    (:func:`comparable_config`, the form :func:`~.runner.is_finished` compares). The others are left out
+    with a line on stderr saying how many and why (not planned, or which keys differ)."""
     planned = {c.name: c.config for c in cells}
     kept, unplanned, differ = [], [], {}
     for run in runs:
@@ -221,23 +229,22 @@ def planned_runs(runs: list[Run], cells: list, source: str | Path, plan: str | P
 
 def combine(sources: list[tuple[str | Path, list[Run]]]) -> list[Run]:
     """The runs of several sources (``[(folder, runs)]``) together; :class:`ValueError` when a cell is in two
-    of them (the same config, or the same name in the same sweep): counted twice, it would double its seeds.
+    of them (the same config, :func:`comparable_config`: the same experiment): counted twice, it would double
+    its seeds. Cells of one name with different configs (two sweeps of one name) are two experiments.
     """
-    seen: dict[Any, tuple[str | Path, Run]] = {}
+    seen: dict[str, tuple[str | Path, Run]] = {}
     out = []
     for source, runs in sources:
-        mine: dict[Any, Run] = {}
+        mine: dict[str, Run] = {}
         for run in runs:
-            sweep = Path(str(run.config.get("results-dir") or source)).name
-            keys = [json.dumps(comparable_config(run.config), sort_keys=True), (sweep, run.path.name)]
-            for key in keys:
-                if key in seen:
-                    other, first = seen[key]
-                    alias = "" if first.path.name == run.path.name else f" (as {first.path.name})"
-                    raise ValueError(
-                        f"cell {run.path.name} of {source} is also in {other}{alias}: give each cell once "
-                        "(a sweep folder and its export are the same cells)")
-                mine[key] = run
+            key = json.dumps(comparable_config(run.config), sort_keys=True)
+            if key in seen:
+                other, first = seen[key]
+                alias = "" if first.path.name == run.path.name else f" (as {first.path.name})"
+                raise ValueError(
+                    f"cell {run.path.name} of {source} is also in {other}{alias}: give each cell once "
+                    "(a sweep folder and its export are the same cells)")
+            mine[key] = run
             out.append(run)
         seen.update({key: (source, run) for key, run in mine.items()})
     return out

@@ -82,14 +82,20 @@ def test_corrupt_cell_files_are_left_out_and_named(results, tmp_path, capsys):
     (results / names[0] / "timing.json").write_text("[]")
     (results / names[1] / "summary.json").write_text("[]")
     (results / names[2] / "timing.json").write_text("")
-    assert sorted(r.path.name for r in load_cells(results)) == names[3:]
+    (results / names[3] / "summary.json").write_text("{")
+    runs = {r.path.name: r for r in load_cells(results)}
+    assert sorted(runs) == [names[0], names[2], *names[4:]]  # an unreadable timing loses only the timing
+    assert runs[names[0]].timing == {} == runs[names[2]].timing and runs[names[4]].timing
     err = capsys.readouterr().err
+    summary = results / names[1] / "summary.json"
+    assert f"2 cell(s) left out: {names[1]} (unreadable: {summary}: not a JSON object)" in err
+    assert f"{names[3]} (unreadable: {results / names[3] / 'summary.json'}: Expecting" in err
     timing = results / names[0] / "timing.json"
-    assert f"3 cell(s) left out: {names[0]} (unreadable: {timing}: not a JSON object)" in err
-    assert f"{names[1]} (unreadable: {results / names[1] / 'summary.json'}: not a JSON object)" in err
+    assert f"timing.json of 2 cell(s) unreadable, their time not counted: {names[0]} (unreadable: " \
+           f"{timing}: not a JSON object)" in err
     assert f"{names[2]} (unreadable: {results / names[2] / 'timing.json'}: Expecting value" in err
     assert main(["report", str(results)]) == 0
-    assert f"{len(names) - 3} finished cells" in capsys.readouterr().out
+    assert f"{len(names) - 2} finished cells" in capsys.readouterr().out
 
     export_compact(results, tmp_path / "ex")
     (tmp_path / "ex" / "config.json").write_text("")
@@ -177,6 +183,23 @@ def test_progress_from_a_missing_folder_or_another_sweeps_results_is_an_error(tm
     (tmp_path / "empty").mkdir()  # a sweep not started: zeros
     assert main(["progress", fmnist, "--from", str(tmp_path / "empty")]) == 0
     assert _row(capsys.readouterr().out, "**all**")[-2:] == ["0 / 450", "0.0"]
+    # without --from, the sweep's own folder before its first cell: zeros too
+    assert main(["progress", fmnist, "--results", str(tmp_path / "not-yet")]) == 0
+    assert _row(capsys.readouterr().out, "**all**")[-2:] == ["0 / 450", "0.0"]
+
+
+def test_progress_of_an_edited_sweep_file_counts_none_of_the_cells_it_changed(tmp_path, fake_simulate,
+                                                                               capsys):
+    grid = 'aggregator = ["cwtm", "mda"]\n'
+    write_sweep_file(tmp_path / "t.toml", "t", BASE, grid)
+    common = ["--results", str(tmp_path), "--no-progress", "--no-report"]
+    assert main(["sweep", str(tmp_path / "t.toml"), *common]) == 0
+    write_sweep_file(tmp_path / "t.toml", "t", {**BASE, "num-server-rounds": 9}, grid)  # more rounds now
+    capsys.readouterr()
+    assert main(["progress", str(tmp_path / "t.toml"), "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert _row(out, "**all**")[1:3] == ["0 / 2", "0 / 2"]
+    assert "2 cell(s) in" in err and "differ from what" in err and "(num-server-rounds): left out" in err
 
 
 # -- E: claims with nothing to compare -----------------------------------------------------------------------
@@ -317,3 +340,30 @@ def test_dry_run_says_what_no_resume_reruns(tmp_path, fake_simulate, capsys):
         states = dict(line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()[:-1])
         assert states == {"cwtm": cwtm, "mda": "to run"}
 
+
+
+def test_a_key_set_in_some_cells_only_reexports_and_counts(tmp_path, fake_simulate, capsys):
+    # `gamma` (a partitioner's parameter, not a field of the config) is in one cell only: the export writes
+    # an empty field for the others, which must read as "not set", not as another config
+    toml = tmp_path / "x.toml"
+    write_sweep_file(toml, "x", BASE, 'aggregator = ["cwtm", "mda"]\n')
+    toml.write_text(toml.read_text() + '[[include]]\naggregator = "mda"\ngamma = 0.3\n')
+    common = ["--results", str(tmp_path), "--no-progress", "--no-report"]
+    assert main(["sweep", str(toml), *common]) == 0
+    names = sorted(p.name for p in (tmp_path / "x").iterdir() if (p / "summary.json").exists())
+    assert len(names) == 3
+    for _ in range(2):  # the export, then again as a sweep grows: no refusal
+        assert main(["export", str(tmp_path / "x"), "--out", str(tmp_path / "ex")]) == 0
+    capsys.readouterr()
+    for source in (tmp_path / "x", tmp_path / "ex"):
+        assert main(["progress", str(toml), "--from", str(source)]) == 0
+        out, err = capsys.readouterr()
+        assert _row(out, "**all**")[1] == "3 / 3" and "left out" not in err
+    # two sweeps of one name (a copied file) with other configs are two experiments, not one cell twice
+    other = tmp_path / "other"
+    write_sweep_file(tmp_path / "y.toml", "x", {**BASE, "num-server-rounds": 9}, 'aggregator = ["cwtm"]\n')
+    assert main(["sweep", str(tmp_path / "y.toml"), "--results", str(other), *common[2:]]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "ex"), str(other / "x"), "--where"]) == 0
+    assert sorted(line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()[2:]
+                  if line.startswith("|")) == ["cwtm", "cwtm", "mda", "mda"]  # 4 and 9 rounds; γ or not

@@ -136,6 +136,10 @@ def test_exclude_misplaced_under_grid_and_unknown_sweep_keys_are_errors(tmp_path
         load_sweep(write(tmp_path, text)).cells(tmp_path)
     with pytest.raises(ValueError, match=r"\[sweep\] 'result' is not one of name, results, description"):
         load_sweep(write(tmp_path, '[sweep]\nresult = "out"\n[base]\ndataset = "digits"\n'))
+    with pytest.raises(ValueError, match=r"exclude must be a list of tables .*got \['mean'\]"):
+        load_sweep(write(tmp_path, 'exclude = ["mean"]\n[base]\ndataset = "digits"\n'))
+    with pytest.raises(ValueError, match=r"sweep must be a table \(\[sweep\]\), got 'x'"):
+        load_sweep(write(tmp_path, 'sweep = "x"\n[base]\ndataset = "digits"\n'))
 
 
 def test_cells_that_run_the_same_experiment_are_one_cell(tmp_path):
@@ -150,6 +154,14 @@ def test_cells_that_run_the_same_experiment_are_one_cell(tmp_path):
     # without the seed-1 include, nothing varies but the rule: the restated cells add nothing, not even a name
     sweep.include = sweep.include[:2]
     assert [c.name for c in expand(sweep, tmp_path)] == ["cwtm", "mean"]
+    # an include that restates a cell to pick its engine: that cell, on that engine
+    sweep.include = [{"aggregator": "mean", "engine": "ray"}]
+    assert [(c.name, c.engine) for c in expand(sweep, tmp_path)] == [("cwtm", ""), ("mean", "ray")]
+    sweep.include.append({"aggregator": "mean", "engine": "inprocess"})
+    with pytest.raises(ValueError, match="is asked on engine 'inprocess' and on 'ray'"):
+        expand(sweep, tmp_path)
+    with pytest.raises(ValueError, match="exclude entry #1: 'engine' is no run-config key"):
+        expand(Sweep("s", BASE, {"seed": [0, 1]}, exclude=[{"engine": "ray"}]), tmp_path)
 
 
 def test_cell_names_are_filesystem_safe_and_ordered():
