@@ -207,14 +207,15 @@ def _matches(cell: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(k in cell and cell[k] == v for k, v in pattern.items())
 
 
-def _full(sweep: Sweep, config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the app's defaults filled in (what the cell runs), its ``engine`` key kept."""
+def _full(sweep: Sweep, config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the app's defaults filled in (what the cell runs), its ``engine`` key kept; an error
+    names the cell by its grid ``values``."""
     try:
         defaults = ExperimentConfig.from_run_config(
             {k: v for k, v in config.items() if k != CELL_ENGINE}, validate=False
         ).to_dict()
     except ValueError as exc:
-        raise ValueError(f"sweep {sweep.name!r}: {exc}") from exc
+        raise ValueError(f"sweep {sweep.name!r}, cell {values}: {exc}") from exc
     return {**defaults, **config}
 
 
@@ -240,7 +241,7 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
     matched: set[int] = set()
     seen_configs: dict[str, int] = {}
     for p in partial:
-        full = _full(sweep, {**sweep.base, **p})
+        full = _full(sweep, {**sweep.base, **p}, p)
         hits = {i for i, ex in enumerate(sweep.exclude) if _matches(full, ex)}
         matched |= hits
         identity = json.dumps({k: v for k, v in full.items() if k != CELL_ENGINE}, sort_keys=True,

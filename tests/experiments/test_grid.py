@@ -92,6 +92,8 @@ def test_load_sweep_file_and_errors(tmp_path):
     bad = write(tmp_path, "[sweep]\nname = 'x'\n[grids]\na = 1\n", "bad.toml")
     with pytest.raises(ValueError, match="unknown top-level keys"):
         load_sweep(bad)
+    with pytest.raises(ValueError, match=r"sweep 's', cell \{'momentum': 'a'\}: run config momentum must"):
+        expand(Sweep("s", BASE, {"momentum": [0.0, "a"]}), tmp_path)
     with pytest.raises(ValueError, match="empty list"):
         expand(Sweep("s", BASE, {"momentum": []}), tmp_path)
 
