@@ -31,7 +31,8 @@ File format (keys of ``[base]``, ``[grid]`` and ``[[include]]`` are the run-conf
     num-clients = 200             # Flower's Ray simulation for a cell with many clients
     engine = "ray"
 
-The semantics of ``include``/``exclude`` are those of a CI build matrix. Each cell gets a name built from
+The semantics of ``include``/``exclude`` are those of a CI build matrix (without ``[grid]``, the includes are
+the cells; without either, ``[base]`` is the one cell). Each cell gets a name built from
 the keys that vary across the sweep (``nnm_cwtm__alie__b0.9__s0``); it is its results folder.
 """
 
@@ -231,7 +232,8 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
     """
     for key in sweep.base:
         _check_key(key, "[base]")
-    partial = _product(sweep.grid) if sweep.grid else [{}]
+    # no grid: the includes are the cells (as in a CI build matrix), or [base] alone without any
+    partial = _product(sweep.grid) if sweep.grid else [] if sweep.include else [{}]
     for i, extra in enumerate(sweep.include, 1):
         partial.extend(_product(extra, f"[[include]] #{i}"))
     for i, entry in enumerate(sweep.exclude, 1):

@@ -125,6 +125,13 @@ def test_a_grid_that_would_not_run_as_written_is_an_error(tmp_path, sweep, messa
         expand(sweep, tmp_path)
 
 
+def test_without_a_grid_the_includes_are_the_cells(tmp_path):
+    sweep = Sweep("s", BASE, {}, include=[{"aggregator": "cwtm"}, {"aggregator": "cwmed", "seed": [0, 1]}])
+    assert [(c.name, c.config["aggregator"], c.config.get("seed", 0)) for c in expand(sweep, tmp_path)] == [
+        ("cwtm", "cwtm", 0), ("cwmed__s0", "cwmed", 0), ("cwmed__s1", "cwmed", 1)]  # no [base]-only cell
+    assert [c.name for c in expand(Sweep("s", BASE, {}), tmp_path)] == ["default"]
+
+
 def test_known_extra_keys_and_data_options_are_accepted(tmp_path):
     grid = {"gamma": [0.2, 0.5], "data-num-train": 100, "classes-per-partition": 3, "engine": "inprocess"}
     assert [c.name for c in expand(Sweep("s", BASE, grid), tmp_path)] == ["gamma-0.2", "gamma-0.5"]
