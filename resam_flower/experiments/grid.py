@@ -246,8 +246,9 @@ def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:
         full = _full(sweep, {**sweep.base, **p}, p)
         hits = {i for i, ex in enumerate(sweep.exclude) if _matches(full, ex)}
         matched |= hits
-        identity = json.dumps({k: v for k, v in full.items() if k != CELL_ENGINE}, sort_keys=True,
-                              default=str)
+        # the experiment it runs: its normal form (momentum = 0 and 0.0 are one experiment)
+        identity = json.dumps(normalized_config({k: v for k, v in full.items() if k != CELL_ENGINE},
+                                                validate=False), sort_keys=True)
         if hits:
             continue
         if identity in seen_configs:  # the same experiment again: one cell, the engine asked of either

@@ -163,6 +163,9 @@ def test_cells_that_run_the_same_experiment_are_one_cell(tmp_path):
     # without the seed-1 include, nothing varies but the rule: the restated cells add nothing, not even a name
     sweep.include = sweep.include[:2]
     assert [c.name for c in expand(sweep, tmp_path)] == ["cwtm", "mean"]
+    # one experiment however its values are spelled (TOML's 0 for 0.0)
+    spelled = Sweep("s", BASE, {"momentum": [0.0, 0.9]}, include=[{"momentum": 0}])
+    assert [c.name for c in expand(spelled, tmp_path)] == ["b0", "b0.9"]
     # an include that restates a cell to pick its engine: that cell, on that engine
     sweep.include = [{"aggregator": "mean", "engine": "ray"}]
     assert [(c.name, c.engine) for c in expand(sweep, tmp_path)] == [("cwtm", ""), ("mean", "ray")]
