@@ -173,6 +173,12 @@ class ExperimentConfig:
             raise ValueError(f"run config mode must be gradient or model, got {self.mode!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"run config device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        from ..data.sources import check_dataset
+        from ..models.registry import check_model
+
+        options = {k[len("data-") :]: v for k, v in self.extra.items() if k.startswith("data-")}
+        check_dataset(self.dataset, options)  # unknown names and options fail here, not at the first load
+        check_model(self.model)
         rule = build_rule(self.aggregator, f=self.num_byzantine, **parse_params(self.aggregator_params))
         if self.num_clients - 0 < rule.min_inputs(self.num_byzantine):
             raise ValueError(

@@ -37,7 +37,8 @@ from .cifar import load_cifar10_arrays
 from .mnist import MNIST_SHA256, load_mnist_arrays
 from .synthetic import SHAPES, make_synthetic
 
-__all__ = ["load_dataset", "available_datasets", "SOURCES", "FASHION_MNIST_DIR_ENV", "read_idx"]
+__all__ = ["load_dataset", "available_datasets", "check_dataset", "SOURCES", "FASHION_MNIST_DIR_ENV",
+           "read_idx"]
 
 #: Environment variable naming a folder with the Fashion-MNIST idx files.
 FASHION_MNIST_DIR_ENV = "RESAM_FASHION_MNIST_DIR"
@@ -134,6 +135,7 @@ def _synthetic(name: str) -> Callable[..., DataSplit]:
         options.setdefault("shape", SHAPES[name])
         return make_synthetic(split, name=name, **options)
 
+    load.options_of = make_synthetic  # type: ignore[attr-defined]  # what check_dataset reads its options from
     return load
 
 
@@ -160,6 +162,24 @@ _REGISTRY: Registry[Callable[..., DataSplit]] = Registry("data set", SOURCES, _A
 def _canonical(name: str) -> str:
     _REGISTRY.resolve(name)  # an unknown name raises, listing the available ones
     return _REGISTRY.canonical(name)
+
+
+def check_dataset(name: str, options: dict[str, Any] | None = None) -> None:
+    """:class:`ValueError` for a data set name :func:`load_dataset` does not know, or an option (``num-train``
+    or ``num_train``) its source does not take, naming the options it takes: checked when a run config is
+    validated, so a typo fails before the first round, not when the data are loaded."""
+    import inspect
+
+    key = _canonical(name)
+    source = SOURCES[key]
+    params = inspect.signature(getattr(source, "options_of", source)).parameters
+    taken = sorted(n for n, p in params.items() if n not in ("split", "normalize", "name")
+                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = sorted(k for k in options or {} if k.replace("-", "_") not in taken)
+    if unknown:
+        shown = ", ".join(t.replace("_", "-") for t in taken) or "none"
+        raise ValueError(f"data set {key!r} takes no option {', '.join(unknown)} (run config data-<option>); "
+                         f"its options: {shown}")
 
 
 def _freeze(value: Any) -> Any:

@@ -27,7 +27,7 @@ from ..aggregators.base import check_int
 from .cnn import CifarCNN, MnistCNN
 from .mlp import MLP, LogisticRegression
 
-__all__ = ["MODELS", "build_model", "available_models", "count_parameters"]
+__all__ = ["MODELS", "build_model", "available_models", "check_model", "count_parameters"]
 
 #: name -> model class (constructor ``(num_classes, in_shape, **params)``).
 MODELS: dict[str, type[nn.Module]] = {
@@ -43,6 +43,11 @@ _REGISTRY: Registry[type[nn.Module]] = Registry("model", MODELS, _ALIASES)
 def available_models() -> list[str]:
     """Names :func:`build_model` accepts."""
     return sorted(MODELS)
+
+
+def check_model(name: str) -> None:
+    """:class:`ValueError` for a name :func:`build_model` does not know, listing the available ones."""
+    _REGISTRY.resolve(name)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

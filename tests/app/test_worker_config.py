@@ -27,6 +27,11 @@ def test_defaults_are_ours_server_decay_all_nodes_no_clipping():
         ({"weight-decay-at": 1}, "weight-decay-at must be str, got 1"),
         ({"attack": "lf-lab", "local-steps": 2}, "lf-lab redraws .* local-steps = 1 and mode = gradient.*=2"),
         ({"attack": "lf-lab", "mode": "model"}, "lf-lab .*mode='model'"),
+        # names and data options fail when the config is validated, not when the data or model are loaded
+        ({"dataset": "mnistt"}, r"unknown data set 'mnistt'; available: cifar10, digits"),
+        ({"dataset": "digits", "data-splt": "x"},
+         r"data set 'digits' takes no option splt \(run config data-<option>\); its options: test-fraction"),
+        ({"model": "mlpp"}, r"unknown model 'mlpp'; available: cifar-cnn, logreg, mlp, mnist-cnn"),
     ],
 )
 def test_bad_values_raise_naming_the_key_the_value_and_the_bound(kw, match):
