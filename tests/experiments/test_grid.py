@@ -133,7 +133,7 @@ def test_without_a_grid_the_includes_are_the_cells(tmp_path):
 
 
 def test_known_extra_keys_and_data_options_are_accepted(tmp_path):
-    grid = {"gamma": [0.2, 0.5], "data-num-train": 100, "classes-per-partition": 3, "engine": "inprocess"}
+    grid = {"gamma": [0.2, 0.5], "data-test-fraction": 0.3, "classes-per-partition": 3, "engine": "inprocess"}
     assert [c.name for c in expand(Sweep("s", BASE, grid), tmp_path)] == ["gamma-0.2", "gamma-0.5"]
 
 
