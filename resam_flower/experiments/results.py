@@ -143,11 +143,7 @@ def load_cells(directory: str | Path) -> list[Run]:
             continue
         runs.append(Run(cell, dict(config), summary, _curve(cell / "metrics.csv", summary), timing))
     report_left_out(directory, left_out)
-    if untimed:
-        named = "; ".join(f"{name} ({why})" for name, why in untimed[:5])
-        more = f"; and {len(untimed) - 5} more" if len(untimed) > 5 else ""
-        print(f"[resam] {directory}: timing.json of {len(untimed)} cell(s) unreadable, their time not "
-              f"counted: {named}{more}", file=sys.stderr)
+    report_left_out(directory, untimed, what="timing.json of {n} cell(s) unreadable, their time not counted")
     return runs
 
 
@@ -171,14 +167,15 @@ def finished_ok(summary: dict[str, Any]) -> bool:
     return summary.get("status") in (None, "ok")
 
 
-def report_left_out(source: str | Path, left_out: list[tuple[str, str]], *, shown: int = 5) -> None:
-    """Print on stderr how many cells of ``source`` were left out, naming the first ``shown`` of
-    ``left_out`` (``[(cell, why)]``) and why; nothing when none was."""
+def report_left_out(source: str | Path, left_out: list[tuple[str, str]], *, shown: int = 5,
+                    what: str = "{n} cell(s) left out") -> None:
+    """Print on stderr how many cells of ``source`` were left out (``what``, ``{n}`` their number), naming
+    the first ``shown`` of ``left_out`` (``[(cell, why)]``) and why; nothing when none was."""
     if not left_out:
         return
     named = "; ".join(f"{name} ({why})" for name, why in left_out[:shown])
     more = f"; and {len(left_out) - shown} more" if len(left_out) > shown else ""
-    print(f"[resam] {source}: {len(left_out)} cell(s) left out: {named}{more}", file=sys.stderr)
+    print(f"[resam] {source}: {what.format(n=len(left_out))}: {named}{more}", file=sys.stderr)
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
