@@ -6,6 +6,8 @@
     resam sweep simulations/tiny.toml --jobs 4    # 4 cells at once (in-process engine, 1 thread each)
     resam sweep simulations/tiny.toml --engine ray  # one cell at a time in Flower's Ray simulation
     resam sweep simulations/tiny.toml --ray-address auto  # cells as tasks on a running Ray cluster
+    resam sweep simulations/lab_mnist.toml --skip-exported reproduction/lab_mnist  # only what it lacks
+    resam export results/lab_mnist --out reproduction/lab_mnist --merge  # add the new cells to that export
     resam plot results/paper_mnist                # PNG curves and heatmaps in results/paper_mnist/plots/
     resam report results/paper_mnist              # Markdown table (also written to report.md)
     resam progress simulations/lab_mnist.toml --from reproduction/lab_mnist  # cells finished per rule, seed
@@ -103,20 +105,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     forced = "inprocess" if args.ray_address else args.engine
     engine, jobs = sweep_engine_and_jobs(sweep, forced, args.jobs)
     sweep.engine = sweep.engine or "inprocess"  # the CLI's default engine (run_sweep's is Ray)
+    if args.skip_exported and args.no_resume:
+        raise ValueError("--skip-exported skips cells an export holds; --no-resume reruns every cell: "
+                         "give one of them")
     cells = sweep.cells(args.results)
     if args.dry_run:
-        from .experiments.runner import is_finished, select_cells
+        from .experiments.runner import finished_in_exports, is_finished, select_cells
 
+        exported = finished_in_exports(cells, args.skip_exported) if args.skip_exported else {}
         cells = select_cells(sweep, cells, only=args.only, where=_where(args.where))
 
         for cell in cells:
-            state = "to run" if not is_finished(cell) else "to rerun" if args.no_resume else "finished"
+            state = ("to rerun" if args.no_resume else "finished") if is_finished(cell) else (
+                "finished (exported)" if cell.name in exported else "to run")
             print(f"{cell.name}\t{state}\t{json.dumps(cell.varying, default=str)}")
         print(f"{len(cells)} cells -> {sweep.directory(args.results)}")
         return 0
     t0 = time.perf_counter()
     selection = "".join([f" --only {' '.join(args.only)}" if args.only else "",
-                         f" --where {' '.join(args.where)}" if args.where else ""])
+                         f" --where {' '.join(args.where)}" if args.where else "",
+                         f" --skip-exported {' '.join(args.skip_exported)}" if args.skip_exported else ""])
     stop = exit_on_interrupt(
         f"interrupted: finished cells are kept; `resam sweep {args.file}{selection}` resumes"
     )
@@ -137,6 +145,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             jobs=jobs,
             threads_per_cell=args.threads_per_cell,
             ray_address=args.ray_address,
+            exported=args.skip_exported,
         )
     failed = [r for r in results if r.status == "failed"]
     where = f"Ray cluster {args.ray_address}" if args.ray_address else f"{jobs} job(s)"
@@ -275,12 +284,17 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .experiments.compact import export_compact
+    from .experiments.compact import export_compact, is_compact, load_compact
 
     source, runs = _target_runs(args.target, args.results) if args.target.endswith(".toml") else (
         _sweep_dir(args.target, args.results), None)
-    cells, rows = export_compact(source, _folder(args.out), every=args.every, force=args.force, runs=runs)
-    print(f"[resam] exported {cells} cells, {rows} round rows of {source} -> {args.out}")
+    if args.merge and args.force:
+        raise ValueError("--merge keeps the export's cells, --force replaces them: give one of them")
+    before = len(load_compact(args.out)) if args.merge and is_compact(args.out) else 0
+    cells, rows = export_compact(source, _folder(args.out), every=args.every, force=args.force, runs=runs,
+                                 merge=args.merge)
+    kept = f" ({before} were there, {cells - before} added)" if args.merge else ""
+    print(f"[resam] exported {cells} cells{kept}, {rows} round rows of {source} -> {args.out}")
     return 0
 
 
@@ -380,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only cells with these run-config values, e.g. seed=0 alpha=1")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
     p.add_argument("--no-resume", action="store_true", help="rerun finished cells too")
+    p.add_argument("--skip-exported", nargs="+", action="extend", metavar="EXPORT",
+                   help="count the cells these exports (resam export --out folders) hold with the planned "
+                   "config as finished, e.g. a committed reproduction; add the new ones with export --merge")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not print/write the report at the end")
     p.add_argument(
@@ -441,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=5, help="keep every N-th round besides 1..10 and eval rounds")
     p.add_argument("--force", action="store_true",
                    help="replace an export in --out that this one would change or lose cells of")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the cells of the export in --out and add these (a sweep continued elsewhere, "
+                   "sweep --skip-exported)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("progress", help="cells of a sweep finished so far, per rule and seed (Markdown)")

@@ -96,7 +96,7 @@ def _kept_round(rnd: int, row: dict[str, str], every: int) -> bool:
 
 
 def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5, force: bool = False,
-                   runs: list[Run] | None = None) -> tuple[int, int]:
+                   runs: list[Run] | None = None, merge: bool = False) -> tuple[int, int]:
     """Write ``config.json``, ``cells.csv`` and ``rounds.csv`` of the sweep in ``directory`` to ``out_dir``.
 
     Returns ``(cells, round rows)`` written. Idempotent: rerun it as cells finish; the files are replaced
@@ -106,6 +106,12 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     An export already in ``out_dir`` is replaced only by one of the same sweep that keeps all its cells
     (the same cells, as many or more): :class:`ValueError` names the cells it would lose or change, unless
     ``force``.
+
+    ``merge``: keep the cells of the export already in ``out_dir`` and add ``directory``'s (a sweep
+    continued on another machine or a fresh clone, ``resam sweep --skip-exported``); a cell in both is
+    taken from ``directory``, and must have the same config there (else :class:`ValueError` naming it).
+    The result is the export of all the cells together: the same files as one export of a folder that
+    holds them all.
     """
     if every < 1:
         raise ValueError(f"every={every}: must be >= 1")
@@ -119,7 +125,9 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
-    if not force and is_compact(out):
+    if merge and is_compact(out):
+        runs = _merged(out, runs)
+    elif not force and is_compact(out):
         _check_replace(out, runs)
     out.mkdir(parents=True, exist_ok=True)
     vary = varying_keys(runs)
@@ -139,29 +147,41 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     with atomic_open(out / ROUNDS, text=True, mode=0o644, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["cell", "round", *ROUND_FIELDS])
-        for run in runs:
-            try:
-                with (run.path / "metrics.csv").open(newline="") as src:
-                    for row in csv.DictReader(src):
-                        rnd = int(float(row["round"]))
-                        if _kept_round(rnd, row, every):
-                            writer.writerow([run.path.name, rnd, *(_short(row.get(k)) for k in ROUND_FIELDS)])
-                            rows += 1
-            except OSError:
-                continue
+        for run in runs:  # metrics.csv of a results folder, or the rows of an export (merge)
+            for row in run.metrics():
+                rnd = int(float(row["round"]))
+                if _kept_round(rnd, row, every):
+                    writer.writerow([run.path.name, rnd, *(_short(row.get(k)) for k in ROUND_FIELDS)])
+                    rows += 1
     return len(runs), rows
+
+
+def _merged(out: Path, runs: list[Run]) -> list[Run]:
+    """The cells of the export in ``out`` and ``runs`` together, by cell name (``runs`` win a tie, when the
+    config is the same; :class:`ValueError` when it is not)."""
+    from .results import differing_cells
+
+    new = {run.path.name: run for run in runs}
+    old = load_compact(out)
+    changed = differing_cells((r.path.name, r.config, new[r.path.name].config)
+                              for r in old if r.path.name in new)
+    if changed:
+        name, keys = next(iter(changed.items()))
+        raise ValueError(f"--merge: {len(changed)} cell(s) of {out} have another config in the results "
+                         f"(e.g. {name}: {', '.join(keys)}): another sweep's export? give another --out")
+    kept = [r for r in old if r.path.name not in new]
+    return sorted([*kept, *runs], key=lambda r: r.path.name)
 
 
 def _check_replace(out: Path, runs: list[Run]) -> None:
     """:class:`ValueError` if the export in ``out`` has a cell that ``runs`` lacks or holds with another
     config (another sweep's export, or a smaller selection of this one)."""
-    from .results import config_differences
+    from .results import differing_cells
 
     new = {run.path.name: run.config for run in runs}
     old = load_compact(out)
     lost = [r.path.name for r in old if r.path.name not in new]
-    changed = {r.path.name: config_differences(r.config, new[r.path.name]) for r in old if r.path.name in new}
-    changed = {name: keys for name, keys in changed.items() if keys}
+    changed = differing_cells((r.path.name, r.config, new[r.path.name]) for r in old if r.path.name in new)
     if not lost and not changed:
         return
     problems = []

@@ -12,6 +12,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "report_left_out",
     "comparable_config",
     "config_differences",
+    "differing_cells",
     "planned_runs",
     "combine",
     "select",
@@ -195,6 +197,13 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The keys whose values differ between two configs (:func:`comparable_config`), sorted."""
     a, b = comparable_config(a), comparable_config(b)
     return sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+
+
+def differing_cells(pairs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]]) -> dict[str, list[str]]:
+    """``{cell: keys}`` for the ``(cell, config, config)`` triples whose two configs differ
+    (:func:`config_differences`), in the order given."""
+    differ = {name: config_differences(a, b) for name, a, b in pairs}
+    return {name: keys for name, keys in differ.items() if keys}
 
 
 def planned_runs(runs: list[Run], cells: list, source: str | Path, plan: str | Path) -> list[Run]:

@@ -22,6 +22,11 @@ work as in a sequential sweep: a cell is finished once its ``summary.json`` is w
 With ``ray_address`` the same loop (:func:`_run_parallel` over a :class:`CellExecutor`) runs the cells as
 Ray tasks on an existing cluster (:class:`.cluster.RayTasks`); their result files come back to this
 process and are written into the sweep's folder here.
+
+With ``exported`` (``resam sweep --skip-exported``) a cell that an export (``resam export``'s folder, e.g. a
+committed reproduction) holds with exactly the cell's config counts as finished too
+(:func:`finished_in_exports`): a fresh clone extends a committed sweep without rerunning what it already
+has, and ``resam export --merge`` adds the new cells to that export.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "run_sweep",
     "select_cells",
     "is_finished",
+    "finished_in_exports",
     "write_manifest",
     "resolve_engine",
 ]
@@ -92,6 +98,42 @@ def is_finished(cell: Cell) -> dict[str, Any] | None:
     except ValueError:
         return None
     return summary if same else None
+
+
+def finished_in_exports(cells: list[Cell], exports: list[str | Path]) -> dict[str, Any]:
+    """The cells of ``cells`` that one of the exported sweeps ``exports`` holds: ``{cell name: Run}``.
+
+    An export cell counts when its name is a cell's name and its config is the cell's config (the form
+    :func:`is_finished` compares). Anything else that would silently rerun or skip cells raises
+    :class:`ValueError`: a folder that is no export, an export that holds none of the cells (another
+    sweep's), or a cell the export holds with another config (the sweep file changed since: rerunning it
+    would give one name two experiments), named with the keys that differ.
+    """
+    from .compact import is_compact, load_compact
+    from .results import differing_cells
+
+    planned = {c.name: c for c in cells}
+    found: dict[str, Any] = {}
+    for export in exports:
+        path = Path(export)
+        if not is_compact(path):
+            raise ValueError(f"--skip-exported {path}: not an export (no config.json and cells.csv there); "
+                             "give a folder `resam export --out` wrote")
+        runs = load_compact(path)
+        mine = [run for run in runs if run.path.name in planned]
+        if not mine:
+            example = f" (e.g. {runs[0].path.name})" if runs else ""
+            raise ValueError(f"--skip-exported {path}: none of its {len(runs)} cells{example} is a cell of "
+                             "this sweep: another sweep's export?")
+        changed = differing_cells((run.path.name, run.config, planned[run.path.name].config) for run in mine)
+        if changed:
+            name, keys = next(iter(changed.items()))
+            raise ValueError(
+                f"--skip-exported {path}: {len(changed)} of its cells have another config than this sweep "
+                f"file plans (e.g. {name}: {', '.join(keys)}): the file changed since the export; export to "
+                "another folder, or restore the file")
+        found.update({run.path.name: run for run in mine})
+    return found
 
 
 def write_manifest(sweep: Sweep, cells: list[Cell], directory: Path) -> None:
@@ -203,6 +245,7 @@ def run_sweep(
     jobs: int = 1,
     threads_per_cell: int = 1,
     ray_address: str | None = None,
+    exported: list[str | Path] | None = None,
 ) -> list[CellResult]:
     """Run every unfinished cell of ``sweep`` in this process; return one :class:`CellResult` per cell.
 
@@ -241,6 +284,10 @@ def run_sweep(
         Run the cells as Ray tasks on the existing Ray cluster at this address (``"auto"``: the local one
         ``ray start`` made), each on the in-process engine; ``jobs`` is then unused (Ray schedules the
         tasks by their CPUs). See :mod:`.cluster`.
+    exported
+        Export folders (``resam export``'s) whose cells count as finished when they hold the cell with its
+        config (:func:`finished_in_exports`; with ``resume`` only); they are reported as ``cached`` with the
+        export's summary and timing.
     """
     from tqdm.auto import tqdm
 
@@ -268,6 +315,7 @@ def run_sweep(
             "the Ray engine runs one cell at a time (Flower's Ray backend spreads each cell over the "
             "machine); use jobs = 1, or the in-process engine for several cells at once"
         )
+    in_exports = finished_in_exports(cells, exported) if exported else {}
     cells = select_cells(sweep, cells, only=only, where=where)
     directory = sweep.directory(results_root)
     directory.mkdir(parents=True, exist_ok=True)
@@ -275,10 +323,15 @@ def run_sweep(
     backend = backend or backend_config()
     results: list[CellResult] = []
     todo = []
+    from_exports = 0
     for cell in cells:
         done = is_finished(cell) if resume else None
         if done is not None:
             results.append(CellResult(cell, "cached", summary=done, timing=_read_timing(cell)))
+        elif resume and cell.name in in_exports:
+            run = in_exports[cell.name]
+            results.append(CellResult(cell, "cached", summary=run.summary, timing=run.timing))
+            from_exports += 1
         else:
             todo.append(cell)
     bar = tqdm(
@@ -292,8 +345,10 @@ def run_sweep(
     )
     say = tqdm.write if progress else (lambda s: print(s, file=sys.stderr))
     if len(todo) < len(cells):
+        exports = f", {from_exports} of them in {', '.join(map(str, exported or []))}" if from_exports else ""
         say(
-            f"[resam] {sweep.name}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)"
+            f"[resam] {sweep.name}: {len(cells) - len(todo)} of {len(cells)} cells already finished{exports} "
+            "(skipped)"
         )
     on_ray = [c for c in todo if engine_of(c) == "ray"]
     use_ray = share_ray and bool(on_ray)
