@@ -8,6 +8,7 @@ fails at start with a message naming the key, the value and the bound.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,10 +181,21 @@ class ExperimentConfig:
         check_dataset(self.dataset, options)  # unknown names and options fail here, not at the first load
         check_model(self.model)
         rule = build_rule(self.aggregator, f=self.num_byzantine, **parse_params(self.aggregator_params))
-        if self.num_clients - 0 < rule.min_inputs(self.num_byzantine):
+        need = rule.min_inputs(self.num_byzantine)
+        if self.num_clients < need:
             raise ValueError(
                 f"aggregator {rule.spec} needs {rule.requirement}: num-clients={self.num_clients} is too few "
-                f"for num-byzantine={self.num_byzantine} (at least {rule.min_inputs(self.num_byzantine)})"
+                f"for num-byzantine={self.num_byzantine} (at least {need})"
+            )
+        sampled = max(int(self.num_clients * self.fraction_train), 1)  # what the app's strategy samples
+        if sampled < need:
+            least = math.ceil(need / self.num_clients * 1000) / 1000
+            while int(self.num_clients * least) < need:  # floating point: the app's int(n * fraction)
+                least += 0.001
+            raise ValueError(
+                f"aggregator {rule.spec} needs {rule.requirement}, i.e. {need} replies a round: "
+                f"fraction-train={self.fraction_train} samples {sampled} of the {self.num_clients} clients "
+                f"(fraction-train >= {least:.3f} samples {need})"
             )
         if self.num_byzantine and self.attack not in ("", "none"):
             from ..attacks import resolve

@@ -83,3 +83,47 @@ def test_the_config_is_validated_once_on_the_server_and_workers_only_check_types
     assert worker.aggregator == "no-such-rule"
     with pytest.raises(ValueError, match="batch-size must be int"):
         ExperimentConfig.from_message({"exp-batch-size": "32"})  # types are still checked
+
+
+class _Nodes:
+    """A grid with ``n`` connected nodes (what NodeSampler reads)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_node_ids(self):
+        return list(range(1, self.n + 1))
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "rule"), [(13, 3, "cwtm"), (51, 12, "krum"), (7, 2, "mda"), (10, 4, "cwmed")]
+)
+def test_a_fraction_train_that_samples_too_few_replies_fails_at_start_naming_the_least_fraction(n, f, rule):
+    # the bound is the app's: its strategy samples with NodeSampler (min_train_nodes = 1); a run whose sample
+    # is smaller than the rule's minimum stopped before round 1, after the data and model were loaded
+    import re
+
+    from resam_flower.aggregators import build
+    from resam_flower.strategies.sampling import NodeSampler, NodeWaiter
+
+    need = build(rule, f=f).min_inputs(f)
+
+    def sampled(fraction: float) -> int:
+        sampler = NodeSampler(0, n, NodeWaiter(1.0, 1.0))
+        return len(sampler.sample(_Nodes(n), fraction, 1)[0])
+
+    least = None
+    for fraction in [k / 200 for k in range(1, 201)]:
+        kw = {"num-clients": n, "num-byzantine": f, "aggregator": rule, "fraction-train": fraction}
+        if sampled(fraction) >= need:
+            cfg(**kw)
+            continue
+        message = (rf"{rule} needs n > 2f, i.e. {need} replies a round: fraction-train={fraction} samples "
+                   rf"{sampled(fraction)} of the {n} clients")
+        with pytest.raises(ValueError, match=message) as err:
+            cfg(**kw)
+        quoted = float(re.search(r"fraction-train >= ([0-9.]+) samples", str(err.value))[1])
+        assert least in (None, quoted)
+        least = quoted
+    assert least is not None and sampled(least) >= need > sampled(round(least - 0.001, 3))
+    cfg(**{"num-clients": n, "num-byzantine": f, "aggregator": rule, "fraction-train": least})
