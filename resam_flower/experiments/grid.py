@@ -49,7 +49,9 @@ from typing import Any
 
 from ..app.config import ExperimentConfig, check_run_config_key
 
-__all__ = ["Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_config", "ENGINES"]
+__all__ = [
+    "Cell", "Sweep", "load_sweep", "expand", "cell_name", "normalized_config", "full_config", "ENGINES",
+]
 
 #: Cell engines of a sweep: Flower's Ray simulation, or the in-process engine (:mod:`.engine`).
 ENGINES = ("ray", "inprocess")
@@ -208,16 +210,19 @@ def _matches(cell: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(k in cell and cell[k] == v for k, v in pattern.items())
 
 
+def full_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the app's defaults filled in: what the cell runs, as its ``summary.json`` records it
+    (unvalidated; an ``engine`` key is kept as it is)."""
+    run = {k: v for k, v in config.items() if k != CELL_ENGINE}
+    return {**ExperimentConfig.from_run_config(run, validate=False).to_dict(), **config}
+
+
 def _full(sweep: Sweep, config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the app's defaults filled in (what the cell runs), its ``engine`` key kept; an error
-    names the cell by its grid ``values``."""
+    """:func:`full_config`; an error names the cell by its grid ``values``."""
     try:
-        defaults = ExperimentConfig.from_run_config(
-            {k: v for k, v in config.items() if k != CELL_ENGINE}, validate=False
-        ).to_dict()
+        return full_config(config)
     except ValueError as exc:
         raise ValueError(f"sweep {sweep.name!r}, cell {values}: {exc}") from exc
-    return {**defaults, **config}
 
 
 def expand(sweep: Sweep, results_root: str | Path | None = None) -> list[Cell]:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..app.results import atomic_write_text
-from .grid import ENGINES, Cell, Sweep, normalized_config
+from .grid import ENGINES, Cell, Sweep, full_config, normalized_config
 from .hooks import quiet_flower, shared_ray
 
 __all__ = [
@@ -196,7 +196,6 @@ def select_cells(
     A typo must not run nothing and exit 0: a ``where`` key that is not a run-config key, an ``only`` string
     that no cell's name contains, or a selection that leaves no cell, raises ``ValueError`` naming it.
     """
-    from ..app.config import ExperimentConfig
     from .results import config_matches
 
     for text in only or []:
@@ -206,8 +205,7 @@ def select_cells(
                              f"--only {text}: sweep {sweep.name!r} has no cells")
 
     if where:
-        full = {c.name: {**ExperimentConfig.from_run_config(c.config, validate=False).to_dict(), **c.config}
-                for c in cells}
+        full = {c.name: full_config(c.config) for c in cells}
         for key in where:
             if not any(key in config for config in full.values()):
                 varying = sorted({k for c in cells for k in c.varying})
