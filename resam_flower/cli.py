@@ -161,6 +161,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         folder = sweep.directory(args.results)  # its cells that this file plans, as it plans them
         runs = planned_runs(load_runs(folder), sweep.cells(args.results), folder, args.file)
+        if args.skip_exported:  # the whole sweep: the exports' cells that did not run again here too
+            from .experiments.runner import finished_in_exports
+
+            here = {run.path.name for run in runs}
+            exported = finished_in_exports(sweep.cells(args.results), args.skip_exported)
+            runs += [run for name, run in sorted(exported.items()) if name not in here]
         text, path = write_report(folder, sweep.name, runs=runs)
         print(text)
         print(f"[resam] report: {path}")

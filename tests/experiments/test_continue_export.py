@@ -135,8 +135,17 @@ def test_skip_exported_on_the_command_line(tmp_path, fake_simulate, capsys):
     assert sorted(state for _, state in states) == ["finished (exported)"] * 2 + ["to run"] * 2
     assert all(("__s1" in name) == (state == "to run") for name, state in states)
     assert main(["sweep", str(file), "--results", fresh, "--skip-exported", export, "--no-progress",
-                 "--fresh-ray", "--no-report"]) == 0
-    assert "2 cells run, 2 already finished" in capsys.readouterr().out
-    assert len(fake_simulate) == 4
+                 "--fresh-ray"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells run, 2 already finished" in out and len(fake_simulate) == 4
+    # the report at the end covers the whole sweep, the exported cells too: the table of all four cells
+    assert "4 finished cells" in out
+    assert main(["sweep", str(file), "--results", root, "--no-progress", "--fresh-ray"]) == 0
+    whole = capsys.readouterr().out
+
+    def table(text: str) -> str:
+        return text[text.index("| rule"):text.index("[resam] report:")]
+
+    assert "4 finished cells" in whole and table(out) == table(whole)
     assert main(["sweep", str(file), "--results", fresh, "--skip-exported", export, "--no-resume"]) == 2
     assert "give one of them" in capsys.readouterr().err
