@@ -290,15 +290,18 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .experiments.compact import export_compact, is_compact, load_compact
+    from .experiments import load_sweep
+    from .experiments.compact import export_compact, exported_cells
 
-    source, runs = _target_runs(args.target, args.results) if args.target.endswith(".toml") else (
-        _sweep_dir(args.target, args.results), None)
     if args.merge and args.force:
         raise ValueError("--merge keeps the export's cells, --force replaces them: give one of them")
-    before = len(load_compact(args.out)) if args.merge and is_compact(args.out) else 0
+    toml = args.target.endswith(".toml")
+    source, runs = (_target_runs(args.target, args.results) if toml
+                    else (_sweep_dir(args.target, args.results), None))
+    planned = {c.name for c in load_sweep(args.target).cells(args.results)} if toml and args.merge else None
+    before = len(exported_cells(args.out)) if args.merge else 0
     cells, rows = export_compact(source, _folder(args.out), every=args.every, force=args.force, runs=runs,
-                                 merge=args.merge)
+                                 merge=args.merge, planned=planned)
     kept = f" ({before} were there, {cells - before} added)" if args.merge else ""
     print(f"[resam] exported {cells} cells{kept}, {rows} round rows of {source} -> {args.out}")
     return 0

@@ -195,7 +195,7 @@ class ExperimentConfig:
             raise ValueError(
                 f"aggregator {rule.spec} needs {rule.requirement}, i.e. {need} replies a round: "
                 f"fraction-train={self.fraction_train} samples {sampled} of the {self.num_clients} clients "
-                f"(fraction-train >= {least:.3f} samples {need})"
+                f"(fraction-train >= {least:.3f} samples at least {need})"
             )
         if self.num_byzantine and self.attack not in ("", "none"):
             from ..attacks import resolve

@@ -24,13 +24,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from .._files import atomic_open
 from .results import BOOKKEEPING, Run, _json_object, finished_ok, load_cells, report_left_out, varying_keys
 
-__all__ = ["SUMMARY_FIELDS", "TIMING_FIELDS", "ROUND_FIELDS", "export_compact", "load_compact", "is_compact"]
+__all__ = ["SUMMARY_FIELDS", "TIMING_FIELDS", "ROUND_FIELDS", "export_compact", "load_compact", "is_compact",
+           "exported_cells"]
 
 #: Fields of ``summary.json`` kept per cell.
 SUMMARY_FIELDS = (
@@ -96,7 +98,8 @@ def _kept_round(rnd: int, row: dict[str, str], every: int) -> bool:
 
 
 def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5, force: bool = False,
-                   runs: list[Run] | None = None, merge: bool = False) -> tuple[int, int]:
+                   runs: list[Run] | None = None, merge: bool = False,
+                   planned: Collection[str] | None = None) -> tuple[int, int]:
     """Write ``config.json``, ``cells.csv`` and ``rounds.csv`` of the sweep in ``directory`` to ``out_dir``.
 
     Returns ``(cells, round rows)`` written. Idempotent: rerun it as cells finish; the files are replaced
@@ -109,9 +112,12 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
 
     ``merge``: keep the cells of the export already in ``out_dir`` and add ``directory``'s (a sweep
     continued on another machine or a fresh clone, ``resam sweep --skip-exported``); a cell in both is
-    taken from ``directory``, and must have the same config there (else :class:`ValueError` naming it).
-    The result is the export of all the cells together: the same files as one export of a folder that
-    holds them all.
+    taken from ``directory``, and must have the same config there. Every cell of the export must be one of
+    the sweep's (``planned``: the names of the cells its file plans; default: those of
+    ``<directory>/sweep.json``, the manifest ``resam sweep`` writes), and every round row it holds must be
+    one this ``every`` keeps. Anything else raises :class:`ValueError` naming it: another sweep's export, a
+    changed config, rows an ``every`` other than the export's would drop. The result is the export of all
+    the cells together: the same files as one export of a folder that holds them all.
     """
     if every < 1:
         raise ValueError(f"every={every}: must be >= 1")
@@ -126,7 +132,7 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
     if merge and is_compact(out):
-        runs = _merged(out, runs)
+        runs = _merged(out, runs, directory, every, planned)
     elif not force and is_compact(out):
         _check_replace(out, runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,13 +162,32 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     return len(runs), rows
 
 
-def _merged(out: Path, runs: list[Run]) -> list[Run]:
-    """The cells of the export in ``out`` and ``runs`` together, by cell name (``runs`` win a tie, when the
-    config is the same; :class:`ValueError` when it is not)."""
+def _merged(out: Path, runs: list[Run], directory: Path, every: int, planned: Collection[str] | None
+            ) -> list[Run]:
+    """The cells of the export in ``out`` and ``runs`` together, by cell name (``runs`` win a tie); see
+    :func:`export_compact` for what raises :class:`ValueError`."""
     from .results import differing_cells
 
+    if planned is None:
+        try:
+            manifest = json.loads((directory / "sweep.json").read_text())
+            planned = {cell["name"] for cell in manifest["cells"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"--merge: {directory} has no readable sweep.json (the manifest `resam sweep` "
+                             "writes) to tell which sweep it is: give the sweep's TOML file as TARGET"
+                             ) from None
     new = {run.path.name: run for run in runs}
     old = load_compact(out)
+    alien = [r.path.name for r in old if r.path.name not in planned]
+    if alien:
+        raise ValueError(f"--merge: {len(alien)} of the {len(old)} cells of {out} are not cells of this "
+                         f"sweep (e.g. {alien[0]}): another sweep's export? give another --out")
+    dropped = [(r.path.name, row["round"]) for r in old for row in r.metrics()
+               if not _kept_round(int(float(row["round"])), row, every)]
+    if dropped:
+        name, rnd = dropped[0]
+        raise ValueError(f"--merge: --every {every} would drop {len(dropped)} round row(s) of {out} (e.g. "
+                         f"round {rnd} of {name}): give the --every it was exported with")
     changed = differing_cells((r.path.name, r.config, new[r.path.name].config)
                               for r in old if r.path.name in new)
     if changed:
@@ -192,8 +217,17 @@ def _check_replace(out: Path, runs: list[Run]) -> None:
     if lost:
         shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
         problems.append(f"{len(lost)} of its {len(old)} cells are not in this export ({shown})")
-    raise ValueError(f"{out} already holds an export: {'; '.join(problems)}; give another --out, or --force "
-                     "to replace it")
+    raise ValueError(f"{out} already holds an export: {'; '.join(problems)}; give another --out, --merge to "
+                     "add these cells to it, or --force to replace it")
+
+
+def exported_cells(directory: str | Path) -> list[str]:
+    """The cell names of the export in ``directory`` (``[]`` when there is none)."""
+    path = Path(directory) / CELLS
+    if not is_compact(directory):
+        return []
+    with path.open(newline="") as fh:
+        return [row["cell"] for row in csv.DictReader(fh)]
 
 
 def load_compact(directory: str | Path) -> list[Run]:

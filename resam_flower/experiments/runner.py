@@ -114,7 +114,7 @@ def finished_in_exports(cells: list[Cell], exports: list[str | Path]) -> dict[st
 
     planned = {c.name: c for c in cells}
     found: dict[str, Any] = {}
-    for export in exports:
+    for export in dict.fromkeys(map(str, exports)):  # one export given twice is read once
         path = Path(export)
         if not is_compact(path):
             raise ValueError(f"--skip-exported {path}: not an export (no config.json and cells.csv there); "
@@ -343,7 +343,8 @@ def run_sweep(
     )
     say = tqdm.write if progress else (lambda s: print(s, file=sys.stderr))
     if len(todo) < len(cells):
-        exports = f", {from_exports} of them in {', '.join(map(str, exported or []))}" if from_exports else ""
+        names = ", ".join(dict.fromkeys(map(str, exported or [])))
+        exports = f", {from_exports} of them in {names}" if from_exports else ""
         say(
             f"[resam] {sweep.name}: {len(cells) - len(todo)} of {len(cells)} cells already finished{exports} "
             "(skipped)"

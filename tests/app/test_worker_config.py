@@ -96,7 +96,9 @@ class _Nodes:
 
 
 @pytest.mark.parametrize(
-    ("n", "f", "rule"), [(13, 3, "cwtm"), (51, 12, "krum"), (7, 2, "mda"), (10, 4, "cwmed")]
+    ("n", "f", "rule"),
+    [(13, 3, "cwtm"), (51, 12, "krum"), (7, 2, "mda"), (10, 4, "cwmed"), (15, 2, "bulyan"),
+     (13, 3, "nnm+cwtm"), (1500, 300, "cwtm")],
 )
 def test_a_fraction_train_that_samples_too_few_replies_fails_at_start_naming_the_least_fraction(n, f, rule):
     # the bound is the app's: its strategy samples with NodeSampler (min_train_nodes = 1); a run whose sample
@@ -106,7 +108,8 @@ def test_a_fraction_train_that_samples_too_few_replies_fails_at_start_naming_the
     from resam_flower.aggregators import build
     from resam_flower.strategies.sampling import NodeSampler, NodeWaiter
 
-    need = build(rule, f=f).min_inputs(f)
+    built = build(rule, f=f)
+    need = built.min_inputs(f)
 
     def sampled(fraction: float) -> int:
         sampler = NodeSampler(0, n, NodeWaiter(1.0, 1.0))
@@ -118,11 +121,11 @@ def test_a_fraction_train_that_samples_too_few_replies_fails_at_start_naming_the
         if sampled(fraction) >= need:
             cfg(**kw)
             continue
-        message = (rf"{rule} needs n > 2f, i.e. {need} replies a round: fraction-train={fraction} samples "
-                   rf"{sampled(fraction)} of the {n} clients")
+        message = (rf"{re.escape(built.spec)} needs {re.escape(built.requirement)}, i.e. {need} replies a "
+                   rf"round: fraction-train={fraction} samples {sampled(fraction)} of the {n} clients")
         with pytest.raises(ValueError, match=message) as err:
             cfg(**kw)
-        quoted = float(re.search(r"fraction-train >= ([0-9.]+) samples", str(err.value))[1])
+        quoted = float(re.search(r"fraction-train >= ([0-9.]+) samples at least", str(err.value))[1])
         assert least in (None, quoted)
         least = quoted
     assert least is not None and sampled(least) >= need > sampled(round(least - 0.001, 3))

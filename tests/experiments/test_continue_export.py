@@ -19,9 +19,11 @@ GRID = {"aggregator": ["cwtm", "krum"], "momentum": [0.0, 0.9], "seed": [0, 1]}
 
 
 def _copy_cells(results, names, dest):
-    """A results folder holding only the cells ``names`` of ``results`` (as on another machine)."""
+    """A results folder holding only the cells ``names`` of ``results`` (as on another machine), with the
+    sweep's manifest (``sweep.json``)."""
     for name in names:
         shutil.copytree(results / name, dest / name)
+    shutil.copy(results / "sweep.json", dest / "sweep.json")
     return dest
 
 
@@ -59,6 +61,36 @@ def test_without_merge_a_part_does_not_replace_the_export_and_merge_refuses_anot
     with pytest.raises(ValueError, match=rf"1 cell\(s\) of .* another config .*{names[0]}: lr"):
         export_compact(changed, out, merge=True)
     assert _files(out) == before
+
+
+def test_merge_refuses_another_sweeps_export_and_rows_its_every_would_drop(results, tmp_path, fake_simulate):
+    names = sorted(p.name for p in results.iterdir() if (p / "summary.json").is_file())
+    out = tmp_path / "out"
+    export_compact(_copy_cells(results, names[:6], tmp_path / "a"), out)
+    before = _files(out)
+    # another sweep's results share no cell with the export: nothing in the cells tells them apart
+    other = Sweep("other", {**BASE, "dataset": "synthetic"}, {"aggregator": ["mda"], "seed": [0, 1]})
+    run_sweep(other, tmp_path, progress=False, share_ray=False)
+    with pytest.raises(ValueError, match=r"6 of the 6 cells of .* not cells of this sweep .*another sweep"):
+        export_compact(tmp_path / "other", out, merge=True)
+    bare = tmp_path / "bare"  # no manifest: which sweep is it?
+    shutil.copytree(results / names[7], bare / names[7])
+    with pytest.raises(ValueError, match="no readable sweep.json .* give the sweep's TOML file as TARGET"):
+        export_compact(bare, out, merge=True)
+    assert _files(out) == before
+    export_compact(bare, out, merge=True, planned=names)  # the names the sweep file plans (a TOML target)
+    assert len(load_compact(out)) == 7
+    # an export that keeps every fifth round of 30: a merge with --every 3 would thin its cells (round 25)
+    long = Sweep("long", {**BASE, "num-server-rounds": 30}, {"aggregator": ["cwtm", "mda"]})
+    run_sweep(long, tmp_path, progress=False, share_ray=False)
+    part = tmp_path / "long-export"
+    export_compact(_copy_cells(tmp_path / "long", ["cwtm"], tmp_path / "c"), part)
+    rest = _copy_cells(tmp_path / "long", ["mda"], tmp_path / "d")
+    dropped = r"--every 3 would drop 1 round row\(s\) .* \(e\.g\. round 25 of cwtm\)"
+    with pytest.raises(ValueError, match=dropped):
+        export_compact(rest, part, merge=True, every=3)
+    export_compact(rest, part, merge=True, every=5)
+    assert len(load_compact(part)) == 2
 
 
 def test_export_merge_on_the_command_line(results, tmp_path, capsys):
@@ -147,5 +179,9 @@ def test_skip_exported_on_the_command_line(tmp_path, fake_simulate, capsys):
         return text[text.index("| rule"):text.index("[resam] report:")]
 
     assert "4 finished cells" in whole and table(out) == table(whole)
+    # the new cells join the export, read through the sweep file (the cells it plans)
+    assert main(["export", str(file), "--results", fresh, "--out", export, "--merge"]) == 0
+    assert "exported 4 cells (2 were there, 2 added)" in capsys.readouterr().out
+    assert sorted(r.path.name for r in load_compact(export)) == sorted(name for name, _ in states)
     assert main(["sweep", str(file), "--results", fresh, "--skip-exported", export, "--no-resume"]) == 2
     assert "give one of them" in capsys.readouterr().err
