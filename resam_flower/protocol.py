@@ -1,8 +1,14 @@
 """Every key the RESAM server and its clients exchange, in one place.
 
-The strategy never writes a key a user's app may own (``lr``, ``local-epochs``, ``server-round``...): what it
-sends lives under the ``resam-`` prefix, so a Flower app that adds RESAM keeps its own train config as it was.
-Flower keeps the keys of its differential-privacy strategy + mod pair in one constants module in the same way.
+The strategy never overwrites a key a user's app sets (``lr``, ``local-epochs``...): what it sends lives
+under the ``resam-`` prefix, so a Flower app that adds RESAM keeps its own train config as it was. Like
+FedAvg it also sends Flower's :data:`FLOWER_SERVER_ROUND` (``server-round``), unless the user's config holds
+that key already: a ClientApp written for FedAvg reads it. Flower keeps the keys of its differential-privacy
+strategy + mod pair in one constants module in the same way.
+
+Server -> user (the round's train :class:`~flwr.app.MetricRecord` in ``Result.train_metrics_clientapp``)
+    The clients' metrics under their own names (robust medians), as FedAvg returns them, and the server's
+    figures (``valid``, ``excluded``, ``f``, ``lr``, ``skipped``...) under :func:`server_metric` names.
 
 Server -> client (train :class:`~flwr.app.ConfigRecord`)
     :data:`SERVER_ROUND`, :data:`SERVER_LR`, :data:`MODE`, :data:`BUFFERS`; in simulation only,
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 __all__ = [
     "PREFIX",
+    "FLOWER_SERVER_ROUND",
+    "server_metric",
     "SERVER_ROUND",
     "SERVER_LR",
     "MODE",
@@ -48,6 +56,15 @@ __all__ = [
 ]
 
 PREFIX = "resam-"
+
+#: Flower's round key, as FedAvg writes it into the train and evaluate configs.
+FLOWER_SERVER_ROUND = "server-round"
+
+
+def server_metric(key: str) -> str:
+    """The name of a server figure in a round's MetricRecord: ``valid`` -> ``resam-valid``."""
+    return PREFIX + key
+
 
 # -- server -> client: the train config -------------------------------------------------------------
 #: The global round number (continues after a resume).

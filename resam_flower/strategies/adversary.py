@@ -168,7 +168,8 @@ class SimulatedAdversary(StrategyWrapper):
             metrics.update(spread_metrics(self._honest_vectors, agg))
         if core.round_log:
             core.round_log[-1].update(metrics)
-        out = MetricRecord({**(dict(out) if out is not None else {}), **metrics})
+        figures = {P.server_metric(k): v for k, v in metrics.items()}  # the server's figures: resam-*
+        out = MetricRecord({**(dict(out) if out is not None else {}), **figures})
         return arrays, out
 
     def _corrupt(self, replies: list[Message], core: Any) -> tuple[list[Message], dict[str, float]]:

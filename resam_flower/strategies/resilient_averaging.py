@@ -32,6 +32,11 @@ __all__ = ["ResilientAveraging"]
 #: replies and replies of the wrong kind (an honest device set up without momentum_mod) do not count: they
 #: prove nothing about the node's intent, and counting them would let honest mistakes lower f.
 PROVEN_FAULTY = ("content", "records", "type", "keys", "shape", "dtype", "decode", "nonfinite")
+#: In ``model`` mode the replies come from the user's own training code: an honest node whose local training
+#: diverged sends NaN, one that converts its weights may send float64. Those prove nothing there.
+PROVEN_FAULTY_MODEL = tuple(k for k in PROVEN_FAULTY if k not in ("nonfinite", "dtype"))
+#: Reply metrics that are protocol flags, not measurements: never reported as client metrics.
+FLAGS = (P.REPLY_MOMENTUM, P.REPLY_GRADIENT)
 
 
 class ResilientAveraging(Strategy):
@@ -85,10 +90,20 @@ class ResilientAveraging(Strategy):
         A reply excluded as invalid (NaN, wrong shape or dtype, unreadable...) proves its node faulty; with
         ``k`` of them the rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be
         Byzantine). Missing, error and wrong-kind replies do not reduce ``f``: a late reply, a ClientApp that
-        raised, or one set up without ``momentum_mod`` may be an honest node's.
+        raised, or one set up without ``momentum_mod`` may be an honest node's. In ``model`` mode NaN and
+        dtype exclusions do not reduce ``f`` either: an honest node's own training may diverge or convert.
     metric_keys : list of str, optional
-        Client metrics to aggregate (median). Default: any key reported by more than ``f`` valid replies (so
-        at least one honest node sent it), at most 32 keys.
+        Client metrics to aggregate. Default: any key, at most 32. Each is the median over the valid replies
+        (element-wise for lists, as FedAvg averages lists) and is reported only when at least ``2f + 1``
+        replies report it, so that the honest values are a majority; a key left out is logged once, with why.
+        The round's MetricRecord holds them under their own names, as FedAvg's does, beside the server's
+        figures under ``resam-`` names (``resam-valid``, ``resam-excluded``, ``resam-f``, ``resam-lr``,
+        ``resam-skipped``...; :func:`resam_flower.protocol.server_metric`).
+    train_metrics_aggr_fn, evaluate_metrics_aggr_fn : callable, optional
+        FedAvg's hooks ``(contents: list[RecordDict], weighting_key: str) -> MetricRecord``: aggregate the
+        client metrics your way instead of the median, over the valid replies only. Your function decides
+        how robust that is (FedAvg's weighted mean is not: one client claiming a huge ``num-examples`` sets
+        it).
     fail_if_no_progress : bool (default: True)
         :meth:`start` raises :class:`NoProgressError` when every round was skipped.
     """
@@ -120,7 +135,29 @@ class ResilientAveraging(Strategy):
         fail_if_no_progress: bool = True,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
+        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        weighted_by_key: str | None = None,
     ) -> None:
+        if not isinstance(aggregator, (str, Aggregator, list, tuple)):
+            raise TypeError(
+                f"aggregator must be a rule name (e.g. 'cwtm', 'nnm+krum') or an Aggregator, got "
+                f"{aggregator!r}: FedAvg's first argument is fraction_train, pass it by name "
+                "(fraction_train=...)"
+            )
+        if weighted_by_key is not None:
+            raise TypeError(
+                f"weighted_by_key={weighted_by_key!r}: RESAM weighs every reply equally (a Byzantine node "
+                "could claim any number of examples and so set the aggregate); remove the argument"
+            )
+        for name, fn in (("train_metrics_aggr_fn", train_metrics_aggr_fn),
+                         ("evaluate_metrics_aggr_fn", evaluate_metrics_aggr_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable (contents, weighting_key) -> MetricRecord, got "
+                                f"{fn!r}")
+        self.train_metrics_aggr_fn = train_metrics_aggr_fn
+        self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
+        self._metric_notes: set[tuple[str, str]] = set()  # (phase, key) of client metrics left out, said once
         if mode not in P.MODES:
             raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
         self.mode = mode
@@ -228,10 +265,27 @@ class ResilientAveraging(Strategy):
             self.min_train_nodes,
             self.min_available_nodes,
         )
-        log(INFO, "\t│\t├── Replies weighted: equally (num-examples is never used); client metrics: median")
         log(
             INFO,
-            "\t│\t└── Clients receive your train config unchanged, plus %s, %s, %s, %s",
+            "\t│\t├── Evaluation: fraction_evaluate=%s, min_evaluate_nodes=%d, evaluate_fn=%s",
+            self.fraction_evaluate,
+            self.min_evaluate_nodes,
+            "yes" if self.evaluate_fn is not None else "no",
+        )
+        log(
+            INFO,
+            "\t│\t├── Replies weighted: equally (num-examples is never used); client metrics: %s",
+            "your train/evaluate_metrics_aggr_fn"
+            if self.train_metrics_aggr_fn or self.evaluate_metrics_aggr_fn
+            else "median of keys >= 2f+1 replies report",
+        )
+        log(INFO, "\t│\t├── Records: arrays under %r, config under %r", self.arrayrecord_key,
+            self.configrecord_key)
+        log(
+            INFO,
+            "\t│\t└── Clients receive your train config unchanged, plus %s (unless yours has it), %s, %s, "
+            "%s, %s",
+            P.FLOWER_SERVER_ROUND,
             P.SERVER_ROUND,
             P.SERVER_LR,
             P.MODE,
@@ -268,6 +322,8 @@ class ResilientAveraging(Strategy):
         self._sampled = set(nodes)
         self._sent_at = time.perf_counter()
         cfg = ConfigRecord(dict(config))
+        if P.FLOWER_SERVER_ROUND not in cfg:  # as FedAvg sends it; a key the user set stays theirs
+            cfg[P.FLOWER_SERVER_ROUND] = server_round
         cfg[P.SERVER_ROUND] = server_round
         cfg[P.SERVER_LR] = self.schedule(server_round)
         cfg[P.MODE] = self.mode
@@ -296,7 +352,8 @@ class ResilientAveraging(Strategy):
             reason = safe_text(f"internal error: {type(exc).__name__}: {exc}")
             log(ERROR, "aggregate_train: round %d keeps the current model: %s", server_round, reason)
             self.round_log.append({"round": server_round, "skipped": reason})
-            return None, MetricRecord({"skipped": 1.0, "internal-error": 1.0})
+            skipped = {P.server_metric("skipped"): 1.0, P.server_metric("internal-error"): 1.0}
+            return None, MetricRecord(skipped)
 
     def _aggregate_train(
         self, server_round: int, replies: list[Message]
@@ -308,12 +365,13 @@ class ResilientAveraging(Strategy):
             entry["missing"] = len(self._sampled - {_sender_key(m)[1] for m in replies})
         if self._spec is None or self._current is None:
             log(WARNING, "aggregate_train called before configure_train: keeping the model")
-            return None, MetricRecord({"skipped": 1.0})
+            return None, MetricRecord({P.server_metric("skipped"): 1.0})
         spec = self._spec
         screened = screen_replies(replies, spec, self._sampled, mode=self.mode)
         self._explain(screened.details)
         self.excluded_total.update(screened.excluded)
-        faulty = sum(v for k, v in screened.excluded.items() if k in PROVEN_FAULTY)
+        proven = PROVEN_FAULTY if self.mode == "gradient" else PROVEN_FAULTY_MODEL
+        faulty = sum(v for k, v in screened.excluded.items() if k in proven)
         f_eff = max(self.num_byzantine - faulty, 0) if self.exclusions_reduce_f else self.num_byzantine
         n = len(screened.node_ids)
         entry.update(valid=n, excluded=screened.num_excluded, f=f_eff)
@@ -330,11 +388,11 @@ class ResilientAveraging(Strategy):
         entry["aggregate-time-s"] = now - t0
         if self._sent_at is not None:  # instructions sent -> model updated: the round's wall time
             entry["round-time-s"], self._sent_at = now - self._sent_at, None
-        metrics = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "round"}
-        metrics["skipped"] = 1.0 if "skipped" in entry else 0.0
-        quorum = self.num_byzantine + 1
-        for key, value in median_metrics(screened.messages, quorum=quorum, allowed=self.metric_keys).items():
-            metrics.setdefault(f"client-{key}", value)  # client medians, apart from the server's own figures
+        figures = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "round"}
+        figures["skipped"] = 1.0 if "skipped" in entry else 0.0
+        metrics: dict[str, Any] = {P.server_metric(k): v for k, v in figures.items()}
+        client = self._client_metrics("train", screened.messages, f_eff)
+        metrics.update({k: v for k, v in client.items() if k not in metrics})
         self.round_log.append(entry)
         if new_arrays is not None:
             self._current = new_arrays
@@ -392,14 +450,49 @@ class ResilientAveraging(Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         nodes, _ = self.sampler.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
-        cfg = ConfigRecord({**dict(config), P.SERVER_ROUND: server_round + self.round_offset})
+        rnd = server_round + self.round_offset
+        cfg = ConfigRecord({P.FLOWER_SERVER_ROUND: rnd, **dict(config), P.SERVER_ROUND: rnd})
         return [self._message(node, arrays, cfg, MessageType.EVALUATE) for node in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Median of each metric reported by more than ``f`` replies (robust to clients that lie)."""
+        """Median of each metric reported by at least ``2f + 1`` replies (robust to clients that lie); error
+        replies are counted and their reasons logged, as FedAvg does, and left out."""
+        replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
-        metrics = median_metrics(ok, quorum=self.num_byzantine + 1, allowed=self.metric_keys)
+        errors = [m for m in replies if m.has_error()]
+        log(INFO, "aggregate_evaluate: received %d results and %d failures", len(ok), len(errors))
+        for msg in errors:
+            node = _sender_key(msg)[1]
+            log(WARNING, "\t> evaluate error from node %s: %s", node, safe_text(str(msg.error.reason)))
+        if replies and not ok:
+            log(WARNING, "aggregate_evaluate: round %d: every evaluate reply failed; no client metrics",
+                server_round + self.round_offset)
+        metrics = self._client_metrics("evaluate", ok, self.num_byzantine)
         return MetricRecord(metrics) if metrics else None
+
+    def _client_metrics(self, phase: str, messages: list[Message], f: int) -> dict[str, Any]:
+        """The round's client metrics: the user's ``<phase>_metrics_aggr_fn`` over the valid replies, else
+        the robust medians (:func:`median_metrics`); keys left out are logged once each, with why."""
+        fn = self.train_metrics_aggr_fn if phase == "train" else self.evaluate_metrics_aggr_fn
+        if fn is not None:
+            if not messages:
+                return {}
+            try:  # the user's function: its bug costs this round's client metrics, said, not the model
+                return dict(MetricRecord(dict(fn([m.content for m in messages], "num-examples") or {})))
+            except Exception as exc:  # noqa: BLE001
+                log(ERROR, "%s_metrics_aggr_fn raised %s: %s; no client metrics this round", phase,
+                    type(exc).__name__, safe_text(str(exc)))
+                return {}
+        dropped: dict[str, str] = {}
+        metrics = median_metrics(messages, f=f, allowed=self.metric_keys, dropped=dropped)
+        for key in FLAGS:
+            metrics.pop(key, None)
+            dropped.pop(key, None)
+        for key, why in sorted(dropped.items()):
+            if (phase, key) not in self._metric_notes and len(self._metric_notes) < 256:
+                self._metric_notes.add((phase, key))
+                log(WARNING, "%s client metric %s left out: %s (said once)", phase, safe_text(key), why)
+        return metrics
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

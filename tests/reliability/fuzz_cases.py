@@ -213,8 +213,8 @@ def check_round(strategy, out: Outcome, *, exact: bool = True, reference: Refere
     ``reference``: also check the new model's value)."""
     m, entry = out.metrics, strategy.round_log[-1]
     assert m is not None, "aggregate_train returned no metrics"
-    assert "internal-error" not in m, entry["skipped"]  # a bug caught by the strategy's last-resort guard
-    valid, excluded = int(m["valid"]), int(m["excluded"])
+    assert "resam-internal-error" not in m, entry["skipped"]  # a bug caught by the last-resort guard
+    valid, excluded = int(m["resam-valid"]), int(m["resam-excluded"])
     assert valid == entry["valid"] and excluded == entry["excluded"], "metrics disagree with the round log"
     assert valid + excluded == out.received, f"{valid} kept + {excluded} excluded != {out.received} received"
     by_reason = {k[len("excluded-") :]: v for k, v in entry.items() if k.startswith("excluded-")}
@@ -231,7 +231,7 @@ def check_round(strategy, out: Outcome, *, exact: bool = True, reference: Refere
         assert out.arrays is None and "needs" in entry["skipped"], "too few replies but the round aggregated"
     elif not out.extreme:
         assert out.arrays is not None, f"round skipped with enough ordinary replies: {entry.get('skipped')}"
-    assert (out.arrays is None) == ("skipped" in entry) == (m["skipped"] == 1.0)
+    assert (out.arrays is None) == ("skipped" in entry) == (m["resam-skipped"] == 1.0)
     if out.arrays is not None:
         check_model(out.arrays)
     if reference is not None:
@@ -242,8 +242,8 @@ def check_round(strategy, out: Outcome, *, exact: bool = True, reference: Refere
 def round_f(num_byzantine: int, m: MetricRecord) -> int:
     """The ``f`` a round reports (``num_byzantine`` less the replies excluded as certainly faulty, so at
     least ``num_byzantine - excluded``); ``num_byzantine`` if it reports none."""
-    f = int(m["f"]) if "f" in m else num_byzantine
-    assert max(num_byzantine - int(m["excluded"]), 0) <= f <= num_byzantine, f"f={f}"
+    f = int(m["resam-f"]) if "resam-f" in m else num_byzantine
+    assert max(num_byzantine - int(m["resam-excluded"]), 0) <= f <= num_byzantine, f"f={f}"
     return f
 
 

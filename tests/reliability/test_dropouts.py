@@ -70,18 +70,18 @@ def test_up_to_f_dropouts_aggregate_the_remaining_replies_when_the_rule_allows(r
             continue
         dropped, failed = set(range(2, 2 + k_drop)), set(range(n - k_fail + 1, n + 1))
         s, out, m, remaining = one_round(rule, f, n, dropped, failed)
-        assert m["missing"] == k_drop and m.get("excluded-error", 0) == k_fail
-        assert m["valid"] == n - k_drop - k_fail
+        assert m["resam-missing"] == k_drop and m.get("resam-excluded-error", 0) == k_fail
+        assert m["resam-valid"] == n - k_drop - k_fail
         f_eff = f  # neither a missing nor an error reply proves a node Byzantine: f stays
-        assert m["f"] == f_eff
+        assert m["resam-f"] == f_eff
         need = build(rule, f=f).min_inputs(f_eff)
         if len(remaining) >= need:
-            assert out is not None and m["skipped"] == 0, s.round_log[-1].get("skipped")
+            assert out is not None and m["resam-skipped"] == 0, s.round_log[-1].get("skipped")
             agg = build(rule, f=f).aggregate(torch.from_numpy(remaining), f_eff).numpy()
             expected = THETA["w"].numpy() - LR * agg
             np.testing.assert_array_equal(out["w"].numpy(), expected.astype(np.float32))
         else:
-            assert out is None and m["skipped"] == 1
+            assert out is None and m["resam-skipped"] == 1
             assert f"needs {build(rule, f=f).requirement}" in s.round_log[-1]["skipped"]
 
 
@@ -91,7 +91,7 @@ def test_too_many_dropouts_for_the_rule_keep_the_model_and_say_why(rule, f, n):
     round says so."""
     s, out, m, remaining = one_round(rule, f, n, dropped={1, n} if n > 4 else {1}, failed=set())
     assert len(remaining) < build(rule, f=f).min_inputs(f)
-    assert out is None and m["skipped"] == 1
+    assert out is None and m["resam-skipped"] == 1
     reason = s.round_log[-1]["skipped"]
     assert reason == f"{len(remaining)} valid replies, {rule} needs n > 2f (>= {2 * f + 1}, f={f})"
 

@@ -133,7 +133,8 @@ def test_the_checks_can_fail():
 def test_client_metrics_cannot_overwrite_the_servers_figures():
     s = ResilientAveraging("mean", lr=0.1, min_train_nodes=1, min_available_nodes=1)
     out = run_round(s, 1, 2, [("metric-spoof", 0, 1), ("nan", 1, 2)])
-    assert out.metrics["valid"] == 1 and out.metrics["excluded"] == 1 and out.metrics["skipped"] == 0
+    m = out.metrics
+    assert m["resam-valid"] == 1 and m["resam-excluded"] == 1 and m["resam-skipped"] == 0
     check_round(s, out)
 
 
@@ -144,7 +145,7 @@ def test_a_bug_costs_one_round_not_the_run(monkeypatch):
 
     monkeypatch.setattr(ra, "median_metrics", lambda *args, **kwargs: 1 / 0)  # a bug in a helper
     out = run_round(s, 1, 2, [("good", 0, 1), ("good", 1, 2)])
-    assert out.arrays is None and out.metrics["internal-error"] == 1.0
+    assert out.arrays is None and out.metrics["resam-internal-error"] == 1.0
     assert s.round_log[-1]["skipped"].startswith("internal error: ZeroDivisionError")
 
 

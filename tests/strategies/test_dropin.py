@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from resam_flower import protocol as P
@@ -97,7 +97,7 @@ def test_momentum_replies_in_model_mode_are_excluded():
     s = ResilientAveraging("mean", mode="model", min_train_nodes=1, min_available_nodes=1)
     msgs = list(s.configure_train(1, THETA, ConfigRecord(), FakeGrid([1])))
     out, m = s.aggregate_train(1, [make_reply(msgs[0], THETA, {P.REPLY_MOMENTUM: 1})])
-    assert out is None and m["excluded-kind"] == 1
+    assert out is None and m["resam-excluded-kind"] == 1
 
 
 def test_too_few_nodes_for_the_rule_fail_before_round_one_with_the_numbers():
@@ -180,14 +180,14 @@ def test_the_simulated_adversary_acts_and_the_spread_metrics_are_right():
     mean = np.array([2.0, 1.0])
     agg = (4 * mean - mean) / 5  # the forged row -mean replaced the Byzantine reply
     np.testing.assert_allclose(out["w"].numpy(), [1.0, 2.0] - agg, rtol=1e-6)
-    assert m["attack-shift-norm"] == pytest.approx(2 * np.linalg.norm(mean))
-    assert m["honest-spread-max"] == pytest.approx(np.sqrt(8))
+    assert m["resam-attack-shift-norm"] == pytest.approx(2 * np.linalg.norm(mean))
+    assert m["resam-honest-spread-max"] == pytest.approx(np.sqrt(8))
     pair = [np.linalg.norm(np.subtract(a, b)) for a in honest.values() for b in honest.values() if a != b]
-    assert m["honest-spread-mean"] == pytest.approx(np.mean(pair))
-    assert m["honest-mean-norm"] == pytest.approx(np.linalg.norm(mean))
-    assert m["aggregation-error"] == pytest.approx(np.linalg.norm(agg - mean), rel=1e-6)
-    assert m["kappa-empirical"] == pytest.approx(np.linalg.norm(agg - mean) / np.sqrt(8), rel=1e-6)
-    assert core.round_log[-1]["aggregation-error"] == m["aggregation-error"]  # in metrics.csv too
+    assert m["resam-honest-spread-mean"] == pytest.approx(np.mean(pair))
+    assert m["resam-honest-mean-norm"] == pytest.approx(np.linalg.norm(mean))
+    assert m["resam-aggregation-error"] == pytest.approx(np.linalg.norm(agg - mean), rel=1e-6)
+    assert m["resam-kappa-empirical"] == pytest.approx(np.linalg.norm(agg - mean) / np.sqrt(8), rel=1e-6)
+    assert core.round_log[-1]["aggregation-error"] == m["resam-aggregation-error"]  # in metrics.csv too
 
 
 def test_start_takes_flowers_arguments_positionally_too():
@@ -200,3 +200,133 @@ def test_start_takes_flowers_arguments_positionally_too():
     result = strategy.start(grid, THETA, 1, 5.0, ConfigRecord({"lr": 0.01}))
     assert grid.timeouts[0] == 5.0 and seen[0]["lr"] == 0.01
     np.testing.assert_allclose(result.arrays["w"].numpy(), [0.5, 1.0], rtol=1e-4)
+
+
+def fedavg_app(seen: list[tuple[str, int]], per_class: list[float]) -> ClientApp:
+    """A FedAvg app that reads Flower's ``server-round`` and reports a scalar and a list metric."""
+    app = ClientApp(mods=[momentum_mod(0.0)])
+
+    @app.train()
+    def train(msg: Message, ctxt: Context) -> Message:
+        seen.append(("train", int(msg.content["config"]["server-round"])))
+        w = msg.content["arrays"]["w"].numpy().astype(np.float32)
+        arrays = ArrayRecord({"w": ArrayRecord(torch_state_dict={"w": torch.tensor(0.5 * w)})["w"]})
+        node = int(ctxt.node_config["partition-id"])
+        metrics = MetricRecord({"train_loss": float(node), "num-examples": 10})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, ctxt: Context) -> Message:
+        seen.append(("evaluate", int(msg.content["config"]["server-round"])))
+        node = int(ctxt.node_config["partition-id"])
+        metrics = {"eval_acc": 0.5 + 0.1 * node, "acc-per-class": [v + node for v in per_class]}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+def test_a_fedavg_app_reads_server_round_and_gets_its_metrics_under_their_own_names():
+    seen: list[tuple[str, int]] = []
+    grid = InlineGrid(fedavg_app(seen, [0.25, 0.5]), 3)
+    strategy = ResilientAveraging("cwmed", num_byzantine=1, lr=0.1, min_train_nodes=3, min_available_nodes=3,
+                                  min_evaluate_nodes=3)
+    result = strategy.start(grid, THETA, num_rounds=2, train_config=ConfigRecord({"lr": 0.01}))
+    expected = [(kind, r) for r in (1, 2) for kind in ("train", "evaluate") for _ in range(3)]
+    assert sorted(seen) == sorted(expected)
+    for rnd in (1, 2):
+        train = result.train_metrics_clientapp[rnd]
+        assert train["train_loss"] == 1.0  # median of 0, 1, 2 under the client's own name, as FedAvg
+        assert train["resam-valid"] == 3 and train["resam-f"] == 1 and train["resam-skipped"] == 0
+        evaluate = result.evaluate_metrics_clientapp[rnd]
+        assert evaluate["eval_acc"] == pytest.approx(0.6)
+        assert evaluate["acc-per-class"] == pytest.approx([1.25, 1.5])  # element-wise median of three lists
+
+
+def test_the_users_own_server_round_is_never_overwritten():
+    s = ResilientAveraging("mean", min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    for configure in (s.configure_train, s.configure_evaluate):
+        msgs = list(configure(3, THETA, ConfigRecord({"server-round": 41}), FakeGrid([1])))
+        config = msgs[0].content["config"]
+        assert config["server-round"] == 41 and config[P.SERVER_ROUND] == 3
+        msgs = list(configure(3, THETA, ConfigRecord(), FakeGrid([1])))
+        assert msgs[0].content["config"]["server-round"] == 3
+
+
+@pytest.mark.parametrize("bad", ["nan", "float64"])
+def test_in_model_mode_an_honest_nodes_nan_or_float64_does_not_lower_f(bad):
+    # cwtm, f = 1, three nodes: one honest node's training diverged (or it converted its weights), one is
+    # honest, one Byzantine. Lowering f to 0 would hand the mean to the Byzantine reply: the round is skipped.
+    replies = {1: np.array([np.nan, 1.0], np.float32) if bad == "nan" else np.array([1.0, 2.0], np.float64),
+               2: np.array([1.1, 2.1], np.float32), 3: np.array([1e6, -1e6], np.float32)}
+    for mode, f in (("model", 1), ("gradient", 0)):
+        s = ResilientAveraging("cwtm", num_byzantine=1, mode=mode, min_train_nodes=3, min_available_nodes=3)
+        sent = s.configure_train(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3]))
+        msgs = {m.metadata.dst_node_id: m for m in sent}
+        flag = {P.REPLY_MOMENTUM: 1} if mode == "gradient" else {}
+        out, m = s.aggregate_train(1, [make_reply(msgs[n], record(w=v), flag) for n, v in replies.items()])
+        assert m["resam-f"] == f and m["resam-valid"] == 2, mode
+        # model mode keeps f = 1 (cwtm needs 3 replies: skipped); gradient mode, where momentum_mod turns an
+        # honest NaN into an error reply, takes it as proof and runs f = 0 on the other two
+        assert (out is None) == (mode == "model")
+
+
+def test_failed_evaluations_are_logged_with_their_reasons_and_too_few_reporters_give_no_median(caplog):
+    s = ResilientAveraging("mean", num_byzantine=1, min_evaluate_nodes=3, min_available_nodes=3)
+    msgs = list(s.configure_evaluate(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3])))
+    error = Message(Error(code=0, reason="KeyError: 'server-round'"), reply_to=msgs[0])
+    replies = [error, make_reply(msgs[1], None, {"eval_acc": 0.9})]
+    replies.append(make_reply(msgs[2], None, {"eval_acc": -5.0}))
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        assert s.aggregate_evaluate(1, replies) is None  # two reporters, f = 1: a median of two is the liar's
+        s.aggregate_evaluate(2, replies)
+    text = [r.getMessage() for r in caplog.records]
+    assert "aggregate_evaluate: received 2 results and 1 failures" in text
+    assert any("evaluate error from node" in t and "KeyError: 'server-round'" in t for t in text)
+    left_out = [t for t in text if "eval_acc left out" in t]
+    assert len(left_out) == 1 and "reported by 2 replies, fewer than 2f + 1 = 3" in left_out[0]  # said once
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        s.aggregate_evaluate(3, [error])
+    assert any("every evaluate reply failed" in r.getMessage() for r in caplog.records)
+
+
+def test_list_metrics_are_element_wise_medians_of_the_most_reported_length():
+    from resam_flower.strategies.robust_metrics import median_metrics
+
+    rng = np.random.default_rng(0)
+    honest = rng.normal(size=(5, 3)).tolist()
+    lies = [[1e9, -1e9, 1e9], [5.0, 5.0]]  # f = 2 liars, one with another length
+    msgs = list(ResilientAveraging("mean").configure_evaluate(1, THETA, ConfigRecord(), FakeGrid(range(7))))
+    replies = [make_reply(m, None, {"cm": v}) for m, v in zip(msgs, honest + lies, strict=True)]
+    out = median_metrics(replies, f=2)
+    assert out["cm"] == pytest.approx(np.median(np.array(honest + lies[:1]), axis=0).tolist())
+    assert all(min(col) <= v <= max(col) for v, col in zip(out["cm"], np.array(honest).T, strict=True))
+    dropped: dict[str, str] = {}
+    assert median_metrics(replies[:4], f=2, dropped=dropped) == {}  # 4 lists of length 3 < 2f + 1 = 5
+    assert "reported by 4 replies (as lists of one length)" in dropped["cm"]
+
+
+def test_fedavgs_metric_hooks_are_honoured_and_its_other_arguments_explained():
+    calls = []
+
+    def count(contents, weighting_key):
+        calls.append(weighting_key)
+        return MetricRecord({"replies": len(contents)})
+
+    s = ResilientAveraging("mean", lr=1.0, min_train_nodes=3, min_available_nodes=3,
+                           train_metrics_aggr_fn=count, evaluate_metrics_aggr_fn=count)
+    msgs = list(s.configure_train(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3])))
+    ok = [make_reply(m, THETA, {P.REPLY_MOMENTUM: 1}) for m in msgs[:2]]
+    _, m = s.aggregate_train(1, [*ok, make_reply(msgs[2], record(w=np.zeros(3, np.float32)), {})])
+    assert m["replies"] == 2 and m["resam-valid"] == 2  # the hook sees the valid replies only
+    evals = list(s.configure_evaluate(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3])))
+    assert s.aggregate_evaluate(1, [make_reply(e, None, {"a": 1.0}) for e in evals])["replies"] == 3
+    assert calls == ["num-examples", "num-examples"]
+    broken = ResilientAveraging("mean", lr=1.0, min_train_nodes=2, min_available_nodes=2,
+                                train_metrics_aggr_fn=lambda contents, key: 1 / 0)
+    msgs = list(broken.configure_train(1, THETA, ConfigRecord(), FakeGrid([1, 2])))
+    out, m = broken.aggregate_train(1, [make_reply(x, THETA, {P.REPLY_MOMENTUM: 1}) for x in msgs])
+    assert out is not None and m["resam-skipped"] == 0  # the user's bug costs the metrics, not the round
+    with pytest.raises(TypeError, match="got 0.5: FedAvg's first argument is fraction_train, pass it by"):
+        ResilientAveraging(0.5)
+    with pytest.raises(TypeError, match="weighted_by_key='num-examples': RESAM weighs every reply equally"):
+        ResilientAveraging("cwtm", weighted_by_key="num-examples")

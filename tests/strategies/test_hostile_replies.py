@@ -36,9 +36,9 @@ def test_metric_keys_only_byzantine_nodes_send_are_never_reported_and_the_count_
             metrics["byz-only"] = 1.0
         replies.append(reply(msgs[node], record(w=np.ones(2, np.float32)), metrics))
     _, m = s.aggregate_train(1, replies)
-    client = {k for k in m if k.startswith("client-")}
-    assert client == {"client-train-loss", f"client-{P.REPLY_MOMENTUM}"}  # reported by > f = 2 replies only
-    assert m["client-train-loss"] == 4.0
+    client = {k for k in m if not k.startswith(P.PREFIX)}
+    assert client == {"train-loss"}  # reported by >= 2f + 1 = 5 replies only (the momentum flag is no metric)
+    assert m["train-loss"] == 4.0
     # without a quorum the flood is still capped, and overlong or unprintable names are dropped
     many = [reply(msgs[1], None, {**flood, "x" * (MAX_METRIC_KEY_LENGTH + 1): 1.0, "bad\nkey": 1.0})]
     out = median_metrics(many)

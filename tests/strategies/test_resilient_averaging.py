@@ -44,7 +44,7 @@ def test_gradient_mode_step_with_cwmed():
     # median per coordinate: [2, 1]; theta - 0.5 * [2, 1]
     np.testing.assert_allclose(w(out), [0.0, 1.5])
     assert int(out["n"].numpy()) == 7  # non-float arrays carried over
-    assert metrics["valid"] == 3 and metrics["excluded"] == 0 and metrics["skipped"] == 0
+    assert metrics["resam-valid"] == 3 and metrics["resam-excluded"] == 0 and metrics["resam-skipped"] == 0
 
 
 def test_weight_decay_and_lr_schedule():
@@ -61,7 +61,7 @@ def test_weight_decay_and_lr_schedule():
     out, m = s.aggregate_train(2, grad_replies(msgs, {1: [0, 0]}))
     # lr at round 2 = 0.5; step = 0 + 0.1 * theta
     np.testing.assert_allclose(w(out), np.array([1.0, 2.0]) * (1 - 0.05), rtol=1e-6)
-    assert m["lr"] == pytest.approx(0.5)
+    assert m["resam-lr"] == pytest.approx(0.5)
 
 
 def test_model_mode_aggregates_updates():
@@ -78,7 +78,7 @@ def test_max_update_norm_clips_the_aggregate():
     msgs = start_round(s, [1])
     out, m = s.aggregate_train(1, grad_replies(msgs, {1: [3, 4]}))
     np.testing.assert_allclose(w(out), [1 - 0.6, 2 - 0.8], rtol=1e-6)
-    assert m["aggregate-norm"] == pytest.approx(5.0)
+    assert m["resam-aggregate-norm"] == pytest.approx(5.0)
 
 
 def bad_replies(msgs):
@@ -103,10 +103,10 @@ def test_every_kind_of_invalid_reply_is_excluded_with_its_reason():
     msgs = start_round(s, list(range(1, 10)))
     out, m = s.aggregate_train(1, bad_replies(msgs))
     np.testing.assert_allclose(w(out), [0.0, 1.0])  # only the first honest reply was used
-    assert m["valid"] == 1 and m["excluded"] == 9
+    assert m["resam-valid"] == 1 and m["resam-excluded"] == 9
     expected = {"nonfinite": 2, "shape": 1, "dtype": 1, "keys": 2, "records": 2, "duplicate": 1}
     for reason, count in expected.items():
-        assert m[f"excluded-{reason}"] == count, reason
+        assert m[f"resam-excluded-{reason}"] == count, reason
     assert sum(s.excluded_total.values()) == 9
     assert np.isfinite(w(out)).all()
 
@@ -117,7 +117,7 @@ def test_reply_from_unsampled_node_is_excluded():
     stranger = instruction(42, THETA)
     replies = grad_replies(msgs, {1: [1, 1]}) + [reply(stranger, THETA)]
     _, m = s.aggregate_train(1, replies)
-    assert m["excluded-unexpected"] == 1 and m["valid"] == 1
+    assert m["resam-excluded-unexpected"] == 1 and m["resam-valid"] == 1
 
 
 def test_too_few_valid_replies_keep_the_model_and_say_why():
@@ -125,7 +125,7 @@ def test_too_few_valid_replies_keep_the_model_and_say_why():
     msgs = start_round(s, [1, 2, 3, 4, 5])
     replies = grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1], 4: [np.nan, 0], 5: [np.inf, 0]})
     out, m = s.aggregate_train(1, replies)
-    assert out is None and m["skipped"] == 1 and m["valid"] == 3
+    assert out is None and m["resam-skipped"] == 1 and m["resam-valid"] == 3
     assert "needs n > 2f" in s.round_log[-1]["skipped"]
 
 
@@ -137,7 +137,7 @@ def test_replies_proven_faulty_reduce_f_so_f_byzantine_nodes_cannot_skip_rounds(
     replies = grad_replies(msgs, {1: [1, 4], 2: [2, 5], 3: [6, 0], 4: [np.nan, 0], 5: [np.inf, 0]})
     out, m = s.aggregate_train(1, replies)
     np.testing.assert_allclose(w(out), [1.0 - 0.5 * 3.0, 2.0 - 0.5 * 3.0])
-    assert m["f"] == 0 and m["valid"] == 3 and m["skipped"] == 0
+    assert m["resam-f"] == 0 and m["resam-valid"] == 3 and m["resam-skipped"] == 0
 
 
 def test_missing_replies_do_not_reduce_f():
@@ -145,7 +145,7 @@ def test_missing_replies_do_not_reduce_f():
     s = ResilientAveraging("cwtm", num_byzantine=2, min_train_nodes=5)
     msgs = start_round(s, [1, 2, 3, 4, 5])
     out, m = s.aggregate_train(1, grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1]}))
-    assert out is None and m["missing"] == 2 and m["f"] == 2 and m["skipped"] == 1
+    assert out is None and m["resam-missing"] == 2 and m["resam-f"] == 2 and m["resam-skipped"] == 1
 
 
 def test_num_examples_is_never_a_weight():
@@ -167,7 +167,9 @@ def test_client_metrics_are_aggregated_by_median():
         for n, v in [(1, 1.0), (2, 2.0), (3, 1e9)]
     ]
     _, m = s.aggregate_train(1, rs)
-    assert m["client-train-loss"] == 2.0  # client medians are named apart from the server's figures
+    assert m["train-loss"] == 2.0  # the client's own name, as FedAvg returns it; the server's are resam-*
+    assert m["resam-valid"] == 3 and m["resam-lr"] == 1.0
+    assert P.REPLY_MOMENTUM not in m  # a flag, not a metric
 
 
 def test_configure_train_sends_round_lr_and_mode_and_samples_reproducibly():
@@ -177,7 +179,8 @@ def test_configure_train_sends_round_lr_and_mode_and_samples_reproducibly():
     assert sorted(ma) == sorted(mb) and len(ma) == 5
     cfg = next(iter(ma.values())).content["config"]
     assert cfg[P.SERVER_ROUND] == 1 and cfg[P.SERVER_LR] == pytest.approx(0.1) and cfg[P.MODE] == "gradient"
-    assert "lr" not in cfg and "server-round" not in cfg  # never a key the user's app may own
+    assert "lr" not in cfg  # never a key the user's app may own
+    assert cfg["server-round"] == 1  # Flower's own round key, as FedAvg sends it
 
 
 @pytest.mark.parametrize(
@@ -247,7 +250,7 @@ def test_wrong_kind_replies_do_not_reduce_f():
     replies = grad_replies(msgs, {1: [1, 1], 2: [1, 1], 3: [1, 1]})
     replies += grad_replies({4: msgs[4]}, {4: [5, 5]}, kind={"num-examples": 1})
     out, m = s.aggregate_train(1, replies)
-    assert m["excluded-kind"] == 1 and m["f"] == 1 and m["valid"] == 3 and out is not None
+    assert m["resam-excluded-kind"] == 1 and m["resam-f"] == 1 and m["resam-valid"] == 3 and out is not None
 
 
 def test_lr_schedules_against_their_formulas():
