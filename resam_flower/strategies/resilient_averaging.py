@@ -85,7 +85,9 @@ class ResilientAveraging(Strategy):
         ``missing``.
     node_wait_timeout, node_stall_timeout : float (default: 600.0, 30.0)
         Before a round, wait for enough nodes at most this long in all, and at most ``node_stall_timeout``
-        without a new node connecting; then fail with the numbers and what to pass.
+        without a new node connecting. Then, before the first round, fail with the numbers and what to pass;
+        in later rounds (a deployment that lost nodes) log the shortfall and go on with the nodes connected:
+        a round with too few replies for the rule is skipped, saying why, and the run goes on.
     exclusions_reduce_f : bool (default: True)
         A reply excluded as invalid (NaN, wrong shape or dtype, unreadable...) proves its node faulty; with
         ``k`` of them the rule runs with ``f - k`` on the remaining replies (at most ``f - k`` of them can be
@@ -308,9 +310,12 @@ class ResilientAveraging(Strategy):
             return []
         if self._spec is None or list(arrays.keys()) != list(self._spec.keys):
             self._spec = FlatSpec.from_record(arrays, self.buffers)
-        need = self.rule.min_inputs(self.num_byzantine) if self._first_round() else 0
+        first = self._first_round()  # a shortfall before round 1 is a setup mistake; later, lost nodes
+        need = self.rule.min_inputs(self.num_byzantine) if first else 0
         why = f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {need} replies a round"
-        nodes, all_nodes = self.sampler.sample(grid, self.fraction_train, self.min_train_nodes, need, why)
+        nodes, all_nodes = self.sampler.sample(
+            grid, self.fraction_train, self.min_train_nodes, need, why, strict=first
+        )
         if len(nodes) < need:
             raise ValueError(
                 f"{self.rule.spec} with num_byzantine={self.num_byzantine} needs {self.rule.requirement}, "
@@ -449,7 +454,7 @@ class ResilientAveraging(Strategy):
         """Sample nodes for federated evaluation (seeded); the user's config goes as it is."""
         if self.fraction_evaluate == 0.0:
             return []
-        nodes, _ = self.sampler.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        nodes, _ = self.sampler.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, strict=False)
         rnd = server_round + self.round_offset
         cfg = ConfigRecord({P.FLOWER_SERVER_ROUND: rnd, **dict(config), P.SERVER_ROUND: rnd})
         return [self._message(node, arrays, cfg, MessageType.EVALUATE) for node in nodes]

@@ -17,19 +17,26 @@ class NodeWaiter:
     """Wait until ``count`` nodes are connected: at most ``timeout`` s, and ``stall`` s without a new node.
 
     A simulation registers all its nodes at once, so a shortfall there is final after ``stall`` seconds; on
-    real devices every node that joins restarts the stall clock.
+    real devices every node that joins restarts the stall clock. A shortfall raises (``strict``: before the
+    first round, where it is a setup mistake) or is logged and the nodes there are returned (later rounds of
+    a deployment that lost nodes: the round goes on with them, and is skipped, saying why, if the rule
+    cannot run on so few replies).
     """
 
     def __init__(self, timeout: float, stall: float) -> None:
         self.timeout, self.stall = timeout, stall
 
-    def wait(self, grid: Grid, count: int, why: str) -> list[int]:
+    def wait(self, grid: Grid, count: int, why: str, strict: bool = True) -> list[int]:
         start = last_change = time.monotonic()
         seen = -1
         while len(nodes := sorted(grid.get_node_ids())) < count:
             now = time.monotonic()
             if len(nodes) != seen:
                 seen, last_change = len(nodes), now
+            if (now - start >= self.timeout or now - last_change >= self.stall) and not strict:
+                log(WARNING, "only %d nodes connected, %d wanted (%s) after waiting %.0f s: the round goes "
+                    "on with them", len(nodes), count, why, now - start)
+                return nodes
             if now - start >= self.timeout or now - last_change >= self.stall:
                 raise RuntimeError(
                     f"only {len(nodes)} nodes connected, {count} needed ({why}); waited {now - start:.0f} s "
@@ -58,11 +65,12 @@ class NodeSampler:
         self._restored: list[int] | None = None
 
     def sample(
-        self, grid: Grid, fraction: float, minimum: int, need: int = 0, why: str = ""
+        self, grid: Grid, fraction: float, minimum: int, need: int = 0, why: str = "", strict: bool = True
     ) -> tuple[list[int], list[int]]:
-        """``(sampled, all connected)``, both sorted, once ``max(min_available, minimum, need)`` are there."""
+        """``(sampled, all connected)``, both sorted, once ``max(min_available, minimum, need)`` are there
+        (``strict=False``: or as many as connected in the wait, see :class:`NodeWaiter`)."""
         count = max(self.min_available, minimum, need)
-        all_nodes = self.waiter.wait(grid, count, why or f"min_available_nodes={self.min_available}")
+        all_nodes = self.waiter.wait(grid, count, why or f"min_available_nodes={self.min_available}", strict)
         size = min(len(all_nodes), max(int(len(all_nodes) * fraction), minimum))
         return sorted(self.rng.sample(all_nodes, size)), all_nodes
 

@@ -330,3 +330,28 @@ def test_fedavgs_metric_hooks_are_honoured_and_its_other_arguments_explained():
         ResilientAveraging(0.5)
     with pytest.raises(TypeError, match="weighted_by_key='num-examples': RESAM weighs every reply equally"):
         ResilientAveraging("cwtm", weighted_by_key="num-examples")
+
+
+class LosingGrid(InlineGrid):
+    """Nodes whose last one drops out of the federation for round 2 (train and evaluate), then returns."""
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids[:-1] if self.calls in (2, 3) else list(self.ids)
+
+
+def test_a_node_lost_mid_run_skips_the_round_it_is_needed_for_and_the_run_goes_on(caplog):
+    # cwtm with f = 1 needs 3 replies: round 2 has 2 nodes, is skipped saying why; rounds 1 and 3 aggregate.
+    # Before round 1 the same shortfall is a setup mistake and fails (test_too_few_nodes_... above).
+    grid = LosingGrid(fedavg_app([], [0.0]), 3)
+    strategy = ResilientAveraging("cwtm", num_byzantine=1, lr=0.1, min_train_nodes=3, min_evaluate_nodes=3,
+                                  min_available_nodes=3, node_stall_timeout=0.05)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        result = strategy.start(grid, THETA, num_rounds=3, train_config=ConfigRecord({"lr": 0.5}))
+    assert ["skipped" in e for e in strategy.round_log] == [False, True, False]
+    assert strategy.round_log[1]["valid"] == 2 and "needs n > 2f" in strategy.round_log[1]["skipped"]
+    lines = [r.getMessage() for r in caplog.records]
+    shortfalls = [m for m in lines if "only 2 nodes connected, 3 wanted" in m]
+    assert len(shortfalls) == 2 and all("the round goes on with them" in m for m in shortfalls)  # train, eval
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 3]  # 2 evaluate replies < 2f + 1: no median
+    # each aggregated round: local w' = w / 2 at lr 0.5, so the gradient is w and the server steps w -= 0.1 w
+    np.testing.assert_allclose(result.arrays["w"].numpy(), THETA["w"].numpy() * 0.9**2, rtol=1e-5)
