@@ -35,8 +35,13 @@ PROVEN_FAULTY = ("content", "records", "type", "keys", "shape", "dtype", "decode
 #: In ``model`` mode the replies come from the user's own training code: an honest node whose local training
 #: diverged sends NaN, one that converts its weights may send float64. Those prove nothing there.
 PROVEN_FAULTY_MODEL = tuple(k for k in PROVEN_FAULTY if k not in ("nonfinite", "dtype"))
-#: Reply metrics that are protocol flags, not measurements: never reported as client metrics.
-FLAGS = (P.REPLY_MOMENTUM, P.REPLY_GRADIENT)
+#: FedAvg's weighting key: like FedAvg, never reported as a client metric.
+WEIGHTING_KEY = "num-examples"
+
+
+def _user_key(key: str) -> bool:
+    """A client metric the user's app sent (not a ``resam-`` protocol key, nor the weighting key)."""
+    return not key.startswith(P.PREFIX) and key != WEIGHTING_KEY
 
 
 class ResilientAveraging(Strategy):
@@ -160,6 +165,7 @@ class ResilientAveraging(Strategy):
         self.train_metrics_aggr_fn = train_metrics_aggr_fn
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         self._metric_notes: set[tuple[str, str]] = set()  # (phase, key) of client metrics left out, said once
+        self._said_small_evaluation = False
         if mode not in P.MODES:
             raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
         self.mode = mode
@@ -277,9 +283,9 @@ class ResilientAveraging(Strategy):
         log(
             INFO,
             "\t│\t├── Replies weighted: equally (num-examples is never used); client metrics: %s",
-            "your train/evaluate_metrics_aggr_fn"
-            if self.train_metrics_aggr_fn or self.evaluate_metrics_aggr_fn
-            else "median of keys >= 2f+1 replies report",
+            f"train: {'your train_metrics_aggr_fn' if self.train_metrics_aggr_fn else 'median'}, "
+            f"evaluate: {'your evaluate_metrics_aggr_fn' if self.evaluate_metrics_aggr_fn else 'median'} "
+            "(medians of keys >= 2f+1 replies report)",
         )
         log(INFO, "\t│\t├── Records: arrays under %r, config under %r", self.arrayrecord_key,
             self.configrecord_key)
@@ -455,6 +461,13 @@ class ResilientAveraging(Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         nodes, _ = self.sampler.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, strict=False)
+        need = 2 * self.num_byzantine + 1
+        small = 0 < len(nodes) < need and self.evaluate_metrics_aggr_fn is None
+        if small and not self._said_small_evaluation:
+            self._said_small_evaluation = True
+            log(WARNING, "configure_evaluate: %d nodes sampled, but client evaluation metrics need 2f + 1 = "
+                "%d replies to be robust: none will be reported (raise fraction_evaluate or "
+                "min_evaluate_nodes, or pass evaluate_metrics_aggr_fn)", len(nodes), need)
         rnd = server_round + self.round_offset
         cfg = ConfigRecord({P.FLOWER_SERVER_ROUND: rnd, **dict(config), P.SERVER_ROUND: rnd})
         return [self._message(node, arrays, cfg, MessageType.EVALUATE) for node in nodes]
@@ -483,17 +496,16 @@ class ResilientAveraging(Strategy):
             if not messages:
                 return {}
             try:  # the user's function: its bug costs this round's client metrics, said, not the model
-                return dict(MetricRecord(dict(fn([m.content for m in messages], "num-examples") or {})))
+                result = dict(MetricRecord(dict(fn([m.content for m in messages], WEIGHTING_KEY) or {})))
+                return {k: v for k, v in result.items() if not k.startswith(P.PREFIX)}
             except Exception as exc:  # noqa: BLE001
                 log(ERROR, "%s_metrics_aggr_fn raised %s: %s; no client metrics this round", phase,
                     type(exc).__name__, safe_text(str(exc)))
                 return {}
         dropped: dict[str, str] = {}
         metrics = median_metrics(messages, f=f, allowed=self.metric_keys, dropped=dropped)
-        for key in FLAGS:
-            metrics.pop(key, None)
-            dropped.pop(key, None)
-        for key, why in sorted(dropped.items()):
+        metrics = {k: v for k, v in metrics.items() if _user_key(k)}
+        for key, why in sorted((k, w) for k, w in dropped.items() if _user_key(k)):
             if (phase, key) not in self._metric_notes and len(self._metric_notes) < 256:
                 self._metric_notes.add((phase, key))
                 log(WARNING, "%s client metric %s left out: %s (said once)", phase, safe_text(key), why)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable
 
 from flwr.app import Message
@@ -19,9 +18,13 @@ Value = float | list[float]
 
 
 def _number(val: object) -> float | None:
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
         return None
-    return float(val)
+    try:
+        number = float(val)
+    except OverflowError:  # an int beyond float range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _value(val: object) -> tuple[int, Value] | None:
@@ -32,6 +35,13 @@ def _value(val: object) -> tuple[int, Value] | None:
         return None if not items or any(v is None for v in items) else (len(items), items)  # type: ignore
     number = _number(val)
     return None if number is None else (-1, number)
+
+
+def _median(values: list[float]) -> float:
+    """The median, computed without overflow (the mean of the two middle values of 1.7e308 and 1.7e308)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else ordered[mid - 1] / 2 + ordered[mid] / 2
 
 
 def median_metrics(
@@ -51,12 +61,14 @@ def median_metrics(
     reach the round's metrics); so are lists of a length other than the one most replies report. ``allowed``
     restricts the keys to a declared set. Names longer than :data:`MAX_METRIC_KEY_LENGTH` or with
     non-printable characters are ignored, and at most ``max_keys`` keys are kept (most reported first, then
-    by name). A reply counts once per key. ``dropped`` (if given) receives ``{key: why}`` for every
-    printable key of sensible length that was left out.
+    by name). A reply counts once per key. ``dropped`` (if given) receives ``{key: why}`` for the keys (or
+    the replies of a key) left out that more than ``f`` replies sent, so at least one honest node: keys
+    fewer send may be an attacker's invention, and are not named.
     """
     keep = None if allowed is None else set(allowed)
     quorum = 2 * f + 1
     values: dict[str, dict[int, list[Value]]] = {}
+    invalid: dict[str, int] = {}
     for msg in messages:
         seen: set[str] = set()
         try:
@@ -72,31 +84,37 @@ def median_metrics(
                 seen.add(key)
                 parsed = _value(val)
                 if parsed is None:
-                    if dropped is not None:
-                        dropped.setdefault(key, "not a finite number or a list of them")
+                    invalid[key] = invalid.get(key, 0) + 1
                     continue
                 values.setdefault(key, {}).setdefault(parsed[0], []).append(parsed[1])
+    notes: dict[str, str] = {}
     chosen: dict[str, list[Value]] = {}
-    for key, by_shape in values.items():
-        shape = max(by_shape, key=lambda s: (len(by_shape[s]), -s))  # the most reported shape
-        reports = by_shape[shape]
+    for key in {*values, *invalid}:
+        by_shape = values.get(key, {})
+        shape = max(by_shape, key=lambda s: (len(by_shape[s]), -s)) if by_shape else -1  # most reported
+        reports = by_shape.get(shape, [])
+        others = sum(len(v) for s, v in by_shape.items() if s != shape) + invalid.get(key, 0)
         if len(reports) >= quorum:
             chosen[key] = reports
-            if dropped is not None:
-                dropped.pop(key, None)
-        elif dropped is not None:
+            if others:
+                notes[key] = (f"{others} of its {len(reports) + others} replies left out (another length, or "
+                              "not a finite number or a list of them)")
+        else:
             lists = " (as lists of one length)" if shape >= 0 else ""
-            dropped[key] = (f"reported by {len(reports)} replies{lists}, fewer than 2f + 1 = {quorum}: a "
-                            "median of so few is not robust")
+            bad = f" ({invalid[key]} more not finite numbers)" if invalid.get(key) else ""
+            notes[key] = (f"reported by {len(reports)} replies{lists}{bad}, fewer than 2f + 1 = {quorum}: a "
+                          "median of so few is not robust")
     ranked = sorted(chosen, key=lambda k: (-len(chosen[k]), k))
-    if dropped is not None:
-        for key in ranked[max_keys:]:
-            dropped[key] = f"beyond the {max_keys} most reported keys"
+    for key in ranked[max_keys:]:
+        notes[key] = f"beyond the {max_keys} most reported keys"
+    if dropped is not None:  # a key fewer than f + 1 replies sent may be an attacker's: not named
+        reporters = {k: sum(len(v) for v in values.get(k, {}).values()) + invalid.get(k, 0) for k in notes}
+        dropped.update({k: why for k, why in notes.items() if reporters[k] > f})
     out: dict[str, Value] = {}
     for key in sorted(ranked[:max_keys]):
         reports = chosen[key]
         if isinstance(reports[0], list):
-            out[key] = [float(statistics.median(column)) for column in zip(*reports, strict=True)]
+            out[key] = [_median(list(column)) for column in zip(*reports, strict=True)]
         else:
-            out[key] = float(statistics.median(reports))  # type: ignore[arg-type]
+            out[key] = _median(reports)  # type: ignore[arg-type]
     return out

@@ -355,3 +355,41 @@ def test_a_node_lost_mid_run_skips_the_round_it_is_needed_for_and_the_run_goes_o
     assert sorted(result.evaluate_metrics_clientapp) == [1, 3]  # 2 evaluate replies < 2f + 1: no median
     # each aggregated round: local w' = w / 2 at lr 0.5, so the gradient is w and the server steps w -= 0.1 w
     np.testing.assert_allclose(result.arrays["w"].numpy(), THETA["w"].numpy() * 0.9**2, rtol=1e-5)
+
+
+def test_left_out_metrics_name_only_keys_an_honest_node_sent_and_protocol_keys_are_not_metrics(caplog):
+    from resam_flower.strategies.robust_metrics import _number, median_metrics
+
+    s = ResilientAveraging("mean", num_byzantine=1, lr=1.0, min_train_nodes=4, min_available_nodes=4)
+    msgs = list(s.configure_train(1, THETA, ConfigRecord(), FakeGrid([1, 2, 3, 4])))
+    junk = {f" junk-{i}": 1.0 for i in range(1000)}  # one Byzantine node invents 1,000 keys
+    metrics = [{"loss": 1.0, "acc": 0.5}, {"loss": 2.0, "acc": 0.7}, {"loss": 3.0}, {"loss": 1e9, **junk}]
+    replies = [make_reply(m, THETA, {P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: 3.0, "num-examples": 10, **x})
+               for m, x in zip(msgs, metrics, strict=True)]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _, m = s.aggregate_train(1, replies)
+    assert {k for k in m if not k.startswith(P.PREFIX)} == {"loss"} and m["loss"] == 2.5
+    assert P.MOMENTUM_NORM not in m  # resam-* keys are the server's figures, never a client's
+    notes = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert notes == ["train client metric acc left out: reported by 2 replies, fewer than 2f + 1 = 3: a "
+                     "median of so few is not robust (said once)"]  # the junk keys (1 reporter <= f): unnamed
+    # lists of another length: said when more than f replies sent them; medians never overflow
+    evals = list(s.configure_evaluate(1, THETA, ConfigRecord(), FakeGrid(range(5))))
+    lists = [[1.0, 2.0]] * 3 + [[1.0]] * 2
+    dropped: dict[str, str] = {}
+    out = median_metrics([make_reply(e, None, {"cm": v}) for e, v in zip(evals, lists, strict=True)], f=1,
+                         dropped=dropped)
+    assert out == {"cm": [1.0, 2.0]} and dropped["cm"].startswith("2 of its 5 replies left out")
+    big = [make_reply(e, None, {"x": 1.7e308}) for e in evals[:4]]
+    assert median_metrics(big) == {"x": 1.7e308} and _number(10**400) is None
+
+
+def test_an_evaluation_sample_too_small_for_robust_metrics_is_said_once(caplog):
+    s = ResilientAveraging("mean", num_byzantine=1, min_evaluate_nodes=2, fraction_evaluate=0.5,
+                           min_available_nodes=4)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        for rnd in (1, 2):
+            assert len(list(s.configure_evaluate(rnd, THETA, ConfigRecord(), FakeGrid([1, 2, 3, 4])))) == 2
+    lines = [r.getMessage() for r in caplog.records]
+    said = [m for m in lines if "2 nodes sampled, but client evaluation" in m]
+    assert len(said) == 1 and "need 2f + 1 = 3 replies" in said[0]
