@@ -40,6 +40,11 @@ def test_the_quickstart_example_learns_under_flwr_run_and_saves_the_model(tmp_pa
         if "'accuracy': " in line and "MetricRecord" in line
     ]
     assert accuracies and accuracies[-1] > 0.5, log[-3000:]  # 10 classes: chance is 0.1
+    # the clients' metrics under their own names, as FedAvg shows them: train_loss each round, and eval_acc
+    # (3 of 5 nodes evaluate: the 2f + 1 replies a robust median needs)
+    aggregated = [line for line in log.splitlines() if "Aggregated MetricRecord" in line]
+    assert sum("'train_loss'" in line and "'resam-valid'" in line for line in aggregated) == 6, log[-3000:]
+    assert sum("'eval_acc'" in line for line in aggregated) == 6, log[-3000:]
     assert "ERROR" not in log.split("Starting ResilientAveraging")[-1], log[-3000:]
     saved = list(tmp_path.rglob("final_model.pt"))
     assert len(saved) == 1, log[-2000:]
