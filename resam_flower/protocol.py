@@ -19,7 +19,7 @@ Server -> client (train :class:`~flwr.app.ConfigRecord`)
 Client -> server (reply :class:`~flwr.app.MetricRecord`)
     :data:`REPLY_GRADIENT` (set by an inner app whose arrays are a gradient), :data:`REPLY_MOMENTUM` (set by
     ``momentum_mod``: the arrays are the worker's momentum), :data:`LOCAL_LR` (the local learning rate of an
-    app that returns trained weights), :data:`MOMENTUM_NORM`.
+    app that returns trained weights), :data:`MOMENTUM_NORM`, :data:`USED_LOCAL_LR`.
 Node config (set by the operator of a device)
     :data:`NODE_ROLE` and ``byzantine-<param>`` (a Byzantine device for experiments), :data:`MOMENTUM_DIR`.
 ``context.state``
@@ -49,6 +49,7 @@ __all__ = [
     "REPLY_MOMENTUM",
     "LOCAL_LR",
     "MOMENTUM_NORM",
+    "USED_LOCAL_LR",
     "NODE_ROLE",
     "SIMULATED_ROLES",
     "MOMENTUM_STATE",
@@ -101,6 +102,8 @@ REPLY_MOMENTUM = "resam-momentum"
 LOCAL_LR = "local-lr"
 #: Euclidean norm of the momentum the worker sent.
 MOMENTUM_NORM = "resam-momentum-norm"
+#: The local learning rate ``momentum_mod`` divided a weights reply's step by (the server compares its own).
+USED_LOCAL_LR = "resam-local-lr"
 
 # -- node config --------------------------------------------------------------------------------------
 #: A device's own Byzantine role (``flower-supernode --node-config "byzantine='sf'"``).

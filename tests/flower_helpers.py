@@ -6,6 +6,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from resam_flower import protocol as P
+
 TaskIdentity.run_id = 1
 TaskIdentity.task_id = 1
 TaskIdentity.node_id = 0
@@ -16,9 +18,15 @@ def record(**arrays: np.ndarray) -> ArrayRecord:
 
 
 def instruction(
-    node: int, arrays: ArrayRecord, config: dict | None = None, kind: str = MessageType.TRAIN
+    node: int, arrays: ArrayRecord, config: dict | None = None, kind: str = MessageType.TRAIN,
+    from_resam: bool = True,
 ) -> Message:
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord(config or {})})
+    """A server's message; a train message from a RESAM server carries its mode (``from_resam``), as
+    ``ResilientAveraging.configure_train`` sends it, unless ``config`` sets it."""
+    config = dict(config or {})
+    if from_resam and kind == MessageType.TRAIN:
+        config.setdefault(P.MODE, "gradient")
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
     return Message(content=content, dst_node_id=node, message_type=kind)
 
 

@@ -61,7 +61,7 @@ GRADIENT_FLAG = P.REPLY_GRADIENT
 
 def _single(records: dict, what: str) -> tuple[str, object]:
     if len(records) != 1:
-        raise ValueError(f"momentum_mod expects exactly one {what}, got {len(records)}")
+        raise ValueError(f"expects exactly one {what}, got {len(records)}")
     return next(iter(records.items()))
 
 
@@ -132,6 +132,13 @@ def momentum_mod(
         config = next(iter(msg.content.config_records.values()), {})
         if config.get(P.MODE) == "model":  # the server wants trained weights: nothing to do here
             return call_next(msg, ctxt)
+        if P.MODE not in config and P.SERVER_ROUND not in config:
+            return _error_reply(
+                msg,
+                f"the train message has no {P.MODE}: the server is not ResilientAveraging, and a FedAvg "
+                "server would average these momentums as if they were weights; use "
+                "resam_flower.strategies.ResilientAveraging on the server, or remove momentum_mod",
+            )
         reply = call_next(msg, ctxt)
         if reply.has_error():
             return reply
@@ -140,7 +147,7 @@ def momentum_mod(
         except ValueError as exc:
             return _error_reply(msg, str(exc))
         spec = _spec(global_rec, config)
-        metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
+        metrics = _reply_metrics(reply)
         vec, reason = spec.read(_with_buffers(reply_rec, global_rec, spec), check_finite=True)
         if vec is None:
             return _error_reply(msg, f"inner reply does not match the model: {reason}")
@@ -148,28 +155,33 @@ def momentum_mod(
         g = vec[:p]
         if float(metrics.get(GRADIENT_FLAG, 0)) != 1.0:
             eta = metrics.get(P.LOCAL_LR, local_lr if local_lr is not None else config.get("lr"))
-            if eta is None or float(eta) <= 0:
+            if eta is None or isinstance(eta, (bool, list, str)) or float(eta) <= 0:
+                keys = ", ".join(sorted(k for k in config if not k.startswith(P.PREFIX))) or "none"
                 return _error_reply(
                     msg,
-                    "weights reply without a local learning rate: report it as the metric local-lr, "
-                    "or pass momentum_mod(..., local_lr=...)",
+                    f"weights reply without a local learning rate (got {eta!r}): the mod looks for the reply "
+                    f"metric {P.LOCAL_LR}, then momentum_mod(local_lr=...), then the train config key lr "
+                    f"(your train config's keys: {keys})",
                 )
             g = (spec.flatten(global_rec)[:p] - g) / float(eta)
+            used_eta = float(eta)
+        else:
+            used_eta = None
         mspec = spec.params_only()
         store = _store(ctxt, config, state_dir)
         if store is None:
-            m = _load_momentum(ctxt, state_key, mspec)
+            m, steps = _load_momentum(ctxt, state_key, mspec)
         else:
-            m = _load_stored_momentum(ctxt, state_key, mspec, *store)
+            m, steps = _load_stored_momentum(ctxt, state_key, mspec, *store)
         m.mul_(beta).add_(g, alpha=1.0 - beta)
+        steps += 1  # the updates folded into m (0 before: a fresh momentum)
+        ctxt.state[state_key + "-steps"] = ConfigRecord({"steps": steps})
         state = mspec.unflatten(m, like=global_rec)
         ctxt.state[state_key] = state
         if store is not None:
             _save_stored_momentum(ctxt, state_key, m, *store)
         sent, sent_arrays = m, state  # the reply shares the state's (immutable) Arrays: serialised once
         if bias_correction and beta > 0:
-            steps = int(ctxt.state.config_records.get(state_key + "-steps", {}).get("steps", 0)) + 1
-            ctxt.state[state_key + "-steps"] = ConfigRecord({"steps": steps})
             sent = m / (1.0 - beta**steps)
             sent_arrays = mspec.unflatten(sent, like=global_rec)
         full = _with_buffers(reply_rec, global_rec, spec)  # buffers and integer arrays: the worker's own
@@ -177,27 +189,42 @@ def momentum_mod(
         out.array_records[rkey] = ArrayRecord(
             {k: sent_arrays[k] if k in sent_arrays else full[k] for k in spec.keys}
         )
+        flags = {P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: float(torch.linalg.vector_norm(sent))}
+        if used_eta is not None:
+            flags[P.USED_LOCAL_LR] = used_eta
         for k, v in list(out.metric_records.items()):
-            v[P.REPLY_MOMENTUM] = 1
-            v[P.MOMENTUM_NORM] = float(torch.linalg.vector_norm(sent))
+            v.update(flags)
             out.metric_records[k] = v
         if not out.metric_records:
-            out["metrics"] = MetricRecord(
-                {P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: float(torch.linalg.vector_norm(sent))}
-            )
+            out["metrics"] = MetricRecord(flags)
         return reply
 
     return mod
 
 
-def _load_momentum(ctxt: Context, key: str, spec: FlatSpec) -> torch.Tensor:
-    """The stored momentum as a vector, or zeros (first round, or the model's layout changed)."""
+def _reply_metrics(reply: Message) -> dict:
+    """The inner reply's metrics, every MetricRecord of it (the server reads the flags from any of them)."""
+    out: dict = {}
+    for rec in reply.content.metric_records.values():
+        for k, v in rec.items():
+            out.setdefault(k, v)
+    return out
+
+
+def _steps(ctxt: Context, key: str) -> int:
+    """How many updates the momentum in memory holds (for the bias correction)."""
+    return int(ctxt.state.config_records.get(key + "-steps", {}).get("steps", 0))
+
+
+def _load_momentum(ctxt: Context, key: str, spec: FlatSpec) -> tuple[torch.Tensor, int]:
+    """The stored momentum as a vector and its number of updates, or zeros and 0 (first round, or the
+    model's layout changed)."""
     if key in ctxt.state.array_records:
         vec, reason = spec.read(ctxt.state.array_records[key], check_finite=True)
         if vec is not None:
-            return vec
+            return vec, _steps(ctxt, key)
         log(WARNING, "momentum_mod: stored momentum discarded (%s); starting from zero", reason)
-    return torch.zeros(spec.dim)
+    return torch.zeros(spec.dim), 0
 
 
 # -- optional crash-safe copy ------------------------------------------------------------------------
@@ -221,8 +248,10 @@ def _store(ctxt: Context, config, state_dir) -> tuple[MomentumStore, int, Lineag
 
 def _load_stored_momentum(
     ctxt: Context, key: str, spec: FlatSpec, store: MomentumStore, rnd: int, lineage: Lineage, _ckpt
-) -> torch.Tensor:
-    """m of this node's newest round before ``rnd`` in the lineage: from memory if it is that, else disk."""
+) -> tuple[torch.Tensor, int]:
+    """m of this node's newest round before ``rnd`` in the lineage, from memory if it is that, else disk,
+    and its number of updates: from memory, else (a restart) the file's round, exact when the node took
+    part in every round and an upper bound otherwise (so the bias correction never over-amplifies)."""
     latest = store.latest(rnd, lineage)
     tag = ctxt.state.config_records.get(key + "-round")
     if tag is not None and key in ctxt.state.array_records:
@@ -231,17 +260,17 @@ def _load_stored_momentum(
         if usable and (latest is None or mem_round >= latest[0]):
             vec, _ = spec.read(ctxt.state.array_records[key], check_finite=True)
             if vec is not None:
-                return vec
+                return vec, _steps(ctxt, key)
     if latest is not None:
         vec = store.read(latest[1], spec.dim)
         if vec is not None:
-            return vec
+            return vec, latest[0]
         log(
             WARNING,
             "momentum_mod: momentum file %s unreadable or of another model; starting from zero",
             latest[1],
         )
-    return torch.zeros(spec.dim)
+    return torch.zeros(spec.dim), 0
 
 
 def _save_stored_momentum(

@@ -166,6 +166,7 @@ class ResilientAveraging(Strategy):
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         self._metric_notes: set[tuple[str, str]] = set()  # (phase, key) of client metrics left out, said once
         self._said_small_evaluation = False
+        self._said_local_lr = False
         if mode not in P.MODES:
             raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
         self.mode = mode
@@ -338,8 +339,7 @@ class ResilientAveraging(Strategy):
         cfg[P.SERVER_ROUND] = server_round
         cfg[P.SERVER_LR] = self.schedule(server_round)
         cfg[P.MODE] = self.mode
-        if self._spec.buffer_keys:
-            cfg[P.BUFFERS] = list(self._spec.buffer_keys)
+        cfg[P.BUFFERS] = list(self._spec.buffer_keys)  # even none: the mod must not guess BatchNorm names
         log(INFO, "configure_train: sampled %d nodes (out of %d)", len(nodes), len(all_nodes))
         return [self._message(node, arrays, cfg, MessageType.TRAIN) for node in nodes]
 
@@ -387,6 +387,7 @@ class ResilientAveraging(Strategy):
         n = len(screened.node_ids)
         entry.update(valid=n, excluded=screened.num_excluded, f=f_eff)
         entry.update({f"excluded-{k}": v for k, v in screened.excluded.items()})
+        self._compare_local_lr(server_round, screened.messages)
         new_arrays = self._update(server_round, screened.vectors, f_eff, entry)
         if "skipped" in entry:
             log(
@@ -487,6 +488,27 @@ class ResilientAveraging(Strategy):
                 server_round + self.round_offset)
         metrics = self._client_metrics("evaluate", ok, self.num_byzantine)
         return MetricRecord(metrics) if metrics else None
+
+    def _compare_local_lr(self, server_round: int, messages: list[Message]) -> None:
+        """Say once when momentum_mod divided the clients' trained weights by a local lr other than the
+        server's: each round then moves lr / η times as far as FedAvg's would."""
+        if self._said_local_lr or self.mode != "gradient":
+            return
+        etas = []
+        for msg in messages:
+            for rec in msg.content.metric_records.values():
+                value = rec.get(P.USED_LOCAL_LR)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                    etas.append(float(value))
+                    break
+        if not etas:
+            return
+        self._said_local_lr = True
+        eta, lr = sorted(etas)[len(etas) // 2], self.schedule(server_round)
+        if abs(lr - eta) > 1e-9 * max(abs(lr), abs(eta)):
+            log(WARNING, "momentum_mod turned the clients' trained weights into gradients with their local "
+                "lr %g; the server steps with lr %g, so a round moves %.3g times as far as FedAvg's (pass "
+                "lr=%g to ResilientAveraging for FedAvg's step)", eta, lr, lr / eta, eta)
 
     def _client_metrics(self, phase: str, messages: list[Message], f: int) -> dict[str, Any]:
         """The round's client metrics: the user's ``<phase>_metrics_aggr_fn`` over the valid replies, else

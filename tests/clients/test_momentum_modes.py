@@ -73,3 +73,60 @@ def test_weights_reply_uses_the_users_lr_key_and_says_how_to_fix_a_missing_one()
     np.testing.assert_allclose(out.content["arrays"]["w"].numpy(), [2.0, 2.0])  # (theta - w) / 0.5
     err = momentum_mod(0.0)(instruction(1, GLOBAL, {}), context(), app_replying(weights, {}))
     assert err.has_error() and "local_lr" in err.error.reason
+
+
+def test_a_server_that_is_not_resam_gets_an_error_reply_not_momentums_it_would_average_as_weights():
+    weights = record(w=np.array([0.9, 1.8], np.float32), **{"bn.running_var": np.array([4.0], np.float32)})
+    msg = instruction(1, GLOBAL, {"lr": 0.1, "server-round": 1}, from_resam=False)  # FedAvg's config
+    out = momentum_mod(0.9)(msg, context(), app_replying(weights, {}))
+    assert out.has_error() and "the server is not ResilientAveraging" in out.error.reason
+    assert "remove momentum_mod" in out.error.reason
+
+
+def test_bias_correction_counts_from_a_fresh_momentum_after_a_layout_change():
+    ctxt, mod = context(), momentum_mod(0.9, bias_correction=True)
+    for g in (1.0, 3.0, -2.0):
+        inner = record(w=np.array([g, g], np.float32), **{"bn.running_var": np.array([1.0], np.float32)})
+        mod(instruction(1, GLOBAL, {}), ctxt, app_replying(inner, {P.REPLY_GRADIENT: 1}))
+    wider = record(w=np.array([1.0, 2.0, 3.0], np.float32))  # the model changed: the momentum restarts
+    out = mod(instruction(1, wider, {}), ctxt, app_replying(record(w=np.full(3, 5.0, np.float32)),
+                                                            {P.REPLY_GRADIENT: 1}))
+    np.testing.assert_allclose(out.content["arrays"]["w"].numpy(), [5.0] * 3, rtol=1e-6)  # (0.1·5)/(1-0.9)
+
+
+def test_bias_correction_survives_a_restart_from_the_momentum_directory(tmp_path):
+    grads = [1.0, 3.0, -2.0, 4.0]
+
+    def run(restart_after: int | None) -> list[float]:
+        mod = momentum_mod(0.9, bias_correction=True, state_dir=tmp_path / str(restart_after))
+        ctxt, sent = context(), []
+        for rnd, g in enumerate(grads, start=1):
+            if rnd == restart_after:
+                ctxt = context()  # a restarted SuperNode: memory empty, the directory kept
+            inner = record(w=np.array([g, g], np.float32), **{"bn.running_var": np.array([1.0], np.float32)})
+            out = mod(instruction(1, GLOBAL, {P.SERVER_ROUND: rnd}), ctxt,
+                      app_replying(inner, {P.REPLY_GRADIENT: 1}))
+            sent.append(float(out.content["arrays"]["w"].numpy()[0]))
+        return sent
+
+    assert run(3) == pytest.approx(run(None), rel=1e-6)
+
+
+def test_the_reply_flags_are_read_from_every_metric_record_and_the_used_lr_is_reported():
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    def two_records(msg, ctxt):  # the gradient flag in a second MetricRecord
+        content = RecordDict({"arrays": record(w=np.array([0.5, 0.5], np.float32)),
+                              "train": MetricRecord({"loss": 1.0}),
+                              "flags": MetricRecord({P.REPLY_GRADIENT: 1})})
+        return Message(content=content, reply_to=msg)
+
+    out = momentum_mod(0.0)(instruction(1, GLOBAL, {"lr": 0.1}), context(), two_records)
+    np.testing.assert_allclose(out.content["arrays"]["w"].numpy(), [0.5, 0.5])  # a gradient, not weights
+    assert all(P.USED_LOCAL_LR not in rec for rec in out.content.metric_records.values())
+    weights = record(w=np.array([0.0, 1.0], np.float32))
+    out = momentum_mod(0.0)(instruction(1, GLOBAL, {"lr": 0.5}), context(), app_replying(weights, {}))
+    assert out.content["metrics"][P.USED_LOCAL_LR] == 0.5
+    msg = instruction(1, GLOBAL, {"learning-rate": 0.5})
+    err = momentum_mod(0.0)(msg, context(), app_replying(weights, {}))
+    assert "train config key lr (your train config's keys: learning-rate)" in err.error.reason

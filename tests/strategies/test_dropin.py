@@ -393,3 +393,24 @@ def test_an_evaluation_sample_too_small_for_robust_metrics_is_said_once(caplog):
     lines = [r.getMessage() for r in caplog.records]
     said = [m for m in lines if "2 nodes sampled, but client evaluation" in m]
     assert len(said) == 1 and "need 2f + 1 = 3 replies" in said[0]
+
+
+def test_the_buffer_list_is_always_sent_and_a_local_lr_other_than_the_servers_is_said_once(caplog):
+    # buffers=[]: the mod must not fall back to BatchNorm names the server steps as parameters
+    s = ResilientAveraging("mean", buffers=[], min_train_nodes=1, min_available_nodes=1)
+    bn = record(w=np.zeros(2, np.float32), **{"bn.running_var": np.ones(1, np.float32)})
+    sent = next(iter(s.configure_train(1, bn, ConfigRecord(), FakeGrid([1]))))
+    assert sent.content["config"][P.BUFFERS] == []
+
+    def said(server_lr: float) -> list[str]:
+        caplog.clear()
+        grid = InlineGrid(quickstart_app([], mods=[momentum_mod(0.0)]), 3)
+        strategy = ResilientAveraging("mean", lr=server_lr, min_train_nodes=3, min_available_nodes=3,
+                                      fraction_evaluate=0)
+        with caplog.at_level(logging.WARNING, logger="flwr"):
+            strategy.start(grid, THETA, num_rounds=2, train_config=ConfigRecord({"lr": 0.01}))
+        return [r.getMessage() for r in caplog.records if "their local lr" in r.getMessage()]
+
+    warned = said(0.5)
+    assert len(warned) == 1 and "a round moves 50 times as far as FedAvg's (pass lr=0.01" in warned[0]
+    assert said(0.01) == []
