@@ -74,6 +74,21 @@ def _fmt(value: Any) -> str:
     return text
 
 
+def _fmt_config(key: str, value: Any, defaults: dict[str, Any]) -> str:
+    """A config value's field: as :func:`_fmt`, except an empty string for a key whose default is not empty
+    (``attack = ""``, no attack, against the default ``alie``), which is written ``""`` so that it does not
+    read back as "not set", i.e. as the default."""
+    if value == "" and defaults.get(key) not in ("", None):
+        return '""'
+    return _fmt(value)
+
+
+def _run_defaults() -> dict[str, Any]:
+    from ..app.config import ExperimentConfig
+
+    return ExperimentConfig.from_run_config({}, validate=False).to_dict()
+
+
 def _parse(text: str) -> Any:
     if text == "":
         return None
@@ -145,11 +160,11 @@ def export_compact(directory: str | Path, out_dir: str | Path, *, every: int = 5
     with atomic_open(out / CELLS, text=True, mode=0o644, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
+        defaults = _run_defaults()
         for run in runs:
-            values = [run.path.name, *(run.config.get(k) for k in vary)]
-            values += [run.summary.get(k) for k in SUMMARY_FIELDS]
-            values += [run.timing.get(k) for k in TIMING_FIELDS]
-            writer.writerow([_fmt(v) for v in values])
+            fields = [_fmt(run.path.name), *(_fmt_config(k, run.config.get(k), defaults) for k in vary)]
+            values = [run.summary.get(k) for k in SUMMARY_FIELDS] + [run.timing.get(k) for k in TIMING_FIELDS]
+            writer.writerow(fields + [_fmt(v) for v in values])
     with atomic_open(out / ROUNDS, text=True, mode=0o644, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["cell", "round", *ROUND_FIELDS])

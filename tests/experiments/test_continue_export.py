@@ -3,6 +3,7 @@ holds as finished, and ``resam export --merge`` adds the new cells to that expor
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -185,3 +186,24 @@ def test_skip_exported_on_the_command_line(tmp_path, fake_simulate, capsys):
     assert sorted(r.path.name for r in load_compact(export)) == sorted(name for name, _ in states)
     assert main(["sweep", str(file), "--results", fresh, "--skip-exported", export, "--no-resume"]) == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def test_an_empty_attack_reads_back_as_no_attack_not_as_the_default(tmp_path):
+    # attack = "" is a valid "no attack"; an empty CSV field reads back as "not set", i.e. the default alie
+    from resam_flower.experiments.results import attack_of, config_differences
+
+    raw = tmp_path / "s"
+    configs = {"c0": {"attack": "", "attack-params": "", "seed": 0},
+               "c1": {"attack": "alie", "attack-params": "", "seed": 1}}
+    for name, config in configs.items():
+        (raw / name).mkdir(parents=True)
+        (raw / name / "summary.json").write_text(json.dumps({"final_test_accuracy": 0.5, "config": config}))
+    export_compact(raw, tmp_path / "out")
+    back = {r.path.name: r.config for r in load_compact(tmp_path / "out")}
+    assert back["c0"]["attack"] == "" and back["c1"]["attack"] == "alie"
+    assert config_differences(back["c0"], configs["c0"]) == []
+    assert attack_of(back["c0"]) == attack_of(configs["c0"])
+    assert "attack" in config_differences(back["c0"], back["c1"])
+    with (tmp_path / "out" / CELLS).open(newline="") as fh:
+        fields = {row["cell"]: row["attack"] for row in csv.DictReader(fh)}
+    assert fields == {"c0": '""', "c1": "alie"}  # attack-params "" is shared: in config.json, as JSON
