@@ -16,7 +16,8 @@ same config, summary, accuracy curve and mechanism series as the full folder, so
 ``resam plot`` and ``resam claims`` accept either folder (:func:`~.results.load_runs` dispatches).
 Values in ``cells.csv`` are read back as JSON where they parse (numbers, booleans), else as strings; a string
 that would parse as something else (``"1e-3"``, ``"true"``) is written JSON-quoted, so it reads back as the
-same string; an empty string reads back as ``None``, as a missing value does.
+same string; an empty field reads back as ``None`` (a missing value, or an empty string where the key's
+default is empty too), and an empty string whose key has another default (``attack = ""``) is written ``""``.
 """
 
 from __future__ import annotations
