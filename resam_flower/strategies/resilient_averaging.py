@@ -389,6 +389,12 @@ class ResilientAveraging(Strategy):
         entry.update({f"excluded-{k}": v for k, v in screened.excluded.items()})
         self._compare_local_lr(server_round, screened.messages)
         new_arrays = self._update(server_round, screened.vectors, f_eff, entry)
+        if "skipped" in entry and entry.get("missing"):  # e.g. local training longer than the deadline
+            entry["skipped"] += (
+                f"; {entry['missing']} sampled node(s) sent no reply before the round's deadline "
+                f"(round_timeout={self.round_timeout:g} s, unless start(timeout=...) set another: raise it "
+                "if local training takes longer)"
+            )
         if "skipped" in entry:
             log(
                 WARNING,

@@ -122,6 +122,16 @@ def test_the_round_deadline_is_the_strategys_and_a_silent_node_is_missing():
     assert [e["missing"] for e in strategy.round_log] == [1, 1] and strategy.round_log[-1]["valid"] == 3
 
 
+def test_a_round_skipped_for_lack_of_replies_says_when_nodes_missed_the_deadline():
+    grid = InlineGrid(quickstart_app([], mods=[momentum_mod(0.0)]), 3, fail=lambda rnd, node: node == 1002)
+    strategy = ResilientAveraging("cwtm", num_byzantine=1, round_timeout=7.0, min_train_nodes=3,
+                                  min_available_nodes=3, fraction_evaluate=0, fail_if_no_progress=False)
+    strategy.start(grid, THETA, num_rounds=1, train_config=ConfigRecord({"lr": 0.01}))
+    reason = strategy.round_log[0]["skipped"]
+    assert reason.startswith("2 valid replies, cwtm needs n > 2f (>= 3, f=1); 1 sampled node(s) sent no")
+    assert "round_timeout=7 s" in reason
+
+
 def test_summary_says_what_is_true(caplog):
     with caplog.at_level(logging.INFO, logger="flwr"):
         ResilientAveraging("nnm+cwtm", num_byzantine=1).summary()
