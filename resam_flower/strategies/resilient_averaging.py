@@ -18,7 +18,7 @@ from .. import protocol as P
 from ..aggregators import Aggregator, build
 from ..aggregators.base import check_float, check_int
 from ..flat import FlatSpec, safe_text
-from .robust_metrics import median_metrics
+from .robust_metrics import median_metrics, quorum
 from .rounds import run_rounds
 from .sampling import NodeSampler, NodeWaiter
 from .schedules import LRSchedule, build_schedule
@@ -468,7 +468,7 @@ class ResilientAveraging(Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         nodes, _ = self.sampler.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, strict=False)
-        need = 2 * self.num_byzantine + 1
+        need = quorum(self.num_byzantine)
         small = 0 < len(nodes) < need and self.evaluate_metrics_aggr_fn is None
         if small and not self._said_small_evaluation:
             self._said_small_evaluation = True

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from flwr.app import Message
 
-__all__ = ["median_metrics", "MAX_METRIC_KEYS", "MAX_METRIC_KEY_LENGTH"]
+__all__ = ["median_metrics", "quorum", "MAX_METRIC_KEYS", "MAX_METRIC_KEY_LENGTH"]
 
 #: At most this many metric keys are reported per round (the most widely reported first).
 MAX_METRIC_KEYS = 32
@@ -44,6 +44,11 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else ordered[mid - 1] / 2 + ordered[mid] / 2
 
 
+def quorum(f: int) -> int:
+    """Replies a metric needs for a robust median with ``f`` Byzantine nodes: ``2f + 1`` (honest majority)."""
+    return 2 * f + 1
+
+
 def median_metrics(
     messages: Iterable[Message],
     *,
@@ -66,7 +71,7 @@ def median_metrics(
     fewer send may be an attacker's invention, and are not named.
     """
     keep = None if allowed is None else set(allowed)
-    quorum = 2 * f + 1
+    needed = quorum(f)
     values: dict[str, dict[int, list[Value]]] = {}
     invalid: dict[str, int] = {}
     for msg in messages:
@@ -94,7 +99,7 @@ def median_metrics(
         shape = max(by_shape, key=lambda s: (len(by_shape[s]), -s)) if by_shape else -1  # most reported
         reports = by_shape.get(shape, [])
         others = sum(len(v) for s, v in by_shape.items() if s != shape) + invalid.get(key, 0)
-        if len(reports) >= quorum:
+        if len(reports) >= needed:
             chosen[key] = reports
             if others:
                 notes[key] = (f"{others} of its {len(reports) + others} replies left out (another length, or "
@@ -102,7 +107,7 @@ def median_metrics(
         else:
             lists = " (as lists of one length)" if shape >= 0 else ""
             bad = f" ({invalid[key]} more not finite numbers)" if invalid.get(key) else ""
-            notes[key] = (f"reported by {len(reports)} replies{lists}{bad}, fewer than 2f + 1 = {quorum}: a "
+            notes[key] = (f"reported by {len(reports)} replies{lists}{bad}, fewer than 2f + 1 = {needed}: a "
                           "median of so few is not robust")
     ranked = sorted(chosen, key=lambda k: (-len(chosen[k]), k))
     for key in ranked[max_keys:]:
