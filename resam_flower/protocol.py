@@ -32,6 +32,7 @@ __all__ = [
     "PREFIX",
     "FLOWER_SERVER_ROUND",
     "server_metric",
+    "reply_numbers",
     "SERVER_ROUND",
     "SERVER_LR",
     "MODE",
@@ -65,6 +66,21 @@ FLOWER_SERVER_ROUND = "server-round"
 def server_metric(key: str) -> str:
     """The name of a server figure in a round's MetricRecord: ``valid`` -> ``resam-valid``."""
     return PREFIX + key
+
+
+def reply_numbers(message, key: str) -> list[float]:
+    """Every real number ``key`` holds across a message's MetricRecords, in record order.
+
+    A reply may carry several MetricRecords; the server and ``momentum_mod`` read a flag or a rate from
+    any of them, through this one function, so the two sides cannot disagree on what a reply says. A
+    bool, a list or a string under ``key`` is no number and is left out.
+    """
+    out = []
+    for record in message.content.metric_records.values():
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(float(value))
+    return out
 
 
 # -- server -> client: the train config -------------------------------------------------------------

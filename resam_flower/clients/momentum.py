@@ -153,7 +153,7 @@ def momentum_mod(
             return _error_reply(msg, f"inner reply does not match the model: {reason}")
         p = spec.param_dim
         g = vec[:p]
-        if float(metrics.get(GRADIENT_FLAG, 0)) != 1.0:
+        if 1.0 not in P.reply_numbers(reply, GRADIENT_FLAG):  # the server's reading of the flag
             eta = metrics.get(P.LOCAL_LR, local_lr if local_lr is not None else config.get("lr"))
             if eta is None or isinstance(eta, (bool, list, str)) or float(eta) <= 0:
                 keys = ", ".join(sorted(k for k in config if not k.startswith(P.PREFIX))) or "none"

@@ -502,11 +502,9 @@ class ResilientAveraging(Strategy):
             return
         etas = []
         for msg in messages:
-            for rec in msg.content.metric_records.values():
-                value = rec.get(P.USED_LOCAL_LR)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                    etas.append(float(value))
-                    break
+            eta = next((v for v in P.reply_numbers(msg, P.USED_LOCAL_LR) if v > 0), None)
+            if eta is not None:
+                etas.append(eta)
         if not etas:
             return
         self._said_local_lr = True

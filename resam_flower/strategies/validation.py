@@ -20,7 +20,7 @@ from flwr.app import Message
 from flwr.supercore import log
 
 from ..flat import FlatSpec, safe_text
-from ..protocol import REPLY_GRADIENT, REPLY_MOMENTUM
+from ..protocol import REPLY_GRADIENT, REPLY_MOMENTUM, reply_numbers
 
 __all__ = ["Screened", "screen_replies", "reply_kind_error", "ExclusionLog"]
 
@@ -35,11 +35,7 @@ _FIX_MODEL = (
 
 
 def _flag(msg: Message, key: str) -> bool:
-    for rec in msg.content.metric_records.values():
-        value = rec.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == 1.0:
-            return True
-    return False
+    return 1.0 in reply_numbers(msg, key)
 
 
 def reply_kind_error(msg: Message, mode: str) -> str | None:

@@ -130,3 +130,30 @@ def test_the_reply_flags_are_read_from_every_metric_record_and_the_used_lr_is_re
     msg = instruction(1, GLOBAL, {"learning-rate": 0.5})
     err = momentum_mod(0.0)(msg, context(), app_replying(weights, {}))
     assert "train config key lr (your train config's keys: learning-rate)" in err.error.reason
+
+
+@pytest.mark.parametrize(
+    "records, gradient",
+    [
+        ([{P.REPLY_GRADIENT: 0}, {P.REPLY_GRADIENT: 1}], True),  # a 1.0 in any record: the server's reading
+        ([{P.REPLY_GRADIENT: [1.0]}], False),  # a list is no flag (it used to raise TypeError in the mod)
+        ([{"loss": 1.0}, {P.REPLY_GRADIENT: 1.0}], True),
+    ],
+)
+def test_the_mod_reads_the_gradient_flag_as_the_server_screens_it(records, gradient):
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from resam_flower.strategies.validation import reply_kind_error
+
+    def app(msg, ctxt):
+        content = RecordDict({"arrays": record(w=np.array([0.5, 0.5], np.float32))})
+        for i, rec in enumerate(records):
+            content[f"m{i}"] = MetricRecord(rec)
+        return Message(content=content, reply_to=msg)
+
+    inner = app(instruction(1, GLOBAL, {"lr": 0.5}), context())
+    assert (reply_kind_error(inner, "gradient") is None) == gradient  # the server's screen, on the bare reply
+    out = momentum_mod(0.0)(instruction(1, GLOBAL, {"lr": 0.5}), context(), app)
+    # a gradient passes as is; trained weights w' become (w - w') / lr = ([1, 2] - [0.5, 0.5]) / 0.5
+    expected = [0.5, 0.5] if gradient else [1.0, 3.0]
+    np.testing.assert_allclose(out.content["arrays"]["w"].numpy(), expected)
