@@ -19,7 +19,7 @@ Server -> client (train :class:`~flwr.app.ConfigRecord`)
 Client -> server (reply :class:`~flwr.app.MetricRecord`)
     :data:`REPLY_GRADIENT` (set by an inner app whose arrays are a gradient), :data:`REPLY_MOMENTUM` (set by
     ``momentum_mod``: the arrays are the worker's momentum), :data:`LOCAL_LR` (the local learning rate of an
-    app that returns trained weights), :data:`MOMENTUM_NORM`, :data:`USED_LOCAL_LR`.
+    app that returns trained weights), :data:`MOMENTUM_NORM`, :data:`USED_LOCAL_LR`, :data:`ROLE_APPLIED`.
 Node config (set by the operator of a device)
     :data:`NODE_ROLE` and ``byzantine-<param>`` (a Byzantine device for experiments), :data:`MOMENTUM_DIR`.
 ``context.state``
@@ -51,6 +51,7 @@ __all__ = [
     "LOCAL_LR",
     "MOMENTUM_NORM",
     "USED_LOCAL_LR",
+    "ROLE_APPLIED",
     "NODE_ROLE",
     "SIMULATED_ROLES",
     "MOMENTUM_STATE",
@@ -120,6 +121,9 @@ LOCAL_LR = "local-lr"
 MOMENTUM_NORM = "resam-momentum-norm"
 #: The local learning rate ``momentum_mod`` divided a weights reply's step by (the server compares its own).
 USED_LOCAL_LR = "resam-local-lr"
+#: ``1``: ``byzantine_mod`` acted on the :data:`ROLE` the server sent (a deployed node ignores it, and the
+#: simulated adversary stops a label-flipping run whose Byzantine nodes did not flip).
+ROLE_APPLIED = "resam-byzantine-applied"
 
 # -- node config --------------------------------------------------------------------------------------
 #: A device's own Byzantine role (``flower-supernode --node-config "byzantine='sf'"``).

@@ -37,7 +37,14 @@ from flwr.supercore import log
 
 from .._provenance import code_version
 from ..aggregators import build as build_rule
-from ..strategies import Checkpointing, NoProgressError, ResilientAveraging, SimulatedAdversary, core_of
+from ..strategies import (
+    AttackNotRunError,
+    Checkpointing,
+    NoProgressError,
+    ResilientAveraging,
+    SimulatedAdversary,
+    core_of,
+)
 from ..strategies.checkpoint import Checkpointer, model_digest
 from .config import ExperimentConfig, parse_params
 from .results import write_run
@@ -175,7 +182,7 @@ def run_experiment(
         log(INFO, "[resam] resuming %s after round %d of %d", cfg.name(), ckpt.round, last)
     start_round = core.round_offset
     t0 = time.perf_counter()
-    failure: NoProgressError | None = None
+    failure: NoProgressError | AttackNotRunError | None = None
     try:
         strategy.start(  # its Result is in core.round_log, evals and core.current_arrays
             grid=grid,
@@ -184,7 +191,7 @@ def run_experiment(
             train_config=ConfigRecord(cfg.to_config_record()),
             evaluate_config=ConfigRecord(cfg.to_config_record()),
         )
-    except NoProgressError as exc:  # the results are written (they say why), then the run fails
+    except (NoProgressError, AttackNotRunError) as exc:  # the results are written (saying why), then it fails
         failure = exc
     wall = time.perf_counter() - t0
     rows = [metrics_row(entry, evals) for entry in core.round_log]

@@ -46,7 +46,8 @@ OWN_UPDATE_ATTACKS = ("sf", "gaussian", "inf")
 _warned: set[int] = set()
 
 
-def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
+def _role(msg: Message, ctxt: Context) -> tuple[str, dict, bool]:
+    """``(role, params, from_server)``: the node config's role, else (in a simulation) the server's."""
     node_role = str(ctxt.node_config.get(NODE_ROLE_KEY, "") or "")
     params = {
         k[len(NODE_ROLE_KEY) + 1 :].replace("-", "_"): v
@@ -54,13 +55,13 @@ def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
         if k.startswith(NODE_ROLE_KEY + "-")
     }
     if node_role:
-        return node_role.lower(), params
+        return node_role.lower(), params, False
     config = next(iter(msg.content.config_records.values()), {})
     sent = str(config.get(P.ROLE, "") or "").lower()
     if sent in ("", "none", "honest"):
-        return "", params
+        return "", params, False
     if ctxt.node_config.get(P.SIMULATED_ROLES) is True or in_simulation():
-        return sent, params
+        return sent, params, True
     if ctxt.node_id not in _warned:
         _warned.add(ctxt.node_id)
         log(
@@ -69,16 +70,39 @@ def _role(msg: Message, ctxt: Context) -> tuple[str, dict]:
             "takes its role from its own node config only",
             safe_text(sent, 40),
         )
-    return "", params
+    return "", params, False
+
+
+def _drop_flip_flag(msg: Message) -> None:
+    """Remove ``resam-flip-labels`` from the train config: the flag is this mod's own, set for a node whose
+    role is label flipping; sent by a server, it would make a deployed honest node train on flipped labels."""
+    for key, cfg in list(msg.content.config_records.items()):
+        if FLIP_LABELS_KEY in cfg:
+            msg.content.config_records[key] = ConfigRecord(
+                {k: v for k, v in cfg.items() if k != FLIP_LABELS_KEY}
+            )
 
 
 def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Run this node's Byzantine role, if it has one; honest nodes pass straight through."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
-    role, params = _role(msg, ctxt)
+    _drop_flip_flag(msg)
+    role, params, from_server = _role(msg, ctxt)
     if role in ("", "none", "honest"):
         return call_next(msg, ctxt)
+    reply = _act(role, params, msg, ctxt, call_next)
+    if from_server and not reply.has_error():  # tells the simulated adversary its role was run
+        records = reply.content.metric_records
+        for key, rec in list(records.items()):
+            records[key] = MetricRecord({**dict(rec), P.ROLE_APPLIED: 1})
+        if not records:
+            reply.content["metrics"] = MetricRecord({P.ROLE_APPLIED: 1})
+    return reply
+
+
+def _act(role: str, params: dict, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """The reply of a node whose role is ``role``."""
     arrays = next(iter(msg.content.array_records.values()))
     if role == "omniscient":
         content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})  # replaced

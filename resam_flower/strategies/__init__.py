@@ -8,7 +8,7 @@ Wrappers add a behaviour around any RESAM strategy, as Flower's differential-pri
 from .adversary import SimulatedAdversary, spread_metrics
 from .checkpoint import Checkpointer, Checkpointing
 from .resilient_averaging import ResilientAveraging
-from .rounds import NoProgressError, StrategyWrapper, core_of
+from .rounds import AttackNotRunError, NoProgressError, StrategyWrapper, core_of
 from .schedules import LRSchedule, build_schedule
 from .step import resam_step, robust_buffers
 from .validation import Screened, reply_kind_error, screen_replies
@@ -20,6 +20,7 @@ __all__ = [
     "Checkpointer",
     "StrategyWrapper",
     "NoProgressError",
+    "AttackNotRunError",
     "core_of",
     "spread_metrics",
     "resam_step",

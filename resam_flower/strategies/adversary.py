@@ -34,7 +34,7 @@ from ..attacks import Adversary, Attack
 from ..data.assignment import data_assignment, honest_partitions
 from ..flat import FlatSpec
 from . import resilient_averaging as _core
-from .rounds import StrategyWrapper, core_of
+from .rounds import AttackNotRunError, StrategyWrapper, core_of
 from .validation import screen_replies
 
 __all__ = ["SimulatedAdversary", "spread_metrics"]
@@ -172,6 +172,21 @@ class SimulatedAdversary(StrategyWrapper):
         out = MetricRecord({**(dict(out) if out is not None else {}), **figures})
         return arrays, out
 
+    def _check_roles_applied(self, byzantine: list[Message]) -> None:
+        """Raise :class:`AttackNotRunError` when a Byzantine node replied without running its data attack
+        (a deployed SuperNode ignores a server-sent role; an app without ``byzantine_mod`` never reads it):
+        its honest reply would be recorded as the attack's."""
+        ignored = [m.metadata.src_node_id for m in byzantine
+                   if not m.has_error() and 1.0 not in P.reply_numbers(m, P.ROLE_APPLIED)]
+        if ignored:
+            raise AttackNotRunError(
+                f"attack {self.adversary.describe()}: {len(ignored)} of the {len(byzantine)} Byzantine nodes "
+                f"that replied (e.g. node {ignored[0]}) did not run the role {self.role!r} the server sent; "
+                "a data attack runs on the nodes themselves: in Flower's simulation engine with "
+                "byzantine_mod outermost in the ClientApp's mods (a deployed SuperNode ignores roles a "
+                f"server sends: give the device its own role, --node-config \"{P.NODE_ROLE}='lf'\")"
+            )
+
     def _corrupt(self, replies: list[Message], core: Any) -> tuple[list[Message], dict[str, float]]:
         """Replace the Byzantine replies with vectors forged from this round's valid honest ones."""
         spec: FlatSpec = core.spec
@@ -186,6 +201,8 @@ class SimulatedAdversary(StrategyWrapper):
         theta = spec.flatten(core.current_arrays) if core.mode == "model" else None
         h = honest.vectors if theta is None else honest.vectors - theta
         self._honest_vectors = h[:, : spec.param_dim]
+        if self.adversary.data_attack:
+            self._check_roles_applied([replies[i] for i in byz])
         if not byz or self.adversary.data_attack:
             return replies, metrics
         forged = self.adversary.forge(h, count=len(byz))

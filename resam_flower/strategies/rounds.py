@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-__all__ = ["NoProgressError", "StrategyWrapper", "run_rounds", "core_of"]
+__all__ = ["NoProgressError", "AttackNotRunError", "StrategyWrapper", "run_rounds", "core_of"]
 
 
 class NoProgressError(RuntimeError):
@@ -25,6 +25,11 @@ class NoProgressError(RuntimeError):
     def __init__(self, message: str, result: Result) -> None:
         super().__init__(message)
         self.result = result
+
+
+class AttackNotRunError(RuntimeError):
+    """A simulated attack that the Byzantine nodes must run themselves (label flipping) did not run: the
+    run would be recorded as attacked while every node trained honestly."""
 
 
 def core_of(strategy: Strategy) -> Strategy:

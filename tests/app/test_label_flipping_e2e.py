@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import Context
@@ -27,7 +29,9 @@ from resam_flower import protocol as P
 from resam_flower.app.config import ExperimentConfig
 from resam_flower.app.server_app import run_experiment
 from resam_flower.app.worker import make_client_app
-from tests.flower_helpers import instruction
+from resam_flower.clients import byzantine_mod
+from resam_flower.strategies import AttackNotRunError
+from tests.flower_helpers import context, instruction, record, reply
 from tests.reliability.inline_grid import InlineGrid
 
 N, F, ROUNDS = 9, 4, 20
@@ -108,12 +112,12 @@ def test_byzantine_nodes_send_label_flipped_updates_and_nothing_is_excluded(tmp_
         own = replay(call, honest(call["config"]))  # the honest node with this message and data
         assert float((sent - own).norm()) > 0.05 * float(own.norm())
         if attack == "lf":  # its own step on labels 9 - y, momentum included
-            flipped = replay(call, {**honest(call["config"]), P.FLIP_LABELS: True})
+            flipped = replay(call, {**honest(call["config"]), P.ROLE: "lf"})  # byzantine_mod sets the flag
         else:  # the mean of the honest partitions' flipped-label first steps (no momentum)
             parts = list(call["config"][P.HONEST_PARTITIONS])
             assert len(parts) == N - F
             assert call["config"][MOMENTUM] == 0.9  # honest nodes send (1 - beta)-damped momentum: set 0 here
-            terms = {**honest(call["config"]), MOMENTUM: 0.0, P.FLIP_LABELS: True}
+            terms = {**honest(call["config"]), MOMENTUM: 0.0, P.ROLE: "lf"}
             steps = [replay(call, {**terms, P.DATA_PARTITION: p}, fresh=True) for p in parts]
             flipped = torch.stack(steps).mean(0)
         torch.testing.assert_close(sent, flipped, rtol=1e-5, atol=1e-7)
@@ -161,3 +165,38 @@ def test_lab_vector_is_computed_once_per_round_and_process_and_changes_nothing(m
     separate = simulate_in_process({**config, "run-name": "separate"})
     assert sorted(calls) == sorted([1, 2, 3, 4] * F)
     assert shared["final_model_sha256"] == separate["final_model_sha256"]
+
+
+def test_a_label_flipping_run_whose_nodes_ignore_the_role_fails_saying_why(tmp_path):
+    """Deployed SuperNodes ignore a server-sent role: the run must not be recorded as attacked."""
+    cfg = dict(BASE, attack="lf", aggregator="mean", seed=1, **{"results-dir": str(tmp_path),
+               "run-name": "deployed", "num-server-rounds": 2, "eval-every": 2})  # fmt: skip
+    c = ExperimentConfig.from_run_config(cfg)
+    grid = InlineGrid(make_client_app(), c.num_clients)
+    for ctx in grid.contexts.values():  # a deployed node: no simulated roles, not in Ray
+        del ctx.node_config[P.SIMULATED_ROLES]
+    with pytest.raises(AttackNotRunError, match=r"4 of the 4 Byzantine nodes .* did not run the role 'lf'"):
+        run_experiment(grid, c)
+    summary = json.loads((tmp_path / "deployed" / "summary.json").read_text())
+    assert summary["status"].startswith("failed: attack") and summary["rounds"] == 0
+
+
+def test_a_server_cannot_make_a_deployed_node_train_on_flipped_labels():
+    """resam-flip-labels is byzantine_mod's own flag: sent by a server, it never reaches the worker."""
+    seen = []
+
+    def inner(msg, ctxt):
+        seen.append(dict(next(iter(msg.content.config_records.values()))))
+        return reply(msg, record(w=np.zeros(2, np.float32)))
+
+    for node_config, role, flipped, applied in [
+        ({}, "lf", None, False),  # deployed: the server's role and flag are both ignored
+        ({P.SIMULATED_ROLES: True}, "lf", True, True),  # simulation: the mod sets the flag itself, says so
+        ({P.SIMULATED_ROLES: True}, "", None, False),  # an honest simulated node: the sent flag is dropped
+    ]:
+        ctx = context(7)
+        ctx.node_config.update(node_config)
+        msg = instruction(7, record(w=np.zeros(2, np.float32)), {P.ROLE: role, P.FLIP_LABELS: "lab"})
+        out = byzantine_mod(msg, ctx, inner)
+        assert seen[-1].get(P.FLIP_LABELS) == flipped, (node_config, role)
+        assert (1.0 in P.reply_numbers(out, P.ROLE_APPLIED)) == applied, (node_config, role)
