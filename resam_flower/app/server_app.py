@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +175,21 @@ def run_experiment(
         )
     strategy = build_strategy(cfg, evaluate_fn, checkpointer)
     core = core_of(strategy)
+    if checkpointer is not None and cfg.resume and not checkpointer.path.exists():
+        log(WARNING, "[resam] resume=true but there is no checkpoint at %s (results-dir and run-name "
+            "locate it; a relative results-dir is read from the working directory %s): starting at round 1",
+            checkpointer.path, Path.cwd())
     if checkpointer is not None and cfg.resume and checkpointer.path.exists():
         ckpt = Checkpointer.load(checkpointer.path)
+        if ckpt.round > last:
+            raise ValueError(
+                f"num-server-rounds = {last} is below the round of the checkpoint it would resume, "
+                f"{ckpt.round} ({checkpointer.path}): give num-server-rounds >= {ckpt.round}"
+            )
         initial = checkpointer.resume(strategy, ckpt)
         evals.update({int(r): dict(m) for r, m in ckpt.extra.get("evals", {}).items()})
-        log(INFO, "[resam] resuming %s after round %d of %d", cfg.name(), ckpt.round, last)
+        log(INFO, "[resam] resuming %s after round %d of %d%s", cfg.name(), ckpt.round, last,
+            "" if ckpt.round < last else ": the checkpoint is the last round, nothing is left to run")
     start_round = core.round_offset
     t0 = time.perf_counter()
     failure: NoProgressError | AttackNotRunError | None = None

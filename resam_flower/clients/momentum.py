@@ -41,7 +41,7 @@ momentum of its last round ``<= K``, not a later one.
 from __future__ import annotations
 
 import os
-from logging import WARNING
+from logging import INFO, WARNING
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
@@ -270,6 +270,9 @@ def _load_stored_momentum(
             "momentum_mod: momentum file %s unreadable or of another model; starting from zero",
             latest[1],
         )
+    elif rnd > 1:  # this node's first round, or a restart whose files are gone: said, not silent
+        log(INFO, "momentum_mod: round %d: no earlier momentum of this node in memory or in %s; starting "
+            "from zero", rnd, store.dir)
     return torch.zeros(spec.dim), 0
 
 

@@ -157,3 +157,21 @@ def test_the_mod_reads_the_gradient_flag_as_the_server_screens_it(records, gradi
     # a gradient passes as is; trained weights w' become (w - w') / lr = ([1, 2] - [0.5, 0.5]) / 0.5
     expected = [0.5, 0.5] if gradient else [1.0, 3.0]
     np.testing.assert_allclose(out.content["arrays"]["w"].numpy(), expected)
+
+
+def test_a_restart_that_finds_no_momentum_file_says_it_starts_from_zero(tmp_path, caplog):
+    import logging
+    import shutil
+
+    mod = momentum_mod(0.5, state_dir=tmp_path)
+    inner = app_replying(record(w=np.array([2.0, 2.0], np.float32)), {P.REPLY_GRADIENT: 1})
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        mod(instruction(1, GLOBAL, {P.SERVER_ROUND: 1}), context(), inner)
+        assert "starting from zero" not in caplog.text  # round 1: nothing to say
+        kept = mod(instruction(1, GLOBAL, {P.SERVER_ROUND: 2}), context(), inner)  # restart: from the file
+        assert "starting from zero" not in caplog.text
+        shutil.rmtree(tmp_path)
+        lost = mod(instruction(1, GLOBAL, {P.SERVER_ROUND: 3}), context(), inner)  # restart, files gone
+    assert f"round 3: no earlier momentum of this node in memory or in {tmp_path}" in caplog.text
+    np.testing.assert_allclose(kept.content["arrays"]["w"].numpy(), [1.5, 1.5])  # 0.5 * 1 + 0.5 * 2
+    np.testing.assert_allclose(lost.content["arrays"]["w"].numpy(), [1.0, 1.0])  # 0.5 * 0 + 0.5 * 2

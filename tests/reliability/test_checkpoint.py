@@ -4,6 +4,7 @@ the run's lineage (a resumed run never reads momentum from the discarded future)
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -340,3 +341,15 @@ def test_simulation_node_ids_are_a_function_of_the_seed():
         c = register(4)
     assert a == b and sorted(a.values()) == [0, 1, 2, 3]
     assert set(a) != set(c) and set(register(4)) != set(a)  # other seed, or outside the block: other ids
+
+
+def test_resume_says_when_there_is_no_checkpoint_and_refuses_fewer_rounds_than_it_holds(tmp_path, caplog):
+    cfg = dict(BASE, aggregator="cwtm", **{"results-dir": str(tmp_path), "run-name": "r",
+                                           "num-server-rounds": 3})
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        fresh = run_inline(dict(cfg, resume=True))  # nothing to resume: a fresh run, said
+    assert fresh["resumed_from_round"] == 0 and fresh["rounds"] == 3
+    assert f"no checkpoint at {tmp_path / 'r' / 'checkpoint.pt'}" in caplog.text
+    with pytest.raises(ValueError, match=r"num-server-rounds = 2 is below the round of the checkpoint it "
+                                         r"would resume, 3 .*: give num-server-rounds >= 3"):
+        run_inline(dict(cfg, resume=True, **{"num-server-rounds": 2}))
