@@ -27,10 +27,12 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
+from logging import WARNING
 
 import torch
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore import log
 
 from .. import protocol as P
 from ..clients.byzantine import byzantine_mod
@@ -73,9 +75,19 @@ def _partition(ctxt: Context, cfg: ExperimentConfig, config, *, strict: bool) ->
             f"{P.DATA_PARTITIONS} (the data is split in {cfg.num_data_partitions} parts among honest nodes); "
             f"this train message has none"
         )
+    missing = [k for k in ("partition-id", "num-partitions") if k not in ctxt.node_config]
+    if missing and ctxt.node_id not in _said_no_partition:
+        _said_no_partition.add(ctxt.node_id)
+        log(WARNING, "node %s: no %s in its node config: it uses partition-id %s of %s, as does every node "
+            "started without one (the same data); start it with --node-config \"partition-id=K "
+            "num-partitions=N\"", ctxt.node_id, " or ".join(missing),
+            ctxt.node_config.get("partition-id", 0), ctxt.node_config.get("num-partitions", cfg.num_clients))
     pid = int(ctxt.node_config.get("partition-id", 0))
     num = int(ctxt.node_config.get("num-partitions", cfg.num_clients))
     return pid, num
+
+
+_said_no_partition: set[int] = set()  # node ids told about a missing partition-id (once each)
 
 
 def _server_round(config) -> int:

@@ -98,6 +98,27 @@ def test_without_an_assignment_the_node_config_holds():
     torch.testing.assert_close(got, reference_gradient(model, cfg, 1, 5, 2))
 
 
+def test_a_node_without_partition_id_is_told_it_trains_on_partition_0(caplog):
+    import logging
+
+    from resam_flower.app import worker
+
+    worker._said_no_partition.discard(7)
+    cfg, model, arrays = setup()
+    config = {**cfg.to_config_record(), P.SERVER_ROUND: 2}
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        got = replied(instruction(7, arrays, config), {})
+        replied(instruction(7, arrays, config), {})
+        replied(instruction(7, arrays, config), {"partition-id": 1, "num-partitions": 5})
+    torch.testing.assert_close(got, reference_gradient(model, cfg, 0, 5, 2))
+    said = [r.getMessage() for r in caplog.records if "node config" in r.getMessage()]
+    assert said == [  # once per node
+        "node 7: no partition-id or num-partitions in its node config: it uses partition-id 0 of 5, as does "
+        "every node started without one (the same data); start it with --node-config \"partition-id=K "
+        "num-partitions=N\""
+    ]
+
+
 def test_an_honest_split_without_an_assignment_is_refused():
     cfg, _, arrays = setup(**{"data-split": "honest"})
     config = {**cfg.to_config_record(), P.SERVER_ROUND: 1}

@@ -48,7 +48,9 @@ def flat(reply) -> torch.Tensor:
 
 
 def context() -> Context:
-    return Context(run_id=1, node_id=9, node_config={}, state=RecordDict(), run_config={})
+    # a simulated node (the roles a server sends are honoured): byzantine_mod turns lf-lab into the flag
+    roles = {P.SIMULATED_ROLES: True}
+    return Context(run_id=1, node_id=9, node_config=roles, state=RecordDict(), run_config={})
 
 
 def test_the_byzantine_reply_is_the_mean_of_the_honest_flipped_gradients_without_momentum():
@@ -56,7 +58,7 @@ def test_the_byzantine_reply_is_the_mean_of_the_honest_flipped_gradients_without
     for rnd, seed in [(1, 0), (2, 1), (3, 2)]:  # a new global model each round
         model = build_model("mlp", 10, (1, 8, 8), seed=seed)
         arrays = ArrayRecord(model.state_dict())
-        out = app(message(arrays, rnd, **{P.FLIP_LABELS: "lab", HONEST_PARTITIONS: HONEST}), ctxt)
+        out = app(message(arrays, rnd, **{P.ROLE: "lf-lab", HONEST_PARTITIONS: HONEST}), ctxt)
         expected = torch.stack([flipped_reference(model, pid, rnd) for pid in HONEST]).mean(0)
         torch.testing.assert_close(flat(out), expected)  # round 2 and 3: no 0.9 * previous term
         assert out.content["metrics"][P.REPLY_MOMENTUM] == 1
@@ -71,7 +73,7 @@ def test_each_term_is_what_that_honest_worker_would_compute_on_flipped_labels():
     model = build_model("mlp", 10, (1, 8, 8), seed=3)
     arrays = ArrayRecord(model.state_dict())
     honest = train(message(arrays, 5, **{P.DATA_PARTITION: 2, P.FLIP_LABELS: True}), context())
-    lab = make_client_app()(message(arrays, 5, **{P.FLIP_LABELS: "lab", HONEST_PARTITIONS: "2"}), context())
+    lab = make_client_app()(message(arrays, 5, **{P.ROLE: "lf-lab", HONEST_PARTITIONS: "2"}), context())
     torch.testing.assert_close(flat(lab), flat(honest))
     torch.testing.assert_close(flat(lab), flipped_reference(model, 2, 5))
 
@@ -80,10 +82,10 @@ def test_missing_or_bad_inputs_are_refused():
     arrays = ArrayRecord(build_model("mlp", 10, (1, 8, 8), seed=0).state_dict())
     app = make_client_app()
     with pytest.raises(ValueError, match="lf-lab: the train config has no resam-honest-partitions"):
-        app(message(arrays, 1, **{P.FLIP_LABELS: "lab"}), context())
+        app(message(arrays, 1, **{P.ROLE: "lf-lab"}), context())
     with pytest.raises(ValueError, match="resam-honest-partitions must be a list of partition ids"):
-        app(message(arrays, 1, **{P.FLIP_LABELS: "lab", HONEST_PARTITIONS: "0,x"}), context())
+        app(message(arrays, 1, **{P.ROLE: "lf-lab", HONEST_PARTITIONS: "0,x"}), context())
     with pytest.raises(ValueError, match="lf-lab needs the honest nodes' partitions"):
-        app(message(arrays, 1, **{P.FLIP_LABELS: "lab", HONEST_PARTITIONS: ""}), context())
+        app(message(arrays, 1, **{P.ROLE: "lf-lab", HONEST_PARTITIONS: ""}), context())
     with pytest.raises(ValueError, match="'lab' reached the worker: it needs lab_label_flipping_mod"):
         train(message(arrays, 1, **{P.DATA_PARTITION: 0, P.FLIP_LABELS: "lab"}), context())
