@@ -12,12 +12,15 @@ SuperNodes' public keys with ``flwr supernode register`` on the operator's loopb
 SuperNodes against the proxy (the last ``--byzantine`` ones with ``byzantine='<attack>'`` in their node
 config), runs ``flwr run . <connection> --stream`` from the app folder, and stops every process (with what
 it spawned) on exit, error or Ctrl-C. ``--no-proxy`` lets the SuperNodes dial the SuperLink directly (the
-layout without nginx, where a device can also reach the Control API).
+layout without nginx, where a device can also reach the Control API). It exits with status 0 only if this run
+wrote its ``summary.json`` with ``status`` ``"ok"`` (``flwr run`` itself exits 0 when the run failed): a
+summary left in a reused ``--workdir`` by an earlier run does not count (:func:`run_summary`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import ssl
 import subprocess
 import sys
@@ -25,8 +28,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import click
+from flwr.common.config import parse_config_args
 
 from .credentials import Credentials, generate_credentials
 from .processes import ProcessGroup, flower_env, free_port, health_ok, wait_until
@@ -36,6 +42,9 @@ __all__ = [
     "LoopbackFederation",
     "flower_config_toml",
     "main",
+    "run_summary",
+    "summary_files",
+    "summary_target",
     "superexec_command",
     "superlink_command",
     "supernode_command",
@@ -109,6 +118,105 @@ def flower_config_toml(address: str, ca_cert: str | Path, name: str = CONNECTION
     return text
 
 
+def summary_target(run_config: Sequence[str], cwd: str | Path) -> tuple[Path, str]:
+    """``(results-dir, run-name)`` of the run that ``flwr run --run-config <line> ...`` starts.
+
+    Parameters
+    ----------
+    run_config : sequence of str
+        The ``--run-config`` lines in order, a later one overriding an earlier one's keys (as Flower merges
+        them): the loopback's defaults, then the user's.
+    cwd : str or Path
+        The ServerApp's working directory (the SuperExec's), against which a relative ``results-dir`` is
+        resolved.
+
+    Returns
+    -------
+    tuple of Path and str
+        The absolute results folder and the run name (``""``: the app derives one from the run config).
+
+    Raises
+    ------
+    SystemExit
+        A line Flower would refuse (naming it), e.g. a key given twice in one line.
+    """
+    try:
+        config = parse_config_args(list(run_config))
+    except (ValueError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        raise SystemExit(f"--run-config {' '.join(run_config)!r}: {message}") from None
+    results = Path(str(config.get("results-dir", "results")))
+    return Path(cwd, results).resolve(), str(config.get("run-name", ""))
+
+
+def summary_files(results_dir: Path, run_name: str) -> dict[Path, tuple[int, int]]:
+    """The ``summary.json`` files a run named ``run_name`` may write, with their (inode, mtime in ns).
+
+    ``<results_dir>/<run_name>/summary.json``, or with ``run_name=""`` (a name the app derives) every
+    ``<results_dir>/*/summary.json``; those that exist. The app replaces a summary by a rename, so a summary
+    this run wrote has a new inode and time, whatever the clock says.
+    """
+    paths = (
+        [results_dir / run_name / "summary.json"] if run_name else sorted(results_dir.glob("*/summary.json"))
+    )
+    found = {}
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found[path] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def run_summary(
+    before: Mapping[Path, tuple[int, int]],
+    results_dir: Path,
+    run_name: str,
+    returncode: int | None = 0,
+    logs: Path | None = None,
+) -> Path:
+    """The ``summary.json`` this run wrote, if it says ``status = "ok"``; else :class:`SystemExit` saying why.
+
+    Parameters
+    ----------
+    before : mapping of Path to (int, int)
+        :func:`summary_files` taken before the run started: a summary still as it was then is an earlier
+        run's, not this one's.
+    results_dir, run_name : Path, str
+        Where the run writes (:func:`summary_target`).
+    returncode : int or None
+        ``flwr run``'s exit status. It exits 0 when the run failed too, so the summary decides; a nonzero
+        status fails even with an ``ok`` summary.
+    logs : Path, optional
+        The log folder, named in the messages.
+
+    Raises
+    ------
+    SystemExit
+        (message, exit status 1) naming the summary path and its status, or saying that this run wrote none.
+    """
+    see = f"; see the logs in {logs}" if logs is not None else ""
+    after = summary_files(results_dir, run_name)
+    written = [path for path, key in after.items() if before.get(path) != key]
+    where = results_dir / (run_name or "<run-name>") / "summary.json"
+    code = f" (flwr run exited with code {returncode})" if returncode else ""
+    if not written:
+        stale = " (the one there is an earlier run's)" if after else ""
+        raise SystemExit(f"the run failed{code}: it wrote no summary at {where}{stale}{see}")
+    path = max(written, key=lambda p: after[p][1])
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"the run failed{code}: its summary {path} cannot be read ({exc}){see}") from None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status != "ok":
+        raise SystemExit(f"the run failed{code}: status {status!r} (expected 'ok') in {path}{see}")
+    if returncode:
+        raise SystemExit(f"the run failed{code} although its summary {path} says status 'ok'{see}")
+    return path
+
+
 def _answers(host: str, port: int, ca_cert: Path) -> bool:
     """Whether an HTTPS server verified by ``ca_cert`` answers at all (any status) on ``host:port``."""
     context = ssl.create_default_context(cafile=str(ca_cert))
@@ -131,7 +239,8 @@ class LoopbackFederation:
     def __init__(self, workdir: str | Path, num_keys: int, timeout: float = 90.0, proxy: bool = True) -> None:
         self.workdir = Path(workdir)
         self.timeout = timeout
-        self.creds = generate_credentials(self.workdir / "certs", nodes=num_keys)
+        # Throwaway credentials, registered afresh on every run: a reused workdir gets new ones (force).
+        self.creds = generate_credentials(self.workdir / "certs", nodes=num_keys, force=True)
         self.port = free_port(HOST)
         self.address = f"{HOST}:{self.port}"
         self.proxy_port = free_port(HOST) if proxy else None
@@ -201,9 +310,14 @@ class LoopbackFederation:
         cmd = supernode_command(self.fleet_address, self.creds.ca_cert, key, node_config, free_port(HOST))
         return self.procs.start(name, [*cmd, *extra], env=flower_env(home), cwd=home)
 
-    def flwr_run(self, app_dir: str | Path, run_config: str) -> subprocess.Popen:
-        """Start ``flwr run . resam-tls --stream --run-config ...`` in ``app_dir`` (log: ``flwr-run``)."""
-        cmd = [_bin("flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config]
+    def flwr_run(self, app_dir: str | Path, run_config: str, *more: str) -> subprocess.Popen:
+        """Start ``flwr run . resam-tls --stream --run-config ...`` in ``app_dir`` (log: ``flwr-run``).
+
+        Each of ``run_config`` and the (non-empty) ``more`` is its own ``--run-config``: a later one overrides
+        an earlier one's keys (a key given twice in one line is refused by Flower).
+        """
+        configs = [arg for line in (run_config, *more) if line for arg in ("--run-config", line)]
+        cmd = [_bin("flwr"), "run", ".", CONNECTION, "--stream", *configs]
         return self.procs.start("flwr-run", cmd, env=flower_env(self.cli_home), cwd=app_dir)
 
     def __enter__(self) -> LoopbackFederation:
@@ -230,11 +344,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not 0 <= args.num_byzantine < args.nodes:
         raise SystemExit(f"--num-byzantine must be in [0, {args.nodes - 1}], got {args.num_byzantine}")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="resam-loopback-")).resolve()
-    run_config = (
+    defaults = (
         f"num-server-rounds={args.rounds} num-clients={args.nodes} num-byzantine={args.num_byzantine} "
         f"attack='none' dataset='digits' model='mlp' eval-every=1 results-dir='{workdir / 'results'}' "
-        f"run-name='loopback' {args.run_config}"
+        "run-name='loopback'"
     )
+    # The user's --run-config overrides the defaults (results-dir and run-name too): the summary is looked
+    # for where the ServerApp writes it, relative to the SuperExec's working directory.
+    results_dir, run_name = summary_target([defaults, args.run_config], workdir / "superexec")
     print(f"loopback federation in {workdir} (logs in {workdir / 'logs'})")
     with LoopbackFederation(workdir, args.nodes, proxy=not args.no_proxy) as fed:
         try:
@@ -248,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if i >= args.nodes - args.num_byzantine:
                 config += f" byzantine='{args.byzantine}'"
             fed.start_supernode(f"supernode-{i}", key, config)
-        run = fed.flwr_run(Path(args.app).resolve(), run_config)
+        before = summary_files(results_dir, run_name)  # an earlier run's summaries do not count
+        run = fed.flwr_run(Path(args.app).resolve(), defaults, args.run_config)
         log_path = fed.procs.log_dir / "flwr-run.log"
         shown = 0
         while run.poll() is None:  # follow the run's log until `flwr run --stream` ends
@@ -257,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(text[shown:], end="", flush=True)
             shown = len(text)
         print(log_path.read_text(errors="replace")[shown:], end="")
-    summary = workdir / "results" / "loopback" / "summary.json"
-    print(f"\nsummary: {summary}" if summary.exists() else "\nno summary was written (see the logs)")
+    summary = run_summary(before, results_dir, run_name, run.returncode, fed.procs.log_dir)
+    print(f"\nsummary: {summary}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import stat
 
@@ -15,7 +16,12 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-from resam_flower.deploy.credentials import generate_credentials, generate_node_keys, main
+from resam_flower.deploy.credentials import (
+    generate_credentials,
+    generate_node_keys,
+    generate_superexec_secret,
+    main,
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +82,7 @@ def test_rewrite_enforces_0600_over_an_old_world_readable_file(tmp_path):
     old.chmod(0o666)
     twin = tmp_path / "twin"
     os.link(old, twin)  # a hard link made before the rewrite must not receive the new key
-    ((private, _),) = generate_node_keys(tmp_path, ["supernode-1"])
+    ((private, _),) = generate_node_keys(tmp_path, ["supernode-1"], force=True)
     assert private == old and stat.S_IMODE(old.stat().st_mode) == 0o600
     assert old.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert twin.read_bytes() == b"old" and old.stat().st_ino != twin.stat().st_ino
@@ -127,3 +133,100 @@ def test_command_line(tmp_path, capsys):
     assert server.subject.rfc4514_string() == "CN=192.168.1.10"
     main(["--out", str(tmp_path), "--nodes", "1", "--keys-only", "--prefix", "extra"])
     assert (tmp_path / "extra-1.pub").exists() and "extra-1.pub" in capsys.readouterr().out
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_existing_credentials_are_refused_and_left_as_they_were(tmp_path_factory):
+    tmp_path, fresh = tmp_path_factory.mktemp("certs"), tmp_path_factory.mktemp("fresh")
+    generate_credentials(tmp_path, nodes=2)
+    before = _contents(tmp_path)
+    with pytest.raises(FileExistsError, match=r"ca\.crt.*ca\.key.*delete .*--out.*--force"):
+        generate_credentials(tmp_path, nodes=2)  # a new CA would break every device's ca.crt
+    with pytest.raises(FileExistsError, match=r"supernode-1, .*supernode-1\.pub"):
+        generate_node_keys(tmp_path, ["supernode-1"])  # a registered key would no longer match
+    (tmp_path / "supernode-2").unlink()  # only the public key is left: refused too, nothing written
+    with pytest.raises(FileExistsError, match=r"supernode-2\.pub"):
+        generate_node_keys(tmp_path, ["supernode-2", "supernode-3"])
+    with pytest.raises(FileExistsError, match="superexec.secret"):
+        generate_superexec_secret(tmp_path / "superexec.secret")
+    del before["supernode-2"]
+    assert _contents(tmp_path) == before
+    (fresh / "supernode-2.pub").write_bytes(b"registered")  # the last file checked: still nothing written
+    with pytest.raises(FileExistsError, match="supernode-2.pub"):
+        generate_credentials(fresh, nodes=2)
+    assert _contents(fresh) == {"supernode-2.pub": b"registered"}
+    creds = generate_credentials(tmp_path, nodes=2, force=True)  # on purpose: everything replaced
+    after = _contents(tmp_path)
+    assert all(after[name] != data for name, data in before.items())
+    assert creds.node_private_keys[1].exists()
+
+
+def test_command_line_refuses_to_replace_keys_without_force(tmp_path, capsys):
+    keys = ["--out", str(tmp_path), "--nodes", "1", "--keys-only"]
+    main(keys)
+    pub = (tmp_path / "supernode-1.pub").read_bytes()
+    with pytest.raises(SystemExit, match=r"refusing to replace existing .*supernode-1"):
+        main(keys)
+    assert (tmp_path / "supernode-1.pub").read_bytes() == pub
+    main([*keys, "--force"])
+    assert (tmp_path / "supernode-1.pub").read_bytes() != pub
+    main(["--out", str(tmp_path / "full"), "--nodes", "1"])
+    ca = (tmp_path / "full" / "ca.crt").read_bytes()
+    with pytest.raises(SystemExit, match=r"refusing to replace existing .*ca\.crt"):
+        main(["--out", str(tmp_path / "full"), "--nodes", "1"])
+    assert (tmp_path / "full" / "ca.crt").read_bytes() == ca
+
+
+@pytest.mark.parametrize("keys_only", [True, False])
+@pytest.mark.parametrize("nodes", [0, -2])
+def test_command_line_needs_at_least_one_node(tmp_path, nodes, keys_only):
+    out = tmp_path / "certs"
+    with pytest.raises(SystemExit, match=rf"--nodes must be >= 1, got {nodes}"):
+        main(["--out", str(out), "--nodes", str(nodes), *(["--keys-only"] if keys_only else [])])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("192.168.1.10:9443", "has a port"),
+        ("superlink.lan:9443", "has a port"),
+        ("https://superlink.lan", "has a scheme"),
+        ("superlink.lan/flower", "has a path"),
+        ("super link.lan", "whitespace"),
+        ("superlink.lan ", "whitespace"),
+        ("", "empty"),
+        ("[::1]", "brackets"),
+        ("[2001:db8::1]:9443", "brackets"),
+        ("0.0.0.0", "bind address"),
+        ("::", "bind address"),
+        ("fe80::1%eth0", "zone index"),
+        ("super_link.lan", "valid DNS name"),
+        ("-superlink.lan", "valid DNS name"),
+        ("superlink-.lan", "valid DNS name"),
+        ("superlink..lan", "valid DNS name"),
+        ("superlink.lan.", "valid DNS name"),
+        ("a." + "b" * 64, "valid DNS name"),
+        ("192.168.1.300", "valid DNS name"),
+        ("*", "valid DNS name"),
+        ("a.*.lan", "valid DNS name"),
+    ],
+)
+def test_hosts_that_are_not_a_bare_address_or_dns_name_are_refused(tmp_path, host, why):
+    with pytest.raises(ValueError, match=rf"host {re.escape(repr(host))} .*{why}.*e\.g\. "):
+        generate_credentials(tmp_path, nodes=1, hosts=["pi.local", host])
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    with pytest.raises(SystemExit, match=re.escape(repr(host))):
+        main(["--out", str(tmp_path), f"--host={host}"])
+
+
+def test_bare_addresses_and_dns_names_are_accepted(tmp_path):
+    hosts = ["192.168.1.10", "2001:db8::5", "fe80::1", "superlink.lan", "Pi-4.local", "*.farm.lan", "pi4"]
+    creds = generate_credentials(tmp_path, nodes=0, hosts=hosts)
+    server = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", *hosts[3:]}
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1", *hosts[:3]}
