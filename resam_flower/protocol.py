@@ -28,11 +28,15 @@ Node config (set by the operator of a device)
 
 from __future__ import annotations
 
+from flwr.app import MetricRecord
+
 __all__ = [
     "PREFIX",
     "FLOWER_SERVER_ROUND",
     "server_metric",
     "reply_numbers",
+    "reply_flag",
+    "add_reply_metrics",
     "SERVER_ROUND",
     "SERVER_LR",
     "MODE",
@@ -82,6 +86,21 @@ def reply_numbers(message, key: str) -> list[float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append(float(value))
     return out
+
+
+def reply_flag(message, key: str) -> bool:
+    """Whether a reply sets the flag ``key``: ``1`` in any of its MetricRecords (:func:`reply_numbers`)."""
+    return 1.0 in reply_numbers(message, key)
+
+
+def add_reply_metrics(message, metrics: dict) -> None:
+    """Add ``metrics`` to every MetricRecord of a reply (a new ``"metrics"`` record if it has none), so that
+    :func:`reply_numbers` finds them whichever record a reader looks at first."""
+    records = message.content.metric_records
+    for key, record in list(records.items()):
+        records[key] = MetricRecord({**dict(record), **metrics})
+    if not records:
+        message.content["metrics"] = MetricRecord(dict(metrics))
 
 
 # -- server -> client: the train config -------------------------------------------------------------

@@ -179,7 +179,7 @@ def run_experiment(
         log(WARNING, "[resam] resume=true but there is no checkpoint at %s (results-dir and run-name "
             "locate it; a relative results-dir is read from the working directory %s): starting at round 1",
             checkpointer.path, Path.cwd())
-    if checkpointer is not None and cfg.resume and checkpointer.path.exists():
+    elif checkpointer is not None and cfg.resume:
         ckpt = Checkpointer.load(checkpointer.path)
         if ckpt.round > last:
             raise ValueError(

@@ -65,6 +65,9 @@ HONEST_PARTITIONS = P.HONEST_PARTITIONS
 LAB_FLIP = "lab"
 
 
+_said_no_partition: set[int] = set()  # node ids told about a missing partition-id (once each)
+
+
 def _partition(ctxt: Context, cfg: ExperimentConfig, config, *, strict: bool) -> tuple[int, int]:
     """``(partition_id, num_partitions)``: the server's assignment if sent, else the node config's."""
     if P.DATA_PARTITION in config:
@@ -85,9 +88,6 @@ def _partition(ctxt: Context, cfg: ExperimentConfig, config, *, strict: bool) ->
     pid = int(ctxt.node_config.get("partition-id", 0))
     num = int(ctxt.node_config.get("num-partitions", cfg.num_clients))
     return pid, num
-
-
-_said_no_partition: set[int] = set()  # node ids told about a missing partition-id (once each)
 
 
 def _server_round(config) -> int:

@@ -93,11 +93,7 @@ def byzantine_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> 
         return call_next(msg, ctxt)
     reply = _act(role, params, msg, ctxt, call_next)
     if from_server and not reply.has_error():  # tells the simulated adversary its role was run
-        records = reply.content.metric_records
-        for key, rec in list(records.items()):
-            records[key] = MetricRecord({**dict(rec), P.ROLE_APPLIED: 1})
-        if not records:
-            reply.content["metrics"] = MetricRecord({P.ROLE_APPLIED: 1})
+        P.add_reply_metrics(reply, {P.ROLE_APPLIED: 1})
     return reply
 
 

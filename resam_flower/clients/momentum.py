@@ -44,7 +44,7 @@ import os
 from logging import INFO, WARNING
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
@@ -153,7 +153,7 @@ def momentum_mod(
             return _error_reply(msg, f"inner reply does not match the model: {reason}")
         p = spec.param_dim
         g = vec[:p]
-        if 1.0 not in P.reply_numbers(reply, GRADIENT_FLAG):  # the server's reading of the flag
+        if not P.reply_flag(reply, GRADIENT_FLAG):  # the server's reading of the flag
             eta = metrics.get(P.LOCAL_LR, local_lr if local_lr is not None else config.get("lr"))
             if eta is None or isinstance(eta, (bool, list, str)) or float(eta) <= 0:
                 keys = ", ".join(sorted(k for k in config if not k.startswith(P.PREFIX))) or "none"
@@ -192,11 +192,7 @@ def momentum_mod(
         flags = {P.REPLY_MOMENTUM: 1, P.MOMENTUM_NORM: float(torch.linalg.vector_norm(sent))}
         if used_eta is not None:
             flags[P.USED_LOCAL_LR] = used_eta
-        for k, v in list(out.metric_records.items()):
-            v.update(flags)
-            out.metric_records[k] = v
-        if not out.metric_records:
-            out["metrics"] = MetricRecord(flags)
+        P.add_reply_metrics(reply, flags)
         return reply
 
     return mod

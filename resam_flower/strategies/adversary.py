@@ -177,7 +177,7 @@ class SimulatedAdversary(StrategyWrapper):
         (a deployed SuperNode ignores a server-sent role; an app without ``byzantine_mod`` never reads it):
         its honest reply would be recorded as the attack's."""
         ignored = [m.metadata.src_node_id for m in byzantine
-                   if not m.has_error() and 1.0 not in P.reply_numbers(m, P.ROLE_APPLIED)]
+                   if not m.has_error() and not P.reply_flag(m, P.ROLE_APPLIED)]
         if ignored:
             raise AttackNotRunError(
                 f"attack {self.adversary.describe()}: {len(ignored)} of the {len(byzantine)} Byzantine nodes "
@@ -201,9 +201,10 @@ class SimulatedAdversary(StrategyWrapper):
         theta = spec.flatten(core.current_arrays) if core.mode == "model" else None
         h = honest.vectors if theta is None else honest.vectors - theta
         self._honest_vectors = h[:, : spec.param_dim]
-        if self.adversary.data_attack:
+        if self.adversary.data_attack:  # the nodes ran it: their replies stay as sent
             self._check_roles_applied([replies[i] for i in byz])
-        if not byz or self.adversary.data_attack:
+            return replies, metrics
+        if not byz:
             return replies, metrics
         forged = self.adversary.forge(h, count=len(byz))
         shift = (forged.mean(0) - h.mean(0)).norm()

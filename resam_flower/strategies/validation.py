@@ -20,7 +20,7 @@ from flwr.app import Message
 from flwr.supercore import log
 
 from ..flat import FlatSpec, safe_text
-from ..protocol import REPLY_GRADIENT, REPLY_MOMENTUM, reply_numbers
+from ..protocol import REPLY_GRADIENT, REPLY_MOMENTUM, reply_flag
 
 __all__ = ["Screened", "screen_replies", "reply_kind_error", "ExclusionLog"]
 
@@ -34,10 +34,6 @@ _FIX_MODEL = (
 )
 
 
-def _flag(msg: Message, key: str) -> bool:
-    return 1.0 in reply_numbers(msg, key)
-
-
 def reply_kind_error(msg: Message, mode: str) -> str | None:
     """Why ``msg`` is not the kind of reply ``mode`` expects, or ``None``.
 
@@ -46,7 +42,7 @@ def reply_kind_error(msg: Message, mode: str) -> str | None:
     (neither flag). A reply of the other kind would be silently misread (weights stepped as a gradient
     diverge at once), so it is excluded with a reason that says how to fix the app.
     """
-    directional = _flag(msg, REPLY_MOMENTUM) or _flag(msg, REPLY_GRADIENT)
+    directional = reply_flag(msg, REPLY_MOMENTUM) or reply_flag(msg, REPLY_GRADIENT)
     if mode == "gradient" and not directional:
         return f"kind: {_FIX_GRADIENT}"
     if mode == "model" and directional:
